@@ -1,0 +1,52 @@
+# The two commands of the README:  make test  (all checks)  and  make demo  (the main job).
+# Both create/refresh the local venv, install the pinned dependencies, build the extension, then run.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip -q --disable-pip-version-check
+REQ_HASH := $(shell sha1sum requirements-dev.txt | cut -c1-12)
+STAMP := $(VENV)/.deps-$(REQ_HASH)
+PYTEST_ARGS ?=
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+# pip lists every local index it skips; keep real messages only.
+QUIET := sed '/^WARNING: Location/d'
+
+.PHONY: venv build test test-py aot lint demo bench clean
+
+$(STAMP): requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip 2>&1 | $(QUIET)
+	$(PIP) install -r requirements-dev.txt 2>&1 | $(QUIET)
+	$(PY) -c "import torch, triton, torch_pruning, scipy, fastcluster, pytest"
+	rm -f $(VENV)/.deps-*
+	touch $@
+
+venv: $(STAMP)
+
+# Builds simprune._C (C++ always, CUDA when torch is a CUDA build and a toolkit is found).
+build: venv
+	$(PIP) install --no-build-isolation --no-deps -e . 2>&1 | $(QUIET)
+	$(PY) -c "import simprune; i = simprune.backend_info(); print('simprune build:', {k: i[k] for k in ('c_extension', 'cuda_extension', 'triton')}); assert i['c_extension'] or '$(SIMPRUNE_BUILD_EXT)' == '0', 'simprune._C did not build'"
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+aot: build
+	env -u TRITON_INTERPRET $(PY) scripts/aot_check.py
+
+test-py: build
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: build lint aot test-py
+
+demo: build
+	$(PY) -m simprune demo
+
+bench: build
+	$(PY) -m pytest benchmarks --benchmark-only
+
+clean:
+	rm -rf build *.egg-info simprune/_C*.so .pytest_cache .benchmarks

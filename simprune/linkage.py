@@ -1,0 +1,146 @@
+"""Hierarchical clustering: ``linkage`` in scipy's Z format, with the scipy reference and backend wiring."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.cluster.hierarchy as sch
+import torch
+
+from . import ops
+from ._checks import as_tensor, check_finite, check_float
+from .backends import implemented_backends, register, resolve, has_kernel
+from .distance import pairwise_distance
+
+METHODS = ("single", "complete", "average", "weighted", "ward", "centroid", "median")
+# Methods whose Lance-Williams update assumes Euclidean distances between raw observations.
+EUCLIDEAN_ONLY = ("ward", "centroid", "median")
+MODES = ("exact", "strict")
+LINKAGE_METRICS = ("euclidean", "sqeuclidean", "cosine")
+
+
+def linkage_ref(d: torch.Tensor, method: str, mode: str = "strict") -> torch.Tensor:
+    """The reference: scipy's ``linkage`` on a condensed vector (float64). Exact and strict alike."""
+    z = sch.linkage(d.detach().cpu().to(torch.float64).numpy(), method=method)
+    return torch.from_numpy(np.ascontiguousarray(z)).to(d.device)
+
+
+@torch.library.impl(ops.LIB, "linkage_torch", "CPU")
+@torch.library.impl(ops.LIB, "linkage_torch", "CUDA")
+def _linkage_torch_kernel(d, method, mode):
+    return linkage_ref(d, method, mode)
+
+
+register("linkage", "torch", devices=("cpu", "cuda"))(ops.get("linkage", "torch"))
+register("linkage", "cpu", devices=("cpu",), available=lambda: has_kernel("linkage_cpu", "CPU"))(
+    ops.get("linkage", "cpu")
+)
+register("linkage", "cuda", devices=("cuda",), available=lambda: has_kernel("linkage_cuda", "CUDA"))(
+    ops.get("linkage", "cuda")
+)
+
+
+def _square_to_condensed(d: torch.Tensor) -> torch.Tensor:
+    n = d.shape[0]
+    if d.shape[1] != n:
+        raise ValueError(f"a square distance matrix must be (n, n), got shape {tuple(d.shape)}")
+    if n and bool((d.diagonal() != 0).any()):
+        raise ValueError("the diagonal of a square distance matrix must be exactly zero")
+    scale = float(d.abs().max()) if d.numel() else 0.0
+    if not torch.allclose(d, d.T, rtol=1e-10, atol=1e-12 * scale):
+        err = float((d - d.T).abs().max())
+        raise ValueError(f"the square distance matrix is not symmetric (max |D - D^T| = {err:.3g})")
+    iu = torch.triu_indices(n, n, offset=1, device=d.device)
+    return d[iu[0], iu[1]]
+
+
+def linkage(
+    x,
+    method: str = "average",
+    metric: str = "euclidean",
+    *,
+    precomputed: bool = False,
+    mode: str = "exact",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Agglomerative hierarchical clustering, returning scipy's linkage matrix.
+
+    Parameters
+    ----------
+    x : Tensor
+        Either observations ``(n, d)`` (distances computed with ``metric``), a condensed distance vector
+        ``(n(n-1)/2,)`` (scipy's ``pdist`` order; a 1-D input is always taken as condensed, as in scipy),
+        or a square distance matrix ``(n, n)`` with ``precomputed=True``.
+    method : {"single", "complete", "average", "weighted", "ward", "centroid", "median"}
+        scipy's methods. ward/centroid/median on observations need ``metric="euclidean"``.
+    metric : {"euclidean", "sqeuclidean", "cosine"}
+        Used only for observations.
+    mode : {"exact", "strict"}
+        "exact": the exact dendrogram; under tied distances a different (equally valid) tie choice than
+        scipy's is allowed. "strict": bitwise scipy output, ties included.
+    backend : {"auto", "torch", "cpu", "triton", "cuda"}
+
+    Returns
+    -------
+    Z : Tensor float64, shape (n-1, 4), on x's device
+        scipy's format: row i merges clusters Z[i,0] < Z[i,1] at height Z[i,2] into cluster n+i of
+        size Z[i,3]. n = 1 gives an empty (0, 4) matrix.
+
+    Examples
+    --------
+    >>> import torch, simprune
+    >>> x = torch.tensor([[0.0], [1.0], [5.0]], dtype=torch.float64)
+    >>> simprune.linkage(x, "single")
+    tensor([[0., 1., 1., 2.],
+            [2., 3., 4., 3.]], dtype=torch.float64)
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown linkage method {method!r}; expected one of {METHODS}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    x = as_tensor(x, "x")
+    check_float(x, "x")
+    if x.dim() == 1:
+        d = x
+    elif x.dim() == 2 and precomputed:
+        check_finite(x, "distance matrix")
+        d = _square_to_condensed(x)
+    elif x.dim() == 2:
+        if metric not in LINKAGE_METRICS:
+            raise ValueError(f"unknown metric {metric!r}; expected one of {LINKAGE_METRICS}")
+        if method in EUCLIDEAN_ONLY and metric != "euclidean":
+            raise ValueError(
+                f"method {method!r} is defined for Euclidean distances only; use metric='euclidean' "
+                "or pass precomputed distances"
+            )
+        if x.shape[0] == 0:
+            raise ValueError("cannot cluster 0 observations (empty input)")
+        if x.shape[0] == 1:
+            return torch.empty((0, 4), dtype=torch.float64, device=x.device)
+        dist_backend = backend if backend in implemented_backends("pairwise_distance") else "auto"
+        d = pairwise_distance(
+            x, metric=metric, condensed=True, out_dtype=torch.float64, backend=dist_backend
+        )
+    else:
+        raise ValueError(
+            f"x must be 1-D (condensed distances) or 2-D (observations, or a square matrix with "
+            f"precomputed=True), got {x.dim()}-D shape {tuple(x.shape)}"
+        )
+    if d.numel() == 0 and x.dim() == 1:
+        raise ValueError(
+            "an empty condensed distance vector is ambiguous (n = 0 or 1); pass observations instead"
+        )
+    n = ops.n_from_condensed(d.shape[0]) if d.numel() else 1
+    if n == 1:
+        return torch.empty((0, 4), dtype=torch.float64, device=x.device)
+    check_finite(d, "distances")
+    if bool((d < 0).any()):
+        raise ValueError(f"distances must be non-negative; found {int((d < 0).sum())} negative")
+    if d.dtype not in (torch.float32, torch.float64):
+        d = d.to(torch.float32)
+    _, fn = resolve("linkage", backend, d.device)
+    return fn(d.contiguous(), method, mode)
+
+
+def is_valid_linkage(z: torch.Tensor) -> bool:
+    """scipy's ``is_valid_linkage`` on a simprune Z (any device)."""
+    return bool(sch.is_valid_linkage(z.detach().cpu().numpy()))

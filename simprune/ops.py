@@ -1,0 +1,74 @@
+"""``torch.library`` op schemas: declared once here, implemented per backend.
+
+Each engine op exists once per backend, as ``simprune::<op>_<backend>``, with one shared schema and one
+fake (meta) kernel, so that ``torch.compile`` can trace every backend. Implementations register
+elsewhere: the reference (``_torch``) in the Python modules next to the public functions, the C++ and
+CUDA kernels from ``csrc/`` through ``TORCH_LIBRARY_IMPL`` (only when ``simprune._C`` is built), and
+the Triton kernels from ``kernels/``. A missing compiled library therefore removes a kernel, never an API.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .backends import BACKENDS
+
+LIB = torch.library.Library("simprune", "DEF")
+
+# name -> schema (without the op name)
+SCHEMAS = {
+    # Pairwise distances of the rows of x (n, d) to the rows of y (m, d), or of x to itself when y is
+    # None. condensed=True (only with y=None) returns scipy's pdist order, length n(n-1)/2.
+    # precision: "exact" (the default, <= 1e-6 relative error in fp32) or "fast" (opt-in, TF32/bf16).
+    "pairwise_distance": (
+        "(Tensor x, Tensor? y, str metric, bool condensed, ScalarType? out_dtype, str precision) "
+        "-> Tensor"
+    ),
+    # Hierarchical clustering of a condensed distance vector (scipy pdist order, fp32 or fp64).
+    # Returns scipy's linkage matrix Z, float64 (n-1, 4). mode: "exact" | "strict".
+    "linkage": "(Tensor d, str method, str mode) -> Tensor",
+}
+
+
+def op_name(op: str, backend: str) -> str:
+    return f"{op}_{backend}"
+
+
+def n_from_condensed(m: int) -> int:
+    """Number of observations n of a condensed distance vector of length m = n(n-1)/2."""
+    n = int(round((1 + math.sqrt(1 + 8 * m)) / 2))
+    if n * (n - 1) // 2 != m:
+        raise ValueError(
+            f"a condensed distance vector must have length n(n-1)/2 for some n; got length {m}"
+        )
+    return n
+
+
+def _fake_pairwise_distance(x, y, metric, condensed, out_dtype, precision):
+    dtype = out_dtype if out_dtype is not None else torch.promote_types(x.dtype, torch.float32)
+    n = x.shape[0]
+    if condensed:
+        return x.new_empty((n * (n - 1) // 2,), dtype=dtype)
+    m = n if y is None else y.shape[0]
+    return x.new_empty((n, m), dtype=dtype)
+
+
+def _fake_linkage(d, method, mode):
+    n = n_from_condensed(d.shape[0])
+    return d.new_empty((max(n - 1, 0), 4), dtype=torch.float64)
+
+
+_FAKES = {"pairwise_distance": _fake_pairwise_distance, "linkage": _fake_linkage}
+
+for _op, _schema in SCHEMAS.items():
+    for _b in BACKENDS:
+        _name = op_name(_op, _b)
+        LIB.define(_name + _schema)
+        torch.library.register_fake(f"simprune::{_name}", _FAKES[_op], lib=LIB)
+
+
+def get(op: str, backend: str):
+    """The ``torch.ops`` handle of ``op`` for ``backend``."""
+    return getattr(torch.ops.simprune, op_name(op, backend))
