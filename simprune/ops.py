@@ -17,18 +17,20 @@ from .backends import BACKENDS
 
 LIB = torch.library.Library("simprune", "DEF")
 
-# name -> schema (without the op name)
-SCHEMAS = {
+# op -> (schema without the name, backends that get a "<op>_<backend>" op). To add an op: one entry
+# here and one fake kernel in _FAKES.
+SCHEMAS: dict[str, tuple[str, tuple[str, ...]]] = {
     # Pairwise distances of the rows of x (n, d) to the rows of y (m, d), or of x to itself when y is
     # None. condensed=True (only with y=None) returns scipy's pdist order, length n(n-1)/2.
     # precision: "exact" (the default, <= 1e-6 relative error in fp32) or "fast" (opt-in, TF32/bf16).
     "pairwise_distance": (
         "(Tensor x, Tensor? y, str metric, bool condensed, ScalarType? out_dtype, str precision) "
-        "-> Tensor"
+        "-> Tensor",
+        BACKENDS,
     ),
     # Hierarchical clustering of a condensed distance vector (scipy pdist order, fp32 or fp64).
     # Returns scipy's linkage matrix Z, float64 (n-1, 4). mode: "exact" | "strict".
-    "linkage": "(Tensor d, str method, str mode) -> Tensor",
+    "linkage": ("(Tensor d, str method, str mode) -> Tensor", BACKENDS),
 }
 
 
@@ -62,8 +64,8 @@ def _fake_linkage(d, method, mode):
 
 _FAKES = {"pairwise_distance": _fake_pairwise_distance, "linkage": _fake_linkage}
 
-for _op, _schema in SCHEMAS.items():
-    for _b in BACKENDS:
+for _op, (_schema, _backends) in SCHEMAS.items():
+    for _b in _backends:
         _name = op_name(_op, _b)
         LIB.define(_name + _schema)
         torch.library.register_fake(f"simprune::{_name}", _FAKES[_op], lib=LIB)
