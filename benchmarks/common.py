@@ -106,9 +106,9 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], title: str = "")
         max(len(c), *(len(row[i]) for row in cells)) if cells else len(c)
         for i, c in enumerate(columns)
     ]
-    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
     for row in cells:
-        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
 
 
 def _fmt(v: Any) -> str:

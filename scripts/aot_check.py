@@ -55,7 +55,9 @@ def main() -> int:
             row = {"module": module, "name": spec["name"], "target": f"sm_{arch}"}
             try:
                 src = ASTSource(
-                    fn=spec["fn"], signature=spec["signature"], constexprs=spec.get("constexprs", {})
+                    fn=spec["fn"],
+                    signature=spec["signature"],
+                    constexprs=spec.get("constexprs", {}),
                 )
                 opts = {k: spec[k] for k in ("num_warps", "num_stages") if k in spec}
                 k = triton.compile(src, target=GPUTarget(backend, arch, warp), options=opts)

@@ -173,7 +173,9 @@ def resolve(op: str, backend: str, device: torch.device) -> tuple[str, Callable[
             f"{device}; move the input or use backend='auto'"
         )
     if not impl.available():
-        raise BackendUnavailableError(f"{op}: backend {backend!r} is not available here; {impl.hint}")
+        raise BackendUnavailableError(
+            f"{op}: backend {backend!r} is not available here; {impl.hint}"
+        )
     return backend, impl.fn
 
 

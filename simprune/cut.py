@@ -17,9 +17,36 @@ def _z_numpy(z) -> np.ndarray:
     zn = z.detach().cpu().to(torch.float64).numpy()
     if zn.ndim != 2 or zn.shape[1] != 4:
         raise ValueError(f"Z must have shape (n-1, 4), got {tuple(zn.shape)}")
-    if zn.shape[0] and not sch.is_valid_linkage(zn):
-        raise ValueError("Z is not a valid linkage matrix (scipy.cluster.hierarchy.is_valid_linkage)")
+    if zn.shape[0]:
+        problem = _linkage_problem(zn)
+        if problem:
+            raise ValueError(f"Z is not a valid linkage matrix: {problem}")
     return zn
+
+
+def _linkage_problem(zn: np.ndarray) -> str:
+    """What is wrong with a linkage matrix ('' if valid); stricter than scipy's is_valid_linkage,
+    which accepts some malformed one-row matrices."""
+    n = zn.shape[0] + 1
+    if not np.isfinite(zn).all():
+        return "non-finite entries"
+    ids = zn[:, :2]
+    if (ids != np.round(ids)).any() or (zn[:, 3] != np.round(zn[:, 3])).any():
+        return "cluster ids and counts must be integers"
+    if (zn[:, 2] < 0).any():
+        return "negative heights"
+    row = np.arange(n - 1)
+    if (ids < 0).any() or (ids >= (n + row)[:, None]).any():
+        return "a row refers to a cluster that does not exist yet"
+    used = ids.astype(np.int64).ravel()
+    if np.unique(used).size != used.size:
+        return "a cluster is merged more than once"
+    size = np.ones(2 * n - 1, dtype=np.int64)
+    for r in range(n - 1):
+        size[n + r] = size[int(zn[r, 0])] + size[int(zn[r, 1])]
+    if (size[n:] != zn[:, 3]).any():
+        return "cluster sizes (column 3) do not match the merges"
+    return ""
 
 
 def _labels(lab: np.ndarray) -> torch.Tensor:

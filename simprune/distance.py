@@ -98,7 +98,9 @@ def _pairwise_distance_torch_kernel(x, y, metric, condensed, out_dtype, precisio
     return pairwise_distance_ref(x, y, metric, condensed, out_dtype, precision)
 
 
-register("pairwise_distance", "torch", devices=("cpu", "cuda"))(ops.get("pairwise_distance", "torch"))
+register("pairwise_distance", "torch", devices=("cpu", "cuda"))(
+    ops.get("pairwise_distance", "torch")
+)
 register(
     "pairwise_distance",
     "cpu",

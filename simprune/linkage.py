@@ -8,7 +8,7 @@ import torch
 
 from . import ops
 from ._checks import as_tensor, check_finite, check_float
-from .backends import implemented_backends, register, resolve, has_kernel
+from .backends import has_kernel, implemented_backends, register, resolve
 from .distance import pairwise_distance
 
 METHODS = ("single", "complete", "average", "weighted", "ward", "centroid", "median")
@@ -34,9 +34,9 @@ register("linkage", "torch", devices=("cpu", "cuda"))(ops.get("linkage", "torch"
 register("linkage", "cpu", devices=("cpu",), available=lambda: has_kernel("linkage_cpu", "CPU"))(
     ops.get("linkage", "cpu")
 )
-register("linkage", "cuda", devices=("cuda",), available=lambda: has_kernel("linkage_cuda", "CUDA"))(
-    ops.get("linkage", "cuda")
-)
+register(
+    "linkage", "cuda", devices=("cuda",), available=lambda: has_kernel("linkage_cuda", "CUDA")
+)(ops.get("linkage", "cuda"))
 
 
 def _square_to_condensed(d: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ the Triton kernels from ``kernels/``. A missing compiled library therefore remov
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -62,7 +64,10 @@ def _fake_linkage(d, method, mode):
     return d.new_empty((max(n - 1, 0), 4), dtype=torch.float64)
 
 
-_FAKES = {"pairwise_distance": _fake_pairwise_distance, "linkage": _fake_linkage}
+_FAKES: dict[str, Callable[..., Any]] = {
+    "pairwise_distance": _fake_pairwise_distance,
+    "linkage": _fake_linkage,
+}
 
 for _op, (_schema, _backends) in SCHEMAS.items():
     for _b in _backends:

@@ -134,7 +134,9 @@ def layer_descriptors(
     """
     weight = getattr(layer, "weight", None)
     if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"{type(layer).__name__} has no weight tensor; expected a Conv or Linear layer")
+        raise TypeError(
+            f"{type(layer).__name__} has no weight tensor; expected a Conv or Linear layer"
+        )
     if metric is None:
         metric = "gaussian" if bn is not None else "linear"
     gamma = beta = None

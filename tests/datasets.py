@@ -15,7 +15,9 @@ def mixture(n: int, d: int, k: int = 32, seed: int = 0) -> np.ndarray:
     return centres[rng.integers(0, k, n)] + rng.standard_normal((n, d))
 
 
-def channel_like(n: int, d: int, seed: int = 0, frac: float = 0.05, noise: float = 1e-3) -> np.ndarray:
+def channel_like(
+    n: int, d: int, seed: int = 0, frac: float = 0.05, noise: float = 1e-3
+) -> np.ndarray:
     """Mean 0.5, sigma 0.05, with ``frac`` of rows near-copies of others (the cancellation stress)."""
     rng = np.random.default_rng(seed)
     x = 0.5 + 0.05 * rng.standard_normal((n, d))

@@ -1,0 +1,122 @@
+"""torch.library ops: opcheck, torch.compile smoke tests, the backend registry and lean import."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import simprune
+from simprune import backends, ops
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _available(op: str, backend: str) -> bool:
+    return backend in simprune.available_backends(op, "cpu")
+
+
+def _dist_args():
+    x = torch.randn(9, 4, dtype=torch.float64)
+    return [
+        (x, None, "sqeuclidean", False, None, "exact"),
+        (x, None, "cosine", True, torch.float32, "exact"),
+        (x.float(), torch.randn(5, 4), "euclidean", False, torch.float64, "exact"),
+    ]
+
+
+@pytest.mark.parametrize("backend", backends.BACKENDS)
+def test_opcheck_pairwise_distance(backend):
+    if not _available("pairwise_distance", backend):
+        pytest.skip(f"pairwise_distance backend {backend!r} not available on CPU here")
+    for args in _dist_args():
+        torch.library.opcheck(ops.get("pairwise_distance", backend), args)
+
+
+@pytest.mark.parametrize("backend", backends.BACKENDS)
+def test_opcheck_linkage(backend):
+    if not _available("linkage", backend):
+        pytest.skip(f"linkage backend {backend!r} not available on CPU here")
+    d = simprune.pairwise_distance(torch.randn(12, 3, dtype=torch.float64), condensed=True)
+    for method in ("single", "average", "ward"):
+        torch.library.opcheck(ops.get("linkage", backend), (d, method, "exact"))
+
+
+def test_reference_ops_are_registered_for_cpu_and_cuda():
+    for op in ("pairwise_distance_torch", "linkage_torch"):
+        for key in ("CPU", "CUDA"):
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"simprune::{op}", key)
+
+
+def test_torch_compile_smoke():
+    x = torch.randn(10, 3, dtype=torch.float64)
+
+    def f(x):
+        d = torch.ops.simprune.pairwise_distance_torch(x, None, "euclidean", True, None, "exact")
+        return torch.ops.simprune.linkage_torch(d, "average", "exact")
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), f(x), rtol=0, atol=0)
+
+
+def test_registry_auto_and_explicit(monkeypatch):
+    name, _ = backends.resolve("linkage", "auto", torch.device("cpu"))
+    assert name == ("cpu" if _available("linkage", "cpu") else "torch")
+    assert backends.resolve("linkage", "torch", torch.device("cpu"))[0] == "torch"
+    with pytest.raises(simprune.BackendUnavailableError, match="runs on cuda"):
+        backends.resolve("linkage", "cuda", torch.device("cpu"))
+    with pytest.raises(ValueError, match="unknown backend"):
+        backends.resolve("linkage", "opencl", torch.device("cpu"))
+    monkeypatch.setenv("SIMPRUNE_BACKEND", "torch")
+    assert backends.resolve("linkage", "auto", torch.device("cpu"))[0] == "torch"
+    info = simprune.backend_info()
+    assert "linkage" in info["ops"] and info["torch"] == torch.__version__
+
+
+def test_unavailable_backend_hint(monkeypatch):
+    monkeypatch.setitem(
+        backends._REGISTRY["linkage"],
+        "cpu",
+        backends.Impl(lambda *a: None, ("cpu",), lambda: False, backends._HINTS["cpu"]),
+    )
+    with pytest.raises(simprune.BackendUnavailableError, match="pip install --no-build-isolation"):
+        backends.resolve("linkage", "cpu", torch.device("cpu"))
+    # auto falls back quietly to the reference
+    assert backends.resolve("linkage", "auto", torch.device("cpu"))[0] == "torch"
+
+
+def test_n_from_condensed():
+    assert [ops.n_from_condensed(m) for m in (0, 1, 3, 6, 4950)] == [1, 2, 3, 4, 100]
+    with pytest.raises(ValueError, match="n\\(n-1\\)/2"):
+        ops.n_from_condensed(5)
+
+
+def test_lean_import():
+    """`import simprune` must not initialise CUDA, import Triton, or load the kernels package."""
+    code = (
+        "import sys, torch, simprune\n"
+        "assert not torch.cuda.is_initialized(), 'CUDA initialised'\n"
+        "assert 'triton' not in sys.modules, 'triton imported'\n"
+        "assert 'simprune.kernels' not in sys.modules, 'kernels imported'\n"
+        "print('lean')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and "lean" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["simprune", "simprune.distance", "simprune.linkage", "simprune.cut", "simprune.similarity"],
+)
+def test_docstring_examples(module):
+    mod = importlib.import_module(module)
+    result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+    if module != "simprune":
+        assert result.attempted > 0, f"{module} has no runnable examples"
