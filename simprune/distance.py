@@ -6,13 +6,14 @@ returns scipy's ``pdist`` order (row-major upper triangle, length n(n-1)/2).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
 
 from . import ops
 from ._checks import as_tensor, check_finite, check_float, check_matrix
-from .backends import has_kernel, register, resolve
+from .backends import available_backends, has_kernel, has_triton, register, resolve
 
 METRICS = ("sqeuclidean", "euclidean", "cosine")
 PRECISIONS = ("exact", "fast")
@@ -115,6 +116,59 @@ register(
 )(ops.get("pairwise_distance", "cuda"))
 
 
+# Triton: kernels/distance.py, imported on first use only (importing simprune never imports Triton).
+@torch.library.impl(ops.LIB, "pairwise_distance_triton", "CPU")
+@torch.library.impl(ops.LIB, "pairwise_distance_triton", "CUDA")
+def _pairwise_distance_triton_kernel(x, y, metric, condensed, out_dtype, precision):
+    from .kernels.distance import pairwise_distance_triton
+
+    with torch.device(x.device):
+        return pairwise_distance_triton(x, y, metric, condensed, out_dtype, precision)
+
+
+register("pairwise_distance", "triton", devices=("cuda",), available=has_triton)(
+    ops.get("pairwise_distance", "triton")
+)
+
+
+def pairwise_distance_ragged_ref(packed, rows, cols, metric, condensed, out_dtype, precision):
+    """Reference of the ragged op: one :func:`pairwise_distance_ref` per group, concatenated."""
+    out_dtype = out_dtype or torch.promote_types(packed.dtype, torch.float32)
+    res, off = [], 0
+    for r, c in zip(rows, cols, strict=True):
+        x = packed[off : off + r * c].view(r, c)
+        off += r * c
+        res.append(pairwise_distance_ref(x, None, metric, condensed, out_dtype).reshape(-1))
+    if not res:
+        return packed.new_empty((0,), dtype=out_dtype)
+    return torch.cat(res)
+
+
+@torch.library.impl(ops.LIB, "pairwise_distance_ragged_torch", "CPU")
+@torch.library.impl(ops.LIB, "pairwise_distance_ragged_torch", "CUDA")
+def _pairwise_distance_ragged_torch_kernel(packed, rows, cols, metric, condensed, out_dtype, prec):
+    return pairwise_distance_ragged_ref(packed, rows, cols, metric, condensed, out_dtype, prec)
+
+
+@torch.library.impl(ops.LIB, "pairwise_distance_ragged_triton", "CPU")
+@torch.library.impl(ops.LIB, "pairwise_distance_ragged_triton", "CUDA")
+def _pairwise_distance_ragged_triton_kernel(packed, rows, cols, metric, condensed, out_dtype, prec):
+    from .kernels.distance import pairwise_distance_ragged_triton
+
+    with torch.device(packed.device):
+        return pairwise_distance_ragged_triton(
+            packed, list(rows), list(cols), metric, condensed, out_dtype, prec
+        )
+
+
+register("pairwise_distance_ragged", "torch", devices=("cpu", "cuda"))(
+    ops.get("pairwise_distance_ragged", "torch")
+)
+register("pairwise_distance_ragged", "triton", devices=("cuda",), available=has_triton)(
+    ops.get("pairwise_distance_ragged", "triton")
+)
+
+
 def _check_inputs(x, y, metric, condensed, out_dtype, precision):
     x = as_tensor(x, "x")
     check_float(x, "x")
@@ -214,6 +268,30 @@ def pairwise_distance_batched(
             checked.append(_check_inputs(x, None, metric, False, out_dtype, precision)[0])
         except (TypeError, ValueError) as e:
             raise type(e)(f"group {g}: {e}") from e
+    if not checked:
+        return []
+    dev, dt = checked[0].device, checked[0].dtype
+    single, fn = resolve("pairwise_distance", backend, dev)
+    one_launch = single == "triton" or (
+        backend == "auto"
+        and not os.environ.get("SIMPRUNE_BACKEND", "").strip()
+        and dev.type == "cuda"
+        and "triton" in available_backends("pairwise_distance_ragged", dev)
+    )
+    if one_launch and all(x.device == dev and x.dtype == dt for x in checked):
+        # All groups in one launch (the grouped-GEMM pattern): the common case of a whole network.
+        rows = [int(x.shape[0]) for x in checked]
+        cols = [int(x.shape[1]) for x in checked]
+        packed = torch.cat([x.reshape(-1) for x in checked])
+        flat = ops.get("pairwise_distance_ragged", "triton")(
+            packed, rows, cols, metric, condensed, out_dtype, precision
+        )
+        res, off = [], 0
+        for r in rows:
+            size = r * (r - 1) // 2 if condensed else r * r
+            res.append(flat[off : off + size] if condensed else flat[off : off + size].view(r, r))
+            off += size
+        return res
     return [
         resolve("pairwise_distance", backend, x.device)[1](
             x, None, metric, condensed, out_dtype, precision

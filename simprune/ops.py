@@ -30,6 +30,14 @@ SCHEMAS: dict[str, tuple[str, tuple[str, ...]]] = {
         "-> Tensor",
         BACKENDS,
     ),
+    # Many groups in one launch: packed = the flat concatenation of each group's row-major
+    # (rows[g], cols[g]) matrix; returns the flat concatenation of each group's condensed vector
+    # (condensed=True) or flattened square matrix.
+    "pairwise_distance_ragged": (
+        "(Tensor packed, int[] rows, int[] cols, str metric, bool condensed, ScalarType? out_dtype, "
+        "str precision) -> Tensor",
+        ("torch", "triton"),
+    ),
     # Hierarchical clustering of a condensed distance vector (scipy pdist order, fp32 or fp64).
     # Returns scipy's linkage matrix Z, float64 (n-1, 4). mode: "exact" | "strict".
     "linkage": ("(Tensor d, str method, str mode) -> Tensor", BACKENDS),
@@ -59,6 +67,12 @@ def _fake_pairwise_distance(x, y, metric, condensed, out_dtype, precision):
     return x.new_empty((n, m), dtype=dtype)
 
 
+def _fake_pairwise_distance_ragged(packed, rows, cols, metric, condensed, out_dtype, precision):
+    dtype = out_dtype if out_dtype is not None else torch.promote_types(packed.dtype, torch.float32)
+    total = sum(r * (r - 1) // 2 if condensed else r * r for r in rows)
+    return packed.new_empty((total,), dtype=dtype)
+
+
 def _fake_linkage(d, method, mode):
     n = n_from_condensed(d.shape[0])
     return d.new_empty((max(n - 1, 0), 4), dtype=torch.float64)
@@ -66,6 +80,7 @@ def _fake_linkage(d, method, mode):
 
 _FAKES: dict[str, Callable[..., Any]] = {
     "pairwise_distance": _fake_pairwise_distance,
+    "pairwise_distance_ragged": _fake_pairwise_distance_ragged,
     "linkage": _fake_linkage,
 }
 
