@@ -24,12 +24,15 @@ from .backends import (
 from .cut import cut_maxclust, cut_n_clusters, cut_threshold, redundancy_scores, representatives
 from .distance import pairwise_distance, pairwise_distance_batched, pairwise_distance_ref
 from .linkage import is_valid_linkage, linkage, linkage_ref
+from .prune import PruningPlan, apply_plan, prune
 from .similarity import channel_descriptors, channel_energy, distance_metric, layer_descriptors
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "PruningPlan",
+    "apply_plan",
     "available_backends",
     "backend_info",
     "channel_descriptors",
@@ -48,6 +51,7 @@ __all__ = [
     "pairwise_distance",
     "pairwise_distance_batched",
     "pairwise_distance_ref",
+    "prune",
     "redundancy_scores",
     "representatives",
 ]

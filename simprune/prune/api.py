@@ -1,0 +1,411 @@
+"""``simprune.prune``: similarity-based structured pruning of a whole network in one call."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..cut import cut_n_clusters
+from ..distance import pairwise_distance_batched
+from ..linkage import METHODS, linkage
+from .cut import CutResult, GroupCurve, make_curve, solve_global, solve_uniform
+from .descriptors import METRICS, check_finite_model, group_descriptors
+from .groups import ChannelGroup, build_dependency_graph, collect_groups
+from .macs import CostModel
+from .merge import MERGE_MODES, assign, choose_kept, expand_units
+from .plan import GroupPlan, PruningPlan, describe_inputs, execute
+from .progress import Progress
+from .report import GroupRow, PruneReport
+
+CUTS = ("global", "uniform")
+# Within the bisection's resolution the target is met to this relative tolerance (issue: +-1 %).
+TARGET_TOLERANCE = 0.01
+
+
+class PruneResult(NamedTuple):
+    """``model, plan, report = simprune.prune(...)``."""
+
+    model: nn.Module
+    plan: PruningPlan
+    report: PruneReport
+
+
+def _versions() -> dict[str, str]:
+    import torch_pruning
+
+    from .. import __version__
+
+    return {
+        "simprune": __version__,
+        "torch": torch.__version__,
+        "torch_pruning": torch_pruning.__version__,
+    }
+
+
+def _target(
+    macs_reduction: float | None, params_reduction: float | None, pruning_ratio: float | None
+) -> tuple[str, float]:
+    given = {
+        k: v
+        for k, v in (
+            ("macs_reduction", macs_reduction),
+            ("params_reduction", params_reduction),
+            ("pruning_ratio", pruning_ratio),
+        )
+        if v is not None
+    }
+    if len(given) != 1:
+        raise ValueError(
+            "give exactly one target: macs_reduction=, params_reduction= or pruning_ratio= "
+            f"(got {sorted(given) or 'none'})"
+        )
+    ((name, value),) = given.items()
+    if not (isinstance(value, (int, float)) and 0.0 <= float(value) < 1.0):
+        raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
+    return name, float(value)
+
+
+def _linkages(ds: list[torch.Tensor], method: str, backend: str) -> list[np.ndarray]:
+    from .. import linkage as linkage_mod
+
+    batched = getattr(linkage_mod, "linkage_batched", None)
+    if batched is not None:
+        zs = batched(ds, method, backend=backend)
+    else:
+        zs = [linkage(d, method, backend=backend) for d in ds]
+    return [z.detach().cpu().numpy() for z in zs]
+
+
+def _map_ignored(
+    model: nn.Module, work: nn.Module, ignored: Sequence[nn.Module]
+) -> list[nn.Module]:
+    if work is model:
+        return list(ignored)
+    names = {id(m): n for n, m in model.named_modules()}
+    out = []
+    for m in ignored:
+        if id(m) not in names:
+            raise ValueError(f"ignored_layers: {type(m).__name__} module is not part of the model")
+        out.append(work.get_submodule(names[id(m)]))
+    return out
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    macs_reduction: float | None = None,
+    params_reduction: float | None = None,
+    pruning_ratio: float | None = None,
+    metric: str = "gaussian",
+    method: str = "average",
+    cut: str = "global",
+    keep_per_cluster: int = 1,
+    representative: str = "energy",
+    merge: bool | str = True,
+    min_keep_ratio: float = 0.1,
+    round_to: int | None = None,
+    ignored_layers: Sequence[nn.Module] | None = None,
+    inplace: bool = False,
+    backend: str = "auto",
+    progress: bool = True,
+) -> PruneResult:
+    """Prune a network by channel similarity: cluster each channel group, keep representatives.
+
+    Channel groups come from Torch-Pruning's DependencyGraph (coupled channels across residual adds,
+    concatenations and depthwise convs move together). Each group's channels get descriptors
+    (metric.md: the probabilistic channel-similarity metric derived from the paper's stated model,
+    ``gaussian``, for Conv/Linear + BatchNorm; ``linear`` without BN), one engine pass computes all
+    distance matrices and dendrograms, one global scale-free threshold (bisection) meets the target,
+    each cluster keeps its representatives, the removed channels are merged into them, and
+    Torch-Pruning's prune functions rewrite the layers.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Left untouched unless ``inplace=True``.
+    example_inputs : Tensor or tuple of Tensors
+        Inputs for tracing and for recording output sizes (a batch of 1 is enough).
+    macs_reduction, params_reduction, pruning_ratio : float in [0, 1)
+        Exactly one. MACs/params: fraction of the analytic model's MACs (Conv/Linear/norm layers,
+        per sample) or of all parameters to remove, met within +-1 %. ``pruning_ratio``: fraction of
+        the prunable channels to remove (with ``cut="uniform"``: of every group's channels, as in
+        Torch-Pruning).
+    metric : {"gaussian", "wasserstein", "linear", "cosine", "euclidean", "sqeuclidean"}
+        Descriptor metric (simprune.similarity); BN metrics fall back to ``linear`` without a BN.
+    method : linkage method (scipy's names); "average" clusters on sqrt(D).
+    cut : {"global", "uniform"}
+        "global": one threshold t on the scale-free heights for all groups; "uniform": every group
+        loses the same fraction (bisection on that fraction for MACs/params targets).
+    keep_per_cluster : channels kept per cluster.
+    representative : {"energy", "medoid"}
+        Which channels of a cluster stay: largest energy (squared descriptor norm) or medoid.
+    merge : {True, "ls", "sum", False}
+        Fold removed channels into their representative in every consumer (True = "ls", the
+        least-squares coefficient <v_j, v_r>/<v_r, v_r>).
+    min_keep_ratio : every group keeps at least max(1, ceil(min_keep_ratio * n)) units.
+    round_to : keep a multiple of ``round_to`` channels per group (rounded up, at most all).
+    ignored_layers : modules whose output channels are never pruned.
+    inplace : prune ``model`` itself.
+    backend : engine backend for distances and linkage ("auto", "torch", "cpu", "triton", "cuda").
+    progress : print progress on stderr.
+
+    Returns
+    -------
+    PruneResult(model, plan, report)
+        The pruned model (same training mode as the input), the :class:`PruningPlan` (JSON,
+        replayable with :func:`apply_plan`) and a :class:`PruneReport` (``print(report)`` shows the
+        table).
+
+    Raises
+    ------
+    ValueError
+        Bad arguments, NaN/inf weights (naming the tensor), an unreachable target (with the largest
+        reachable one).
+    simprune.prune.TracingError
+        The model cannot be traced (naming the layer or op).
+    """
+    target_name, target_value = _target(macs_reduction, params_reduction, pruning_ratio)
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+    if method not in METHODS:
+        raise ValueError(f"unknown linkage method {method!r}; expected one of {METHODS}")
+    if method in ("ward", "centroid", "median") and metric == "cosine":
+        raise ValueError(f"method {method!r} needs Euclidean distances; use another metric")
+    if cut not in CUTS:
+        raise ValueError(f"unknown cut {cut!r}; expected one of {CUTS}")
+    if not (isinstance(keep_per_cluster, int) and keep_per_cluster >= 1):
+        raise ValueError(f"keep_per_cluster must be an int >= 1, got {keep_per_cluster!r}")
+    if representative not in ("energy", "medoid"):
+        raise ValueError(
+            f"unknown representative {representative!r}; expected 'energy' or 'medoid'"
+        )
+    merge_mode: str | None
+    if merge is True:
+        merge_mode = "ls"
+    elif merge is False or merge is None:
+        merge_mode = None
+    elif merge in MERGE_MODES:
+        merge_mode = str(merge)
+    else:
+        raise ValueError(f"merge must be True, False, 'ls' or 'sum', got {merge!r}")
+    if not 0.0 <= min_keep_ratio <= 1.0:
+        raise ValueError(f"min_keep_ratio must be in [0, 1], got {min_keep_ratio!r}")
+    if round_to is not None and not (isinstance(round_to, int) and round_to >= 1):
+        raise ValueError(f"round_to must be None or an int >= 1, got {round_to!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_finite_model(model)
+
+    timings: dict[str, float] = {}
+    with Progress(progress) as bar:
+        bar.stage("tracing")
+        t0 = time.perf_counter()
+        work = model if inplace else copy.deepcopy(model)
+        training = work.training
+        ignored = _map_ignored(model, work, ignored_layers or [])
+        dg = build_dependency_graph(work, example_inputs, ignored)
+        groups, skipped = collect_groups(dg, work, ignored)
+        cm = CostModel(work, example_inputs)
+        cm.bind(groups)
+        timings["trace"] = time.perf_counter() - t0
+
+        plan_groups, cut_res = _plan(
+            groups, cm, bar, timings,
+            target=(target_name, target_value), metric=metric, method=method, cut=cut,
+            keep_per_cluster=keep_per_cluster, representative=representative,
+            merge_mode=merge_mode, min_keep_ratio=min_keep_ratio, round_to=round_to,
+            backend=backend,
+        )  # fmt: skip
+
+        bar.stage("rewriting")
+        t0 = time.perf_counter()
+        widths0 = {s.name: s.out0 for s in cm.layers if s.kind != "norm"}
+        execute(work, dg, plan_groups)
+        work.train(training)
+        timings["rewrite"] = time.perf_counter() - t0
+        bar.stage("done")
+
+    macs1, params1 = cm.measure(work)
+    plan = PruningPlan(
+        plan_groups,
+        describe_inputs(example_inputs),
+        settings={
+            "target": {target_name: target_value},
+            "metric": metric,
+            "method": method,
+            "cut": cut,
+            "keep_per_cluster": keep_per_cluster,
+            "representative": representative,
+            "merge": merge_mode,
+            "min_keep_ratio": min_keep_ratio,
+            "round_to": round_to,
+            "threshold": cut_res.threshold,
+            "uniform_ratio": cut_res.ratio,
+        },
+        versions=_versions(),
+    )
+    layers = {}
+    for name, w0 in widths0.items():
+        mod = work.get_submodule(name)
+        w1 = getattr(mod, "out_channels", None) or getattr(mod, "out_features", None)
+        layers[name] = [int(w0), int(w1 or 0)]
+    report = PruneReport(
+        groups=[
+            GroupRow(
+                gp.root,
+                gp.n_channels,
+                len(gp.kept),
+                sum(1 for _, kind in gp.members if kind in ("producer", "depthwise")),
+            )
+            for gp in plan_groups
+        ],
+        macs_before=cm.macs0,
+        macs_after=macs1,
+        params_before=cm.params0,
+        params_after=params1,
+        target={target_name: target_value, "cut": cut},
+        threshold=cut_res.threshold,
+        skipped=[[r, why] for r, why in skipped],
+        timings=timings,
+        layers=layers,
+    )
+    if plan.n_removed == 0:
+        warnings.warn(
+            "simprune.prune removed no channel (target too small, or every group is at its "
+            "min_keep_ratio guard / ignored)",
+            stacklevel=2,
+        )
+    return PruneResult(work, plan, report)
+
+
+def _plan(
+    groups: list[ChannelGroup],
+    cm: CostModel,
+    bar: Progress,
+    timings: dict[str, float],
+    *,
+    target: tuple[str, float],
+    metric: str,
+    method: str,
+    cut: str,
+    keep_per_cluster: int,
+    representative: str,
+    merge_mode: str | None,
+    min_keep_ratio: float,
+    round_to: int | None,
+    backend: str,
+) -> tuple[list[GroupPlan], CutResult]:
+    """Descriptors -> distances -> linkage -> cut -> representatives and merges, for all groups."""
+    t0 = time.perf_counter()
+    vs = []
+    for k, g in enumerate(groups):
+        vs.append(group_descriptors(g, metric))
+        bar.stage("descriptors", k + 1, len(groups))
+    timings["descriptors"] = time.perf_counter() - t0
+
+    # One engine pass for every group with >= 2 units: condensed distances, then one Z per group.
+    multi = [k for k, v in enumerate(vs) if v.shape[0] >= 2]
+    dmetric = "cosine" if metric == "cosine" else "euclidean"
+    t0 = time.perf_counter()
+    bar.stage("distances")
+    ds = pairwise_distance_batched(
+        [vs[k] for k in multi], metric=dmetric, condensed=True, out_dtype=torch.float64,
+        backend=backend,
+    )  # fmt: skip
+    timings["distances"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    bar.stage("linkage")
+    zs_multi = _linkages(ds, method, backend)
+    timings["linkage"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    zs: list[np.ndarray] = [np.zeros((0, 4)) for _ in groups]
+    for k, z in zip(multi, zs_multi, strict=True):
+        zs[k] = z
+    curves: list[GroupCurve] = []
+    for g, v, z in zip(groups, vs, zs, strict=True):
+        if dmetric == "cosine":
+            scale = 1.0
+        else:
+            e = float((v * v).sum(1).mean())
+            scale = math.sqrt(e) if e > 0 else 1.0
+        curves.append(
+            make_curve(
+                z, scale, ch_groups=g.ch_groups, keep_per_cluster=keep_per_cluster,
+                min_keep_ratio=min_keep_ratio,
+            )
+        )  # fmt: skip
+
+    name, value = target
+    total_ch = float(sum(g.n_channels for g in groups))
+    if name == "macs_reduction":
+
+        def cost(r: np.ndarray) -> float:
+            return cm.cost(r)[0]
+
+        goal = (1.0 - value) * cm.macs0
+    elif name == "params_reduction":
+
+        def cost(r: np.ndarray) -> float:
+            return cm.cost(r)[1]
+
+        goal = (1.0 - value) * cm.params0
+    else:
+
+        def cost(r: np.ndarray) -> float:
+            return total_ch - float(np.sum(r))
+
+        goal = (1.0 - value) * total_ch
+
+    if cut == "uniform":
+        res = solve_uniform(
+            curves, cost, None if name == "pruning_ratio" else goal,
+            ratio=value if name == "pruning_ratio" else None, round_to=round_to,
+        )  # fmt: skip
+    else:
+        res = solve_global(curves, cost, goal, round_to=round_to)
+    if res.cost0 > 0 and (res.cost - goal) / res.cost0 > TARGET_TOLERANCE and value > 0:
+        reached = 1.0 - res.cost / res.cost0
+        raise ValueError(
+            f"cannot reach {name}={value}: the most this model allows is {reached:.4f} with "
+            f"min_keep_ratio={min_keep_ratio}, keep_per_cluster={keep_per_cluster}, "
+            f"round_to={round_to} and the ignored layers"
+        )
+    timings["cut"] = time.perf_counter() - t0
+
+    plans = []
+    for g, v, z, curve, m in zip(groups, vs, zs, curves, res.merges, strict=True):
+        n = g.n_units
+        vc = v.detach().cpu()
+        if m == 0:
+            kept_units = list(range(n))
+            unit_merges: list[tuple[int, int, float]] = []
+        else:
+            labels = cut_n_clusters(torch.from_numpy(z), n - m)
+            kept_t = choose_kept(
+                vc, labels, method=representative, keep_per_cluster=keep_per_cluster
+            )
+            if len(kept_t) != curve.kept(m):
+                raise AssertionError("internal: kept count differs from the cut's count")
+            kept_units = kept_t.tolist()
+            unit_merges = assign(vc, labels, kept_t, merge_mode) if merge_mode else []
+        plans.append(
+            GroupPlan(
+                root=g.root_name,
+                n_channels=g.n_channels,
+                ch_groups=g.ch_groups,
+                members=[[mm.name, mm.kind] for mm in g.members],
+                kept=g.unit_channels(kept_units),
+                merges=[[j, r, a] for j, r, a in expand_units(g, unit_merges)],
+            )
+        )
+    return plans, res

@@ -1,0 +1,86 @@
+"""Descriptors of a channel group (metric.md sections 1-2).
+
+Each producer (a Conv/Linear whose output channels are in the group, or a depthwise conv) gives one
+descriptor row per channel: ``gaussian`` ([beta, gamma * w/|w|]) when the BatchNorm that directly
+follows it is in the group, ``linear`` ([bias, w]) otherwise (metric.md: "groups without BN use
+linear"). A coupled group (residual adds, concatenations, depthwise chains) concatenates the rows of
+every producer, so its squared distance is the sum of the producers' squared distances.
+
+With channel groups (a grouped conv in the group), a pruning unit is one position in every conv group;
+its row concatenates the rows of those channels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..similarity import channel_descriptors
+from .groups import ChannelGroup, Member
+
+BN_METRICS = ("gaussian", "wasserstein")
+METRICS = ("gaussian", "wasserstein", "linear", "cosine", "euclidean", "sqeuclidean")
+
+
+def _producer_weight(m: Member) -> torch.Tensor:
+    mod = m.module
+    w = mod.weight.detach()
+    if isinstance(mod, nn.modules.conv._ConvNd) and mod.transposed:
+        # ConvTranspose weights are (in, out/groups, ...): output channels on dim 1.
+        w = w.transpose(0, 1)
+    return w
+
+
+def _rows(m: Member, bn: nn.Module | None, metric: str) -> torch.Tensor:
+    w = _producer_weight(m)
+    bias = getattr(m.module, "bias", None)
+    if metric in BN_METRICS:
+        if bn is None:
+            v = channel_descriptors(w, metric="linear", bias=bias)
+        else:
+            n = w.shape[0]
+            gamma = bn.weight if bn.weight is not None else torch.ones(n)
+            beta = bn.bias if bn.bias is not None else torch.zeros(n)
+            v = channel_descriptors(w, metric=metric, gamma=gamma, beta=beta)
+    elif metric == "linear":
+        v = channel_descriptors(w, metric="linear", bias=bias)
+    else:
+        v = channel_descriptors(w, metric=metric)
+    return v.to(torch.float64)
+
+
+def group_descriptors(group: ChannelGroup, metric: str = "gaussian") -> torch.Tensor:
+    """Descriptor matrix (n_units, d) of a channel group, float64 on the weights' device.
+
+    Rows follow the group's root channel order; a producer that covers only some of the group's
+    channels (a concatenation input) contributes zeros for the others.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+    n = group.n_channels
+    blocks = []
+    for m in group.producers():
+        try:
+            v = _rows(m, group.bn_of.get(m.name), metric)
+        except ValueError as e:
+            raise ValueError(f"layer {m.name!r}: {e}") from e
+        full = torch.zeros(n, v.shape[1], dtype=torch.float64, device=v.device)
+        full[torch.tensor(m.root_idxs, device=v.device)] = v[torch.tensor(m.idxs, device=v.device)]
+        blocks.append(full)
+    v = torch.cat(blocks, dim=1)
+    cg = group.ch_groups
+    if cg > 1:
+        # (cg * gs, d) -> (gs, cg * d): unit u holds channels u, u + gs, u + 2 gs, ...
+        gs = n // cg
+        v = v.reshape(cg, gs, -1).permute(1, 0, 2).reshape(gs, -1)
+    return v.contiguous()
+
+
+def check_finite_model(model: nn.Module) -> None:
+    """ValueError naming the first parameter or buffer that holds NaN or inf."""
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(
+                f"{name!r} has {bad} non-finite value(s) (NaN or inf); pruning needs finite weights"
+            )

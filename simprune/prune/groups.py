@@ -1,0 +1,318 @@
+"""Channel groups from Torch-Pruning's ``DependencyGraph``.
+
+A *channel group* is a set of channels that must be removed together: the output channels of one
+Conv/Linear layer plus everything coupled to them (the following BatchNorm, depthwise convolutions,
+residual adds, concatenations, and the input channels of every consumer). Torch-Pruning traces the
+model and builds these groups; we only classify the members:
+
+* producers: Conv/Linear layers whose *output* channels are in the group (descriptor sources);
+* depthwise convolutions (both produce and consume the channel; never a merge target);
+* norms: BatchNorm and friends whose channels are in the group;
+* consumers: Conv/Linear layers whose *input* channels are in the group (merge targets).
+
+Each member keeps Torch-Pruning's layer indices and the matching root indices, so a channel of the
+group (a root index) maps to one or more indices of every member (several for a consumer reached
+through a flatten).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+_F = tp.pruner.function
+PRODUCER_FNS = (_F.prune_conv_out_channels, _F.prune_linear_out_channels)
+CONSUMER_FNS = (_F.prune_conv_in_channels, _F.prune_linear_in_channels)
+DEPTHWISE_FNS = (_F.prune_depthwise_conv_out_channels,)
+NORM_TYPES = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
+
+
+@dataclass
+class Member:
+    """One layer of a channel group."""
+
+    name: str
+    module: Any  # nn.Module, or nn.Parameter for unwrapped parameters
+    kind: str  # "producer" | "depthwise" | "norm" | "consumer" | "other"
+    idxs: list[int]  # indices in this layer
+    root_idxs: list[int]  # the group channel (root index) of each entry of idxs
+
+    def layer_index_map(self) -> dict[int, list[int]]:
+        """root index -> layer indices (in order; several for flatten-reached consumers)."""
+        out: dict[int, list[int]] = {}
+        for i, r in zip(self.idxs, self.root_idxs, strict=True):
+            out.setdefault(int(r), []).append(int(i))
+        return out
+
+
+@dataclass
+class ChannelGroup:
+    """Channels pruned together, with their producers, norms and consumers."""
+
+    index: int
+    root_name: str
+    n_channels: int
+    ch_groups: int  # >1 when a grouped conv forces the same positions in every conv group
+    members: list[Member]
+    tp_group: Any = field(repr=False)
+    bn_of: dict[str, nn.Module] = field(default_factory=dict, repr=False)
+
+    @property
+    def n_units(self) -> int:
+        """Number of independent pruning units (channels / ch_groups)."""
+        return self.n_channels // self.ch_groups
+
+    def producers(self) -> list[Member]:
+        return [m for m in self.members if m.kind in ("producer", "depthwise")]
+
+    def consumers(self) -> list[Member]:
+        return [m for m in self.members if m.kind == "consumer"]
+
+    def unit_channels(self, units: Sequence[int]) -> list[int]:
+        """Root channels of pruning units (a unit is one position in every channel group)."""
+        gs = self.n_units
+        return sorted(int(u) + g * gs for u in units for g in range(self.ch_groups))
+
+
+class TracingError(RuntimeError):
+    """The model could not be traced into a dependency graph."""
+
+
+def _module_names(model: nn.Module) -> dict[Any, str]:
+    names: dict[Any, str] = {m: n for n, m in model.named_modules()}
+    for n, p in model.named_parameters():
+        names.setdefault(p, n)
+    return names
+
+
+def _run_forward(model: nn.Module, example_inputs: Any) -> Any:
+    if isinstance(example_inputs, dict):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    return model(example_inputs)
+
+
+def build_dependency_graph(
+    model: nn.Module, example_inputs: Any, ignored_layers: Sequence[nn.Module] = ()
+) -> tp.DependencyGraph:
+    """Trace ``model`` with Torch-Pruning; failures name the module or op that broke the trace."""
+    current: list[str] = []
+    names = _module_names(model)
+
+    def pre(mod: nn.Module, _inp: Any) -> None:
+        current.append(names.get(mod, type(mod).__name__))
+
+    def post(mod: nn.Module, _inp: Any, _out: Any) -> None:
+        if current:
+            current.pop()
+
+    hooks = [m.register_forward_pre_hook(pre) for m in model.modules()]
+    hooks += [m.register_forward_hook(post) for m in model.modules()]
+    try:
+        with torch.enable_grad(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                # ignored_layers are honoured when groups are collected, not here: a layer left
+                # out of the trace would disconnect the graph around it.
+                dg = tp.DependencyGraph().build_dependency(model, example_inputs, verbose=True)
+            except Exception as e:  # noqa: BLE001 - re-raised with the failing module named
+                where = current[-1] if current else "the model's output"
+                raise TracingError(
+                    f"could not trace the model with Torch-Pruning: {type(e).__name__}: {e} "
+                    f"(while running {where!r}). Check that example_inputs fit the model and that "
+                    "its forward uses autograd-traceable tensor ops."
+                ) from e
+    finally:
+        for h in hooks:
+            h.remove()
+    unknown = [str(w.message) for w in caught if "Unknown operation" in str(w.message)]
+    if unknown:
+        raise TracingError(
+            "Torch-Pruning met an operation it cannot trace (it would be treated as element-wise "
+            f"and could corrupt the channel groups): {unknown[0]}"
+        )
+    for w in caught:
+        if "Unknown operation" not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    # Every Conv/Linear that runs must be in the graph; one that is not was computed outside
+    # autograd (torch.no_grad, .detach(), numpy round-trips) and would be pruned inconsistently.
+    ran: list[nn.Module] = []
+    hooks2 = [
+        m.register_forward_hook(lambda mod, i, o: ran.append(mod))
+        for m in model.modules()
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+    ]
+    try:
+        with torch.no_grad():
+            _run_forward(model, example_inputs)
+    finally:
+        for h in hooks2:
+            h.remove()
+    ignored = set(map(id, ignored_layers))
+    for mod in ran:
+        if mod not in dg.module2node and id(mod) not in ignored:
+            raise TracingError(
+                f"layer {names.get(mod, '?')!r} ({type(mod).__name__}) runs in forward but is not "
+                "connected to the output through autograd (torch.no_grad / detach / non-tensor op?); "
+                "it cannot be traced. Add it to ignored_layers or make the forward differentiable."
+            )
+    return dg
+
+
+def _kind(dep: Any) -> str:
+    fn = dep.handler
+    mod = dep.target.module
+    if fn in DEPTHWISE_FNS:
+        return "depthwise"
+    if fn in PRODUCER_FNS:
+        return "producer"
+    if fn in CONSUMER_FNS:
+        return "consumer"
+    if isinstance(mod, NORM_TYPES):
+        return "norm"
+    return "other"
+
+
+def _reaches_output(item: Any) -> bool:
+    """True when pruning this member changes a tensor the model returns.
+
+    The traced graph ends at the model outputs: a node without outputs (or an explicit output
+    node) is an output. A consumer's output channels are not in the group, so consumers are exempt.
+    """
+    if item.dep.handler in CONSUMER_FNS:
+        return False
+    node = item.dep.target
+    return (
+        node.type == tp.ops.OPTYPE.OUTPUT
+        or not node.outputs
+        or any(o.type == tp.ops.OPTYPE.OUTPUT for o in node.outputs)
+    )
+
+
+def _channel_groups_of(members: list[Member]) -> int:
+    cg = 1
+    for m in members:
+        mod = m.module
+        if (
+            isinstance(mod, nn.modules.conv._ConvNd)
+            and mod.groups > 1
+            and not (mod.groups == mod.in_channels == mod.out_channels)
+        ):
+            cg = max(cg, mod.groups)
+    return cg
+
+
+def collect_groups(
+    dg: tp.DependencyGraph,
+    model: nn.Module,
+    ignored_layers: Sequence[nn.Module] = (),
+    root_module_types: Sequence[type] = (nn.modules.conv._ConvNd, nn.Linear),
+) -> tuple[list[ChannelGroup], list[tuple[str, str]]]:
+    """The prunable channel groups of a traced model, and the skipped ones as (root, reason).
+
+    Groups whose channels reach the model's output (a classifier's classes, a feature extractor's
+    output channels) are never pruned: that would change what the model returns.
+    """
+    names = _module_names(model)
+    groups: list[ChannelGroup] = []
+    skipped: list[tuple[str, str]] = []
+    for g in dg.get_all_groups(
+        ignored_layers=list(ignored_layers), root_module_types=list(root_module_types)
+    ):
+        root = g[0].dep.target.module
+        root_name = names.get(root, str(root))
+        n = len(g[0].idxs)
+        if any(_reaches_output(it) for it in g):
+            skipped.append((root_name, "its channels reach the model output"))
+            continue
+        members, bad = members_of(g, names)
+        if bad:
+            skipped.append((root_name, bad))
+            continue
+        if not members:
+            continue
+        if not any(m.kind in ("producer", "depthwise") for m in members):
+            skipped.append((root_name, "no Conv/Linear producer"))
+            continue
+        cg = _channel_groups_of(members)
+        if n % cg:
+            skipped.append((root_name, f"{n} channels not divisible by {cg} conv groups"))
+            continue
+        grp = ChannelGroup(len(groups), root_name, n, cg, members, g)
+        grp.bn_of = _following_norms(dg, grp)
+        groups.append(grp)
+    return groups, skipped
+
+
+def members_of(g: Any, names: dict[Any, str]) -> tuple[list[Member], str | None]:
+    """The classified members of a Torch-Pruning group (element-wise/reshape nodes dropped)."""
+    members: list[Member] = []
+    for it in g:
+        dep = it.dep
+        mod = dep.target.module
+        if dep.target.type in (tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.RESHAPE):
+            continue
+        if any(r is None for r in it.root_idxs):
+            return [], f"index mapping of {names.get(mod, '?')} is unknown"
+        members.append(
+            Member(
+                name=names.get(mod, str(mod)),
+                module=mod,
+                kind=_kind(dep),
+                idxs=list(map(int, it.idxs)),
+                root_idxs=list(map(int, it.root_idxs)),
+            )
+        )
+    return members, None
+
+
+def _following_norms(dg: tp.DependencyGraph, grp: ChannelGroup) -> dict[str, nn.Module]:
+    """producer name -> the BatchNorm that directly follows it (when that BN is in the group)."""
+    bns = {
+        id(m.module) for m in grp.members if isinstance(m.module, nn.modules.batchnorm._BatchNorm)
+    }
+    out: dict[str, nn.Module] = {}
+    for m in grp.producers():
+        node = dg.module2node.get(m.module)
+        if node is None:
+            continue
+        nxt = [o for o in node.outputs if isinstance(o.module, nn.modules.batchnorm._BatchNorm)]
+        if len(node.outputs) == 1 and nxt and id(nxt[0].module) in bns:
+            out[m.name] = nxt[0].module
+    return out
+
+
+def group_at(dg: tp.DependencyGraph, model: nn.Module, root_name: str, index: int) -> ChannelGroup:
+    """Rebuild the full channel group rooted at the output channels of ``root_name``."""
+    try:
+        mod = model.get_submodule(root_name)
+    except AttributeError:
+        raise ValueError(f"the model has no layer named {root_name!r}") from None
+    if mod not in dg.module2node:
+        raise ValueError(f"layer {root_name!r} is not part of the traced graph")
+    pruner = dg.get_pruner_of_module(mod)
+    n = pruner.get_out_channels(mod) if pruner is not None else None
+    if n is None:
+        raise ValueError(
+            f"layer {root_name!r} ({type(mod).__name__}) has no prunable output channels"
+        )
+    g = dg.get_pruning_group(mod, pruner.prune_out_channels, list(range(n)))
+    names = _module_names(model)
+    members, bad = members_of(g, names)
+    if bad:
+        raise ValueError(f"group {root_name!r}: {bad}")
+    grp = ChannelGroup(index, root_name, n, _channel_groups_of(members), members, g)
+    grp.bn_of = _following_norms(dg, grp)
+    return grp

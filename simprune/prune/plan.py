@@ -1,0 +1,169 @@
+"""``PruningPlan``: what to keep and how to merge, as JSON; replayable on a fresh model.
+
+A plan lists, per channel group, the root layer's name, the group's members (to detect a different
+architecture), the kept channels and the merges (removed channel, representative, coefficient). The
+rewrite (merge, then Torch-Pruning's prune functions) is the same code for :func:`simprune.prune` and
+:func:`apply_plan`, so replaying a plan on the original architecture reproduces the pruned model
+exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .groups import ChannelGroup, build_dependency_graph, group_at
+from .merge import apply_merges
+
+PLAN_FORMAT = 1
+
+
+@dataclass
+class GroupPlan:
+    """One channel group of a plan."""
+
+    root: str
+    n_channels: int
+    ch_groups: int
+    members: list[list[str]]  # [name, kind] of every member, for architecture checks
+    kept: list[int]  # root channels kept (sorted)
+    merges: list[list[Any]] = field(default_factory=list)  # [removed, representative, coefficient]
+
+    @property
+    def removed(self) -> list[int]:
+        keep = set(self.kept)
+        return [c for c in range(self.n_channels) if c not in keep]
+
+
+@dataclass
+class PruningPlan:
+    """The decisions of one :func:`simprune.prune` call; JSON round-trip with save/load."""
+
+    groups: list[GroupPlan]
+    example_inputs: list[dict[str, Any]]  # shape and dtype of each example input tensor
+    settings: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    format: int = PLAN_FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PruningPlan:
+        if d.get("format") != PLAN_FORMAT:
+            raise ValueError(f"unsupported plan format {d.get('format')!r}; expected {PLAN_FORMAT}")
+        groups = [GroupPlan(**g) for g in d["groups"]]
+        return cls(groups, d["example_inputs"], d.get("settings", {}), d.get("versions", {}))
+
+    @classmethod
+    def from_json(cls, text: str) -> PruningPlan:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        with open(path, "w") as f:
+            f.write(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> PruningPlan:
+        with open(path) as f:
+            return cls.from_json(f.read())
+
+    @property
+    def n_removed(self) -> int:
+        return sum(g.n_channels - len(g.kept) for g in self.groups)
+
+
+def describe_inputs(example_inputs: Any) -> list[dict[str, Any]]:
+    xs = example_inputs if isinstance(example_inputs, (tuple, list)) else [example_inputs]
+    out = []
+    for x in xs:
+        if not isinstance(x, torch.Tensor):
+            return []  # not reproducible from shapes: apply_plan then needs example_inputs
+        out.append({"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")})
+    return out
+
+
+def _inputs_from(desc: list[dict[str, Any]]) -> Any:
+    if not desc:
+        raise ValueError("this plan does not record its example inputs; pass example_inputs=")
+    xs = [torch.zeros(d["shape"], dtype=getattr(torch, d["dtype"])) for d in desc]
+    return xs[0] if len(xs) == 1 else tuple(xs)
+
+
+def _check_group(gp: GroupPlan, grp: ChannelGroup) -> None:
+    if grp.n_channels != gp.n_channels:
+        raise ValueError(
+            f"plan does not match the model: layer {gp.root!r} has {grp.n_channels} output "
+            f"channels, the plan expects {gp.n_channels}"
+        )
+    have = [[m.name, m.kind] for m in grp.members]
+    for k, (want, got) in enumerate(zip(gp.members, have, strict=False)):
+        if list(want) != got:
+            raise ValueError(
+                f"plan does not match the model: member {k} of group {gp.root!r} is {got[0]!r} "
+                f"({got[1]}), the plan expects {want[0]!r} ({want[1]})"
+            )
+    if len(have) != len(gp.members):
+        raise ValueError(
+            f"plan does not match the model: group {gp.root!r} has {len(have)} members, the plan "
+            f"expects {len(gp.members)}"
+        )
+
+
+@torch.no_grad()
+def execute(model: nn.Module, dg: Any, group_plans: list[GroupPlan]) -> None:
+    """Merge, then prune, every group of the plan in ``model`` (in place)."""
+    groups = [group_at(dg, model, gp.root, k) for k, gp in enumerate(group_plans)]
+    for gp, grp in zip(group_plans, groups, strict=True):
+        _check_group(gp, grp)
+    # All merges first: they read the original consumer weights of every group.
+    for gp, grp in zip(group_plans, groups, strict=True):
+        if gp.merges:
+            apply_merges(grp, [(int(j), int(r), float(a)) for j, r, a in gp.merges])
+    for gp in group_plans:
+        removed = gp.removed
+        if not removed:
+            continue
+        mod = model.get_submodule(gp.root)
+        pruner = dg.get_pruner_of_module(mod)
+        dg.get_pruning_group(mod, pruner.prune_out_channels, removed).prune()
+
+
+def apply_plan(
+    model: nn.Module,
+    plan: PruningPlan,
+    example_inputs: Any = None,
+    *,
+    inplace: bool = False,
+) -> nn.Module:
+    """Reproduce a pruned model from a fresh model of the same architecture and a plan.
+
+    Parameters
+    ----------
+    model : the unpruned model (same architecture and weights as when the plan was made, for an
+        identical result; other weights give the same widths with these merges).
+    plan : a :class:`PruningPlan` (or a path to its JSON file).
+    example_inputs : inputs for tracing; default: zeros of the shapes recorded in the plan.
+    inplace : modify ``model`` itself instead of a copy.
+
+    Raises ValueError naming the first mismatch when the architecture differs from the plan's.
+    """
+    if isinstance(plan, (str, os.PathLike)):
+        plan = PruningPlan.load(plan)
+    if example_inputs is None:
+        example_inputs = _inputs_from(plan.example_inputs)
+    work = model if inplace else copy.deepcopy(model)
+    training = work.training
+    dg = build_dependency_graph(work, example_inputs)
+    execute(work, dg, plan.groups)
+    work.train(training)
+    return work
