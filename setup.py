@@ -157,6 +157,8 @@ ext_modules, cmdclass = build_extensions()
 setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
+    # Real data and the trained baseline ship inside the package (no downloads at run time).
+    package_data={"simprune": ["data/*.npz", "data/*.pt", "data/*.json", "data/*.md"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

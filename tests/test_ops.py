@@ -112,7 +112,14 @@ def test_lean_import():
 
 @pytest.mark.parametrize(
     "module",
-    ["simprune", "simprune.distance", "simprune.linkage", "simprune.cut", "simprune.similarity"],
+    [
+        "simprune",
+        "simprune.distance",
+        "simprune.linkage",
+        "simprune.cut",
+        "simprune.similarity",
+        "simprune.datasets",
+    ],
 )
 def test_docstring_examples(module):
     mod = importlib.import_module(module)
