@@ -80,7 +80,8 @@ class CutResult:
     threshold: float | None  # the global threshold (None for uniform)
     ratio: float | None  # the uniform ratio (None for global)
     cost: float  # the target quantity at this cut
-    cost0: float
+    cost0: float  # ... with nothing pruned
+    min_cost: float  # ... at the deepest cut the guards allow
 
 
 def _removed_channels(curves: Sequence[GroupCurve], merges: Sequence[int]) -> np.ndarray:
@@ -110,15 +111,10 @@ def solve_global(
 
     lo, hi = -1, len(cand) - 1  # invariant: cost(cand[lo]) > target (lo=-1: no cut), else hi
     ms_hi, c_hi = at(float(cand[hi]))
+    min_cost = c_hi
     if c_hi > target:
-        return CutResult(
-            ms_hi,
-            [c.kept(m) for c, m in zip(curves, ms_hi, strict=True)],
-            float(cand[hi]),
-            None,
-            c_hi,
-            cost0,
-        )
+        kept = [c.kept(m) for c, m in zip(curves, ms_hi, strict=True)]
+        return CutResult(ms_hi, kept, float(cand[hi]), None, c_hi, cost0, min_cost)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         ms, c = at(float(cand[mid]))
@@ -135,14 +131,8 @@ def solve_global(
         zero = [0] * len(curves)
         if abs(cost0 - target) < abs(c_hi - target):
             best_t, best_ms, best_c = -1.0, zero, cost0
-    return CutResult(
-        best_ms,
-        [c.kept(m) for c, m in zip(curves, best_ms, strict=True)],
-        best_t,
-        None,
-        best_c,
-        cost0,
-    )
+    kept = [c.kept(m) for c, m in zip(curves, best_ms, strict=True)]
+    return CutResult(best_ms, kept, best_t, None, best_c, cost0, min_cost)
 
 
 def solve_uniform(
@@ -165,11 +155,11 @@ def solve_uniform(
             ms.append(c.clamp(m, round_to))
         return ms, cost(_removed_channels(curves, ms))
 
+    min_cost = at(1.0)[1]
     if ratio is not None:
         ms, cst = at(ratio)
-        return CutResult(
-            ms, [c.kept(m) for c, m in zip(curves, ms, strict=True)], None, ratio, cst, cost0
-        )
+        kept = [c.kept(m) for c, m in zip(curves, ms, strict=True)]
+        return CutResult(ms, kept, None, ratio, cst, cost0, min_cost)
     assert target is not None
     lo, hi = 0.0, 1.0
     best = (0.0, *at(0.0))
@@ -183,4 +173,5 @@ def solve_uniform(
         else:
             hi = mid
     q, ms, cst = best
-    return CutResult(ms, [c.kept(m) for c, m in zip(curves, ms, strict=True)], None, q, cst, cost0)
+    kept = [c.kept(m) for c, m in zip(curves, ms, strict=True)]
+    return CutResult(ms, kept, None, q, cst, cost0, min_cost)
