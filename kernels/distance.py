@@ -37,8 +37,10 @@ product, so CPU tests check the algorithm (centring + selection + repair), the G
 check the tensor-core rounding.
 
 For small d (``d <= DIRECT_MAX_D``) the kernel uses direct differences for every pair (no tensor-core
-benefit there, and the write bandwidth dominates). float64 inputs compute in float64 throughout
-(fp64 ``tl.dot``, repair ratio 1e-2: error ~1e-16 (|x|^2 + |y|^2) / d^2 <= 1e-13 for the rest).
+benefit there, and the write bandwidth dominates). float64 inputs, and any input with a float64 output
+requested (a float64 result promises ~1e-12, e.g. linkage heights compared with scipy), compute in
+float64 throughout (fp64 ``tl.dot``, repair ratio 1e-2: error ~1e-16 (|x|^2 + |y|^2) / d^2 <= 1e-13
+for the rest).
 
 The opt-in "fast" mode uses 1xTF32 products with the same centring and the same near-pair repair;
 emulated max relative error on the sets above: 2.2e-4 (Gaussian, channel-like, mixture; d = 64 to
@@ -353,8 +355,11 @@ def _repair_kernel(
 # --------------------------------------------------------------------------------------------------
 # launcher
 # --------------------------------------------------------------------------------------------------
-def _compute_dtype(dtype: torch.dtype, precision: str) -> torch.dtype:
-    return torch.float64 if (dtype == torch.float64 and precision == "exact") else torch.float32
+def _compute_dtype(dtype: torch.dtype, precision: str, out_dtype: torch.dtype) -> torch.dtype:
+    """fp64 when the input or the requested output is fp64 (a float64 result promises ~1e-12, e.g.
+    for linkage heights compared with scipy), except in the opt-in fast mode; else fp32."""
+    wide = dtype == torch.float64 or out_dtype == torch.float64
+    return torch.float64 if (wide and precision == "exact") else torch.float32
 
 
 def _prep(rows: list[torch.Tensor], cdt: torch.dtype, metric: str, need_centred: bool, joint: bool):
@@ -451,8 +456,9 @@ def pairwise_distance_triton(
     ``out`` (optional, for tests): a preallocated result buffer of the right shape and dtype.
     """
     n, d = x.shape
-    cdt = _compute_dtype(x.dtype if y is None else torch.promote_types(x.dtype, y.dtype), precision)
     out_dtype = out_dtype or torch.promote_types(x.dtype, torch.float32)
+    in_dtype = x.dtype if y is None else torch.promote_types(x.dtype, y.dtype)
+    cdt = _compute_dtype(in_dtype, precision, out_dtype)
     sym = y is None
     m = n if sym else y.shape[0]  # type: ignore[union-attr]
     shape = (n * (n - 1) // 2,) if condensed else (n, m)
@@ -500,8 +506,8 @@ def pairwise_distance_ragged_triton(
     launch, the others to one expansion launch (two launches at most).
     """
     dev = packed.device
-    cdt = _compute_dtype(packed.dtype, precision)
     out_dtype = out_dtype or torch.promote_types(packed.dtype, torch.float32)
+    cdt = _compute_dtype(packed.dtype, precision, out_dtype)
     sizes = ragged_out_sizes(rows, condensed)
     total = sum(sizes)
     if out is None:

@@ -6,6 +6,7 @@ returns scipy's ``pdist`` order (row-major upper triangle, length n(n-1)/2).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 
@@ -117,12 +118,17 @@ register(
 
 
 # Triton: kernels/distance.py, imported on first use only (importing simprune never imports Triton).
+def _on_device(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the tensor's."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 @torch.library.impl(ops.LIB, "pairwise_distance_triton", "CPU")
 @torch.library.impl(ops.LIB, "pairwise_distance_triton", "CUDA")
 def _pairwise_distance_triton_kernel(x, y, metric, condensed, out_dtype, precision):
     from .kernels.distance import pairwise_distance_triton
 
-    with torch.device(x.device):
+    with _on_device(x):
         return pairwise_distance_triton(x, y, metric, condensed, out_dtype, precision)
 
 
@@ -155,7 +161,7 @@ def _pairwise_distance_ragged_torch_kernel(packed, rows, cols, metric, condensed
 def _pairwise_distance_ragged_triton_kernel(packed, rows, cols, metric, condensed, out_dtype, prec):
     from .kernels.distance import pairwise_distance_ragged_triton
 
-    with torch.device(packed.device):
+    with _on_device(packed):
         return pairwise_distance_ragged_triton(
             packed, list(rows), list(cols), metric, condensed, out_dtype, prec
         )

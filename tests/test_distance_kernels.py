@@ -89,6 +89,12 @@ def test_triton_matches_reference(n, d, dtype):
         )
         iu = torch.triu_indices(n, n, offset=1)
         assert torch.equal(cond, out[iu[0], iu[1]]), "condensed differs from the square's triangle"
+    # A float64 result computes in float64 whatever the input dtype.
+    ref = pairwise_distance_ref(x, None, "euclidean", False, torch.float64)
+    out = kd.pairwise_distance_triton(
+        x, None, "euclidean", False, torch.float64, out=_poisoned((n, n), torch.float64)
+    )
+    _check_square(out, ref, 1e-12)
 
 
 @pytest.mark.parametrize("n,m,d", [(1, 1, 1), (2, 7, 3), (13, 1, 40), (67, 130, 33), (129, 5, 2)])
@@ -113,11 +119,11 @@ def test_near_duplicate_accuracy_fp32(d, metric):
     out = simprune.pairwise_distance(x, metric=metric, condensed=True, backend="triton")
     assert out.dtype == torch.float32
     assert _rel_err(out, ref) <= 1e-6
-    # fp64 output of fp32 input: same accuracy, no extra rounding.
+    # A float64 result of fp32 input computes in fp64: float64 accuracy.
     out64 = simprune.pairwise_distance(
         x, metric=metric, condensed=True, out_dtype=torch.float64, backend="triton"
     )
-    assert _rel_err(out64, ref) <= 1e-6
+    assert _rel_err(out64, ref) <= 1e-12
 
 
 def test_near_duplicate_accuracy_fp64():
@@ -281,6 +287,8 @@ def test_cpu_kernel_matches_reference(n, d, dtype):
         cond = simprune.pairwise_distance(x, metric=metric, condensed=True, backend="cpu")
         iu = torch.triu_indices(n, n, offset=1)
         assert torch.equal(cond, out[iu[0], iu[1]])
+        out64 = simprune.pairwise_distance(x, metric=metric, out_dtype=torch.float64, backend="cpu")
+        _check_square(out64, ref, 1e-12)
     y = _data(max(1, n // 2), d, dtype, seed=n + 1)
     ref = pairwise_distance_ref(x, y, "euclidean", False, torch.float64)
     _check_square(
@@ -306,6 +314,11 @@ def test_gpu_matches_reference(backend, dtype, n, d):
     y = _data(max(1, n // 3), d, dtype, seed=n + 1).cuda()
     ref = pairwise_distance_ref(x, y, "sqeuclidean", False, torch.float64)
     _check_square(simprune.pairwise_distance(x, y, backend=backend), ref, RTOL[dtype], False)
+    ref = pairwise_distance_ref(x, None, "euclidean", True, torch.float64)
+    out64 = simprune.pairwise_distance(
+        x, metric="euclidean", condensed=True, out_dtype=torch.float64, backend=backend
+    )
+    assert _rel_err(out64, ref) <= 1e-12
 
 
 @pytest.mark.gpu

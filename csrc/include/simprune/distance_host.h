@@ -29,7 +29,7 @@ struct Plan {
 };
 
 // Validates the op's arguments and prepares the compute inputs. fp16/bf16/fp32 compute in fp32 (exact
-// upcast); fp64 in fp64. cosine computes in fp64: rows normalised and then rounded to fp32 would
+// upcast); fp64 inputs and fp64 outputs in fp64. cosine computes in fp64: rows normalised and then rounded to fp32 would
 // perturb a near-duplicate pair's tiny difference by ~1 ulp of each coordinate (error ~1e-4).
 inline Plan make_plan(const at::Tensor& x, const std::optional<at::Tensor>& y,
                       c10::string_view metric, bool condensed,
@@ -53,10 +53,12 @@ inline Plan make_plan(const at::Tensor& x, const std::optional<at::Tensor>& y,
     TORCH_CHECK(y->device() == x.device(), "x and y must be on the same device");
   }
   const bool any64 = x.scalar_type() == at::kDouble || (!p.sym && y->scalar_type() == at::kDouble);
-  p.cdt = (any64 || p.metric == kCosine) ? at::kDouble : at::kFloat;
   p.out_dtype = out_dtype.value_or(any64 ? at::kDouble : at::kFloat);
   TORCH_CHECK(p.out_dtype == at::kFloat || p.out_dtype == at::kDouble,
               "out_dtype must be float32 or float64");
+  // A float64 result promises ~1e-12 (linkage heights are compared with scipy): compute in fp64.
+  const bool wide = any64 || p.out_dtype == at::kDouble;
+  p.cdt = (wide || p.metric == kCosine) ? at::kDouble : at::kFloat;
   auto prep = [&](const at::Tensor& t) {
     if (p.metric != kCosine) return t.to(p.cdt).contiguous();
     auto t64 = t.to(at::kDouble);
