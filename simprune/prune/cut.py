@@ -122,15 +122,32 @@ def solve_global(
             lo = mid
         else:
             hi, ms_hi, c_hi = mid, ms, c
-    best_t, best_ms, best_c = float(cand[hi]), ms_hi, c_hi
-    if lo >= 0:
-        ms_lo, c_lo = at(float(cand[lo]))
-        if abs(c_lo - target) < abs(c_hi - target):
-            best_t, best_ms, best_c = float(cand[lo]), ms_lo, c_lo
-    else:
-        zero = [0] * len(curves)
-        if abs(cost0 - target) < abs(c_hi - target):
-            best_t, best_ms, best_c = -1.0, zero, cost0
+    # The merges of height exactly cand[hi] are tied (cand holds the distinct heights): apply only as
+    # many of them as the target needs, spread over the groups in proportion to their sizes, so that
+    # ties (dead or duplicated channels, degenerate descriptors) do not make the cut coarse.
+    raw_lo = [c.merges_at(float(cand[lo])) if lo >= 0 else 0 for c in curves]
+    raw_hi = [c.merges_at(float(cand[hi])) for c in curves]
+    pending = sorted(
+        ((m + 1) / c.n_units, g) for g, c in enumerate(curves) for m in range(raw_lo[g], raw_hi[g])
+    )
+    order = np.array([g for _, g in pending], dtype=np.int64)
+
+    def at_k(k: int) -> tuple[list[int], float]:
+        counts = np.bincount(order[:k], minlength=len(curves))
+        ms = [c.clamp(raw_lo[g] + int(counts[g]), round_to) for g, c in enumerate(curves)]
+        return ms, cost(_removed_channels(curves, ms))
+
+    klo, khi = 0, len(pending)  # cost(klo) >= target >= cost(khi)
+    ms_lo, c_lo = at_k(klo)
+    while khi - klo > 1:
+        mid = (klo + khi) // 2
+        ms, c = at_k(mid)
+        if c > target:
+            klo, ms_lo, c_lo = mid, ms, c
+        else:
+            khi, ms_hi, c_hi = mid, ms, c
+    best_ms, best_c = (ms_lo, c_lo) if abs(c_lo - target) < abs(c_hi - target) else (ms_hi, c_hi)
+    best_t = float(cand[hi])
     kept = [c.kept(m) for c, m in zip(curves, best_ms, strict=True)]
     return CutResult(best_ms, kept, best_t, None, best_c, cost0, min_cost)
 

@@ -17,6 +17,7 @@ through a flatten).
 
 from __future__ import annotations
 
+import traceback
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -112,7 +113,7 @@ def build_dependency_graph(
     names = _module_names(model)
 
     def pre(mod: nn.Module, _inp: Any) -> None:
-        current.append(names.get(mod, type(mod).__name__))
+        current.append(names.get(mod) or type(mod).__name__)
 
     def post(mod: nn.Module, _inp: Any, _out: Any) -> None:
         if current:
@@ -128,11 +129,19 @@ def build_dependency_graph(
                 # out of the trace would disconnect the graph around it.
                 dg = tp.DependencyGraph().build_dependency(model, example_inputs, verbose=True)
             except Exception as e:  # noqa: BLE001 - re-raised with the failing module named
-                where = current[-1] if current else "the model's output"
+                if current:
+                    where = f"while running {current[-1]!r}"
+                else:
+                    frames = [
+                        f
+                        for f in traceback.extract_tb(e.__traceback__)
+                        if "torch_pruning" in f.filename
+                    ]
+                    where = f"in Torch-Pruning's {frames[-1].name}" if frames else "after forward"
                 raise TracingError(
                     f"could not trace the model with Torch-Pruning: {type(e).__name__}: {e} "
-                    f"(while running {where!r}). Check that example_inputs fit the model and that "
-                    "its forward uses autograd-traceable tensor ops."
+                    f"({where}). Check that example_inputs fit the model and that its forward "
+                    "uses autograd-traceable tensor ops."
                 ) from e
     finally:
         for h in hooks:
