@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import scipy.cluster.hierarchy as sch
 import torch
 
 from . import ops
 from ._checks import as_tensor, check_finite, check_float
-from .backends import has_kernel, implemented_backends, register, resolve
+from .backends import (
+    BackendUnavailableError,
+    available_backends,
+    has_kernel,
+    register,
+    resolve,
+)
 from .distance import pairwise_distance
 
 METHODS = ("single", "complete", "average", "weighted", "ward", "centroid", "median")
@@ -16,6 +24,9 @@ METHODS = ("single", "complete", "average", "weighted", "ward", "centroid", "med
 EUCLIDEAN_ONLY = ("ward", "centroid", "median")
 MODES = ("exact", "strict")
 LINKAGE_METRICS = ("euclidean", "sqeuclidean", "cosine")
+# Not reducible, so neither NN-chain nor reciprocal-nearest-neighbour rounds apply: only the reference
+# (scipy's generic algorithm) implements them. "auto" routes them there; a named backend raises.
+REFERENCE_ONLY_METHODS = ("centroid", "median")
 
 
 def linkage_ref(d: torch.Tensor, method: str, mode: str = "strict") -> torch.Tensor:
@@ -116,7 +127,10 @@ def linkage(
             raise ValueError("cannot cluster 0 observations (empty input)")
         if x.shape[0] == 1:
             return torch.empty((0, 4), dtype=torch.float64, device=x.device)
-        dist_backend = backend if backend in implemented_backends("pairwise_distance") else "auto"
+        # The distances use the same backend when it can compute them here, else the best one.
+        dist_backend = (
+            backend if backend in available_backends("pairwise_distance", x.device) else "auto"
+        )
         d = pairwise_distance(
             x, metric=metric, condensed=True, out_dtype=torch.float64, backend=dist_backend
         )
@@ -137,8 +151,49 @@ def linkage(
         raise ValueError(f"distances must be non-negative; found {int((d < 0).sum())} negative")
     if d.dtype not in (torch.float32, torch.float64):
         d = d.to(torch.float32)
-    _, fn = resolve("linkage", backend, d.device)
+    name, fn = resolve("linkage", backend, d.device)
+    if method in REFERENCE_ONLY_METHODS and name != "torch":
+        if backend == "auto" and not os.environ.get("SIMPRUNE_BACKEND", "").strip():
+            name, fn = resolve("linkage", "torch", d.device)
+        else:
+            raise BackendUnavailableError(
+                f"linkage method {method!r} is implemented only by the reference backend 'torch' "
+                f"(scipy), not by {name!r}; use backend='torch' or backend='auto'"
+            )
     return fn(d.contiguous(), method, mode)
+
+
+def _linkage_rounds(d: torch.Tensor, method: str = "average") -> tuple[torch.Tensor, torch.Tensor]:
+    """Round-synchronous reciprocal-nearest-neighbour linkage (linkage.md 7.3), on the CPU.
+
+    The CPU twin of the GPU algorithm (same per-element arithmetic), used by the tests and the
+    benchmark to check the GPU algorithm's logic against scipy without a GPU. Exact for single,
+    complete, average, weighted and ward; under tied distances it may resolve ties differently from
+    scipy (it has no strict mode).
+
+    Parameters
+    ----------
+    d : Tensor
+        Condensed distances (scipy's ``pdist`` order), float32 or float64, on the CPU.
+    method : {"single", "complete", "average", "weighted", "ward"}
+
+    Returns
+    -------
+    Z : Tensor float64 (n-1, 4)
+        scipy's linkage matrix.
+    stats : Tensor int64 (3,)
+        (rounds, compactions, largest number of merges in one round).
+    """
+    if not has_kernel("linkage_rounds_cpu", "CPU"):
+        raise BackendUnavailableError(
+            "linkage_rounds needs the C++ extension (simprune._C with linkage_rounds_cpu); "
+            "build it with: pip install --no-build-isolation -e ."
+        )
+    d = as_tensor(d, "d")
+    check_float(d, "d")
+    if d.dtype not in (torch.float32, torch.float64):
+        d = d.to(torch.float32)
+    return torch.ops.simprune.linkage_rounds_cpu(d.contiguous(), method)
 
 
 def is_valid_linkage(z: torch.Tensor) -> bool:

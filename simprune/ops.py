@@ -41,6 +41,9 @@ SCHEMAS: dict[str, tuple[str, tuple[str, ...]]] = {
     # Hierarchical clustering of a condensed distance vector (scipy pdist order, fp32 or fp64).
     # Returns scipy's linkage matrix Z, float64 (n-1, 4). mode: "exact" | "strict".
     "linkage": ("(Tensor d, str method, str mode) -> Tensor", BACKENDS),
+    # Round-synchronous reciprocal-nearest-neighbour linkage (linkage.md 7.3), the CPU twin of the GPU
+    # algorithm: returns (Z, stats) with stats int64 (3,) = (rounds, compactions, max merges per round).
+    "linkage_rounds": ("(Tensor d, str method) -> (Tensor, Tensor)", ("cpu",)),
 }
 
 
@@ -78,10 +81,19 @@ def _fake_linkage(d, method, mode):
     return d.new_empty((max(n - 1, 0), 4), dtype=torch.float64)
 
 
+def _fake_linkage_rounds(d, method):
+    n = n_from_condensed(d.shape[0])
+    return (
+        d.new_empty((max(n - 1, 0), 4), dtype=torch.float64),
+        d.new_empty((3,), dtype=torch.int64),
+    )
+
+
 _FAKES: dict[str, Callable[..., Any]] = {
     "pairwise_distance": _fake_pairwise_distance,
     "pairwise_distance_ragged": _fake_pairwise_distance_ragged,
     "linkage": _fake_linkage,
+    "linkage_rounds": _fake_linkage_rounds,
 }
 
 for _op, (_schema, _backends) in SCHEMAS.items():

@@ -1,0 +1,309 @@
+// Exact hierarchical clustering on the CPU: simprune::linkage_cpu.
+//
+// single:                            Prim's MST from point 0, as scipy's mst_single_linkage.
+// complete/average/weighted/ward:    nearest-neighbour chain, as scipy's nn_chain (same chain start, same
+//                                    candidate order, same tie rules, same Lance-Williams expression).
+// Both finish with a stable sort by height and scipy's label(). The merge sequence is therefore
+// scipy's own, whatever the thread count: "strict" sorts on the true heights (bitwise scipy, ties
+// included); "exact" sorts on the monotone-guarded heights (linkage.md 1.3), which differs from
+// scipy only when floating-point rounding makes a parent 1 ulp lower than its child -- where scipy's
+// relabelling would silently build a different tree.
+//
+// Memory: one condensed fp64 working copy (updated in place, as scipy does) plus O(n).
+// Parallelism: one OpenMP team for the whole run; each row scan and each Lance-Williams column update is
+// split into round-robin blocks of the active-slot list, and the partial argmins are combined with the
+// shared tie rule (linkage_common.h), so the result is independent of the thread count.
+#if __cplusplus >= 202002L  // torch >= 2.10 ATen headers need C++20 (see setup.py)
+
+#include <ATen/ATen.h>
+#include <omp.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "linkage_util.h"
+#include "simprune/linkage_common.h"
+
+namespace simprune {
+namespace linkage {
+namespace {
+
+constexpr int64_t kBlock = 512;     // active-list entries per work block (round-robin over threads)
+constexpr int64_t kPrefetch = 48;   // distance of the software prefetch in the strided (column) part
+constexpr int64_t kParallelMinN = 1024;
+
+struct alignas(64) Partial {
+  double v;
+  int64_t i;
+};
+
+// Argmin of D(x, a) over the active slots a in act[lo, hi) (x excluded; act is sorted, x = act[px]).
+// Entries before px live in column x (strided, prefetched); entries after it in row x (contiguous).
+inline void scan_block(const double* D, const int64_t* roff, const int64_t* act, int64_t lo,
+                       int64_t hi, int64_t x, int64_t px, double* best_v, int64_t* best_i) {
+  double bv = *best_v;
+  int64_t bi = *best_i;
+  const int64_t mid = std::min(hi, px);
+  for (int64_t p = lo; p < mid; ++p) {
+    if (p + kPrefetch < mid) __builtin_prefetch(D + roff[act[p + kPrefetch]] + x);
+    const int64_t a = act[p];
+    const double v = D[roff[a] + x];
+    if (v < bv) {
+      bv = v;
+      bi = a;
+    }
+  }
+  const double* row = D + roff[x];
+  for (int64_t p = std::max(lo, px + 1); p < hi; ++p) {
+    const int64_t a = act[p];
+    const double v = row[a];
+    if (v < bv) {
+      bv = v;
+      bi = a;
+    }
+  }
+  *best_v = bv;
+  *best_i = bi;
+}
+
+inline double& at_pair(double* D, const int64_t* roff, int64_t i, int64_t j) {
+  return i < j ? D[roff[i] + j] : D[roff[j] + i];
+}
+
+// nn_chain. merges[4k..4k+2] = (x, y, height) in discovery order; eff[k] the guarded height.
+template <int M>
+void nn_chain(double* D, int64_t n, int threads, std::vector<double>& merges,
+              std::vector<double>& eff) {
+  std::vector<int64_t> roff(n), act(n), size(n, 1), chain(n), last(n, -1);
+  for (int64_t i = 0; i < n; ++i) {
+    roff[i] = row_offset(n, i);
+    act[i] = i;
+  }
+  merges.assign(4 * (n - 1), 0.0);
+  eff.assign(n - 1, 0.0);
+
+  // Shared state, written only inside `single` blocks (their implicit barriers publish it).
+  int64_t na = n, chain_len = 0, x = 0, px = 0, y = 0, k = 0;
+  double current_min = 0.0;
+  bool merging = false, finished = false;
+  int64_t mx = 0, my = 0, mnx = 0, mny = 0;
+  double mh = 0.0;
+  std::vector<Partial> partial(std::max(threads, 1) + 1);
+
+  auto start_step = [&]() {
+    if (chain_len == 0) {
+      chain[0] = act[0];  // a new chain starts at the lowest active slot
+      chain_len = 1;
+    }
+    x = chain[chain_len - 1];
+    px = std::lower_bound(act.begin(), act.begin() + na, x) - act.begin();
+  };
+  start_step();
+
+  std::unique_ptr<Team> team;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+#pragma omp single
+    team = std::make_unique<Team>(omp_get_num_threads());
+    const int tid = omp_get_thread_num();
+    while (true) {
+      // ---- row scan of the chain's top element x
+      const int nt = team->size();
+      double bv = std::numeric_limits<double>::infinity();
+      int64_t bi = std::numeric_limits<int64_t>::max();
+      for (int64_t lo = tid * kBlock; lo < na; lo += nt * kBlock) {
+        scan_block(D, roff.data(), act.data(), lo, std::min(na, lo + kBlock), x, px, &bv, &bi);
+      }
+      partial[tid].v = bv;
+      partial[tid].i = bi;
+      team->wait(tid);
+      if (tid == 0) {
+        double rv = partial[0].v;
+        int64_t ri = partial[0].i;
+        for (int t = 1; t < nt; ++t) {
+          if (nn_better(partial[t].v, partial[t].i, rv, ri)) {
+            rv = partial[t].v;
+            ri = partial[t].i;
+          }
+        }
+        const bool has_prev = chain_len > 1;
+        const int64_t prev = has_prev ? chain[chain_len - 2] : -1;
+        chain_pick(has_prev, prev, has_prev ? at_pair(D, roff.data(), x, prev) : 0.0, rv, ri, &y,
+                   &current_min);
+        merging = has_prev && y == prev;
+        if (!merging) {
+          chain[chain_len++] = y;
+          x = y;
+          px = std::lower_bound(act.begin(), act.begin() + na, x) - act.begin();
+        } else {
+          // Merge x and y; the smaller slot dies, the larger keeps the new cluster (fastcluster's
+          // convention, which scipy adopted).
+          chain_len -= 2;
+          mx = std::min(x, y);
+          my = std::max(x, y);
+          mnx = size[mx];
+          mny = size[my];
+          mh = current_min;
+          merges[4 * k + 0] = static_cast<double>(mx);
+          merges[4 * k + 1] = static_cast<double>(my);
+          merges[4 * k + 2] = mh;
+          eff[k] = effective_height(mh, last[mx] >= 0 ? eff[last[mx]] : -1.0,
+                                    last[my] >= 0 ? eff[last[my]] : -1.0);
+          last[my] = k;
+          size[mx] = 0;
+          size[my] = mnx + mny;
+          const int64_t pos = std::lower_bound(act.begin(), act.begin() + na, mx) - act.begin();
+          std::copy(act.begin() + pos + 1, act.begin() + na, act.begin() + pos);
+          --na;
+          ++k;
+          finished = k == n - 1;
+          if (!finished) start_step();
+        }
+        team->decide();
+      }
+      team->wait(tid);
+      if (team->leave(tid)) break;
+      if (merging) {
+        // ---- Lance-Williams update of column/row my for every other active slot
+        const int nt2 = team->size();
+        const int64_t* r = roff.data();
+        for (int64_t lo = tid * kBlock; lo < na; lo += nt2 * kBlock) {
+          const int64_t hi = std::min(na, lo + kBlock);
+          for (int64_t p = lo; p < hi; ++p) {
+            const int64_t i = act[p];
+            if (i == my) continue;
+            if (p + kPrefetch < hi) {
+              const int64_t f = act[p + kPrefetch];
+              if (f < my) __builtin_prefetch(D + r[f] + my, 1);
+              if (f < mx) __builtin_prefetch(D + r[f] + mx);
+            }
+            const double d_xi = i < mx ? D[r[i] + mx] : D[r[mx] + i];
+            double& d_yi = i < my ? D[r[i] + my] : D[r[my] + i];
+            d_yi = lance_williams<M>(d_xi, d_yi, mh, mnx, mny, size[i]);
+          }
+        }
+        team->wait(tid);
+        if (finished) break;
+      }
+    }
+  }
+}
+
+// scipy's mst_single_linkage: Prim from point 0, first index wins ties.
+void mst_single(const double* D, int64_t n, int threads, std::vector<double>& merges) {
+  std::vector<int64_t> roff(n), rest(n - 1);
+  for (int64_t i = 0; i < n; ++i) roff[i] = row_offset(n, i);
+  for (int64_t i = 1; i < n; ++i) rest[i - 1] = i;  // not yet merged, sorted
+  std::vector<double> dmin(n, std::numeric_limits<double>::infinity());
+  merges.assign(4 * (n - 1), 0.0);
+  int64_t nr = n - 1, x = 0, y = 0;
+  std::vector<Partial> partial(std::max(threads, 1) + 1);
+
+  std::unique_ptr<Team> team;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+#pragma omp single
+    team = std::make_unique<Team>(omp_get_num_threads());
+    const int tid = omp_get_thread_num();
+    for (int64_t k = 0; k < n - 1; ++k) {
+      const int nt = team->size();
+      double bv = std::numeric_limits<double>::infinity();
+      int64_t bi = std::numeric_limits<int64_t>::max();
+      const int64_t* r = roff.data();
+      for (int64_t lo = tid * kBlock; lo < nr; lo += nt * kBlock) {
+        const int64_t hi = std::min(nr, lo + kBlock);
+        for (int64_t p = lo; p < hi; ++p) {
+          const int64_t i = rest[p];
+          if (i < x && p + kPrefetch < hi && rest[p + kPrefetch] < x)
+            __builtin_prefetch(D + r[rest[p + kPrefetch]] + x);
+          const double dist = i < x ? D[r[i] + x] : D[r[x] + i];
+          if (dmin[i] > dist) dmin[i] = dist;
+          if (dmin[i] < bv) {
+            bv = dmin[i];
+            bi = i;
+          }
+        }
+      }
+      partial[tid].v = bv;
+      partial[tid].i = bi;
+      team->wait(tid);
+      if (tid == 0) {
+        double rv = partial[0].v;
+        int64_t ri = partial[0].i;
+        for (int t = 1; t < nt; ++t) {
+          if (nn_better(partial[t].v, partial[t].i, rv, ri)) {
+            rv = partial[t].v;
+            ri = partial[t].i;
+          }
+        }
+        // scipy keeps the previous y when nothing is below +inf (infinite input; rejected earlier).
+        if (rv < std::numeric_limits<double>::infinity()) y = ri;
+        merges[4 * k + 0] = static_cast<double>(x);
+        merges[4 * k + 1] = static_cast<double>(y);
+        merges[4 * k + 2] = rv;
+        const int64_t pos = std::lower_bound(rest.begin(), rest.begin() + nr, y) - rest.begin();
+        if (pos < nr && rest[pos] == y) {
+          std::copy(rest.begin() + pos + 1, rest.begin() + nr, rest.begin() + pos);
+          --nr;
+        }
+        x = y;
+        team->decide();
+      }
+      team->wait(tid);
+      if (team->leave(tid)) break;
+    }
+  }
+}
+
+at::Tensor linkage_cpu(const at::Tensor& d, const std::string& method, const std::string& mode) {
+  const char* op = "simprune::linkage_cpu";
+  const int m = parse_method(method, op);
+  const bool strict = parse_mode(mode, op);
+  const int64_t n = check_condensed(d, op);
+  at::Tensor Z = at::empty({n - 1, 4}, d.options().dtype(at::kDouble));
+  if (n < 2) return Z;
+  const int threads = threads_for(n, kParallelMinN);
+  // single only reads the distances; the NN-chain updates its copy in place, as scipy does.
+  at::Tensor work = m == kSingle ? checked_input(d, threads, op) : working_copy(d, threads, op);
+  double* D = work.data_ptr<double>();
+  std::vector<double> merges, eff;
+  switch (m) {
+    case kSingle:
+      mst_single(D, n, threads, merges);
+      break;
+    case kComplete:
+      nn_chain<kComplete>(D, n, threads, merges, eff);
+      break;
+    case kAverage:
+      nn_chain<kAverage>(D, n, threads, merges, eff);
+      break;
+    case kWeighted:
+      nn_chain<kWeighted>(D, n, threads, merges, eff);
+      break;
+    default:
+      nn_chain<kWard>(D, n, threads, merges, eff);
+      break;
+  }
+  std::vector<double> key(n - 1);
+  // single: the sorted MST is Kruskal's order, always a valid tree -- no guard needed.
+  const bool guard = !strict && m != kSingle;
+  for (int64_t k = 0; k < n - 1; ++k) key[k] = guard ? eff[k] : merges[4 * k + 2];
+  sort_and_label(merges, key, n, Z.data_ptr<double>());
+  return Z;
+}
+
+}  // namespace
+}  // namespace linkage
+}  // namespace simprune
+
+TORCH_LIBRARY_IMPL(simprune, CPU, m) { m.impl("linkage_cpu", &simprune::linkage::linkage_cpu); }
+
+#else
+#pragma message("simprune: csrc/cpu/linkage.cpp skipped: torch's headers need -std=c++20")
+#endif

@@ -1,0 +1,223 @@
+// Host-only helpers shared by the CPU linkage sources (linkage.cpp, linkage_rounds.cpp): input
+// checks with clear messages, the condensed fp64 working copy, and the final sort + relabel.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <immintrin.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "simprune/linkage_common.h"
+
+namespace simprune {
+namespace linkage {
+
+inline int parse_method(const std::string& method, const char* op) {
+  if (method == "single") return kSingle;
+  if (method == "complete") return kComplete;
+  if (method == "average") return kAverage;
+  if (method == "weighted") return kWeighted;
+  if (method == "ward") return kWard;
+  if (method == "centroid" || method == "median") {
+    TORCH_CHECK_NOT_IMPLEMENTED(false, op, ": method '", method,
+                                "' is not implemented by the cpu backend (it is not reducible, so "
+                                "NN-chain and rounds do not apply); use backend='torch' (scipy)");
+  }
+  TORCH_CHECK_VALUE(false, op, ": unknown linkage method '", method,
+                    "'; expected single, complete, average, weighted or ward");
+  return -1;
+}
+
+// n from a condensed length m = n(n-1)/2; m = 0 means n = 1 (empty Z).
+inline int64_t n_from_condensed(int64_t m, const char* op) {
+  if (m == 0) return 1;
+  const double nd = std::round((1.0 + std::sqrt(1.0 + 8.0 * static_cast<double>(m))) / 2.0);
+  const int64_t n = static_cast<int64_t>(nd);
+  TORCH_CHECK_VALUE(n * (n - 1) / 2 == m, op,
+                    ": a condensed distance vector must have length n(n-1)/2 for some n; got "
+                    "length ",
+                    m);
+  return n;
+}
+
+// Checks the form of d (1-D condensed, fp32/fp64, CPU) and returns n. The values are checked by
+// working_copy / check_values (one fused pass, not three tensor reductions: those cost more than the
+// whole MST here).
+inline int64_t check_condensed(const at::Tensor& d, const char* op) {
+  TORCH_CHECK_VALUE(d.dim() == 1, op, ": expected a 1-D condensed distance vector, got a ", d.dim(),
+                    "-D tensor of shape ", d.sizes(),
+                    " (square matrices go through simprune.linkage(..., precomputed=True))");
+  TORCH_CHECK_TYPE(d.scalar_type() == at::kFloat || d.scalar_type() == at::kDouble, op,
+                   ": distances must be float32 or float64, got ", d.scalar_type());
+  TORCH_CHECK(d.device().is_cpu(), op, ": the cpu backend needs a CPU tensor, got one on ", d.device());
+  return n_from_condensed(d.numel(), op);
+}
+
+// Counts NaN, Inf and negative values of src[0, m) while (optionally) widening it into dst.
+template <typename T>
+void copy_and_count(const T* src, double* dst, int64_t m, int threads, int64_t* n_nan,
+                    int64_t* n_inf, int64_t* n_neg) {
+  int64_t a = 0, b = 0, c = 0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : a, b, c)
+  for (int64_t i = 0; i < m; ++i) {
+    const double v = static_cast<double>(src[i]);
+    if (dst != nullptr) dst[i] = v;
+    // One well-predicted branch per element; the counts are only needed on failure.
+    if (!(v >= 0.0) || v == std::numeric_limits<double>::infinity()) {
+      a += std::isnan(v);
+      b += std::isinf(v);
+      c += v < 0.0;
+    }
+  }
+  *n_nan = a;
+  *n_inf = b;
+  *n_neg = c;
+}
+
+inline void report_values(int64_t n_nan, int64_t n_inf, int64_t n_neg, const char* op) {
+  TORCH_CHECK_VALUE(n_nan == 0 && n_inf == 0, op, ": distances contain ", n_nan, " NaN and ", n_inf,
+                    " Inf value(s); linkage needs finite distances");
+  TORCH_CHECK_VALUE(n_neg == 0, op, ": distances must be non-negative; found ", n_neg,
+                    " negative value(s)");
+}
+
+// The working copy: one condensed fp64 buffer (scipy widens fp32 input to fp64 the same way), checked
+// in the same pass. Distances are copied (not converted in place) because NN-chain updates them.
+inline at::Tensor working_copy(const at::Tensor& d, int threads, const char* op) {
+  const at::Tensor src = d.contiguous();
+  at::Tensor out = at::empty({src.numel()}, src.options().dtype(at::kDouble));
+  int64_t a = 0, b = 0, c = 0;
+  if (src.scalar_type() == at::kDouble) {
+    copy_and_count(src.data_ptr<double>(), out.data_ptr<double>(), src.numel(), threads, &a, &b, &c);
+  } else {
+    copy_and_count(src.data_ptr<float>(), out.data_ptr<double>(), src.numel(), threads, &a, &b, &c);
+  }
+  report_values(a, b, c, op);
+  return out;
+}
+
+// Read-only use (single linkage on fp64 input): check only, no copy.
+inline at::Tensor checked_input(const at::Tensor& d, int threads, const char* op) {
+  if (d.scalar_type() != at::kDouble) return working_copy(d, threads, op);
+  at::Tensor src = d.contiguous();
+  int64_t a = 0, b = 0, c = 0;
+  copy_and_count<double>(src.data_ptr<double>(), nullptr, src.numel(), threads, &a, &b, &c);
+  report_values(a, b, c, op);
+  return src;
+}
+
+inline bool parse_mode(const std::string& mode, const char* op) {
+  TORCH_CHECK_VALUE(mode == "exact" || mode == "strict", op, ": unknown mode '", mode,
+                    "'; expected 'exact' or 'strict'");
+  return mode == "strict";
+}
+
+// Threads for the OpenMP regions: torch's intra-op setting (torch.set_num_threads), not OMP's own,
+// so that one knob controls every CPU kernel; small problems stay single-threaded because a barrier
+// costs more than their row scans.
+inline int threads_for(int64_t n, int64_t min_n) {
+  const int t = at::get_num_threads();
+  return n >= min_n ? std::max(1, t) : 1;
+}
+
+// A thread team for loops that synchronise once per row scan (thousands of barriers per call).
+// OpenMP's barrier spins for a long time before sleeping, which is right on an idle machine and a
+// disaster on an oversubscribed one (a barrier then costs a scheduler time slice: measured 30x slower
+// than one thread on this 2-core box under load). This barrier spins ~20 us and then yields, and
+// thread 0 watches its own waiting time: when waiting dominates a window of barriers, the team
+// retires to thread 0 alone for the rest of the call. The results never depend on the team size.
+class Team {
+ public:
+  explicit Team(int n) : n_(n), window_start_(std::chrono::steady_clock::now()) {}
+  int size() const { return n_.load(std::memory_order_relaxed); }  // read after a barrier
+
+  void wait(int tid) {
+    using clock = std::chrono::steady_clock;
+    const int n = size();
+    if (n == 1) return;
+    const auto t0 = tid == 0 ? clock::now() : clock::time_point{};
+    const unsigned g = gen_.load(std::memory_order_acquire);
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == n - 1) {
+      count_.store(0, std::memory_order_relaxed);
+      gen_.store(g + 1, std::memory_order_release);
+    } else {
+      const auto spin_until = clock::now() + std::chrono::microseconds(20);
+      for (unsigned i = 1; gen_.load(std::memory_order_acquire) == g; ++i) {
+        if ((i & 63) != 0 || clock::now() < spin_until) {
+          _mm_pause();
+        } else {
+          sched_yield();
+        }
+      }
+    }
+    if (tid == 0) {
+      const auto t1 = clock::now();
+      waited_ += t1 - t0;
+      if (++n_waits_ == kWindow) {
+        // More than half of a window's wall time spent waiting: parallelism is hurting.
+        if (2 * waited_ > t1 - window_start_) want_retire_ = true;
+        n_waits_ = 0;
+        waited_ = clock::duration::zero();
+        window_start_ = t1;
+      }
+    }
+  }
+
+  // Thread 0, in a serial section: publish the decision (the next barrier makes it visible).
+  void decide() { retire_ = want_retire_; }
+  // Everyone, right after that barrier: true for the threads that must leave; thread 0 goes solo.
+  bool leave(int tid) {
+    if (!retire_) return false;
+    if (tid == 0) n_.store(1, std::memory_order_relaxed);
+    return tid != 0;
+  }
+
+ private:
+  static constexpr int kWindow = 256;
+  std::atomic<int> n_;
+  std::atomic<int> count_{0};
+  std::atomic<unsigned> gen_{0};
+  bool retire_ = false;       // written by thread 0 in a serial section only
+  bool want_retire_ = false;  // private to thread 0
+  int n_waits_ = 0;
+  std::chrono::steady_clock::duration waited_{};
+  std::chrono::steady_clock::time_point window_start_;
+};
+
+// merges: discovery order, 4 doubles each (rep_a, rep_b, height, unused). key: sort key per merge.
+// Sorts stably by key (numpy's mergesort argsort on the key is the same permutation), writes Z and
+// relabels it as scipy's label() does.
+inline void sort_and_label(const std::vector<double>& merges, const std::vector<double>& key,
+                           int64_t n, double* Z) {
+  const int64_t m = n - 1;
+  std::vector<int64_t> order(m);
+  std::iota(order.begin(), order.end(), int64_t{0});
+  // NaN keys (only from non-Euclidean input to ward) sort last, as in numpy.
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return key[a] < key[b] || (!std::isnan(key[a]) && std::isnan(key[b]));
+  });
+  for (int64_t r = 0; r < m; ++r) {
+    const int64_t s = order[r];
+    Z[4 * r + 0] = merges[4 * s + 0];
+    Z[4 * r + 1] = merges[4 * s + 1];
+    Z[4 * r + 2] = merges[4 * s + 2];
+    Z[4 * r + 3] = 0.0;
+  }
+  std::vector<int64_t> parent(2 * n - 1), size(2 * n - 1);
+  label(Z, n, parent.data(), size.data());
+}
+
+}  // namespace linkage
+}  // namespace simprune
