@@ -1,4 +1,4 @@
-"""Command line: ``simprune demo | info`` (``python -m simprune ...``)."""
+"""Command line: ``simprune demo | info | prune`` (``python -m simprune ...``)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
     i = sub.add_parser("info", help="what this installation can run (backends, extension, Triton)")
     i.set_defaults(func=_info)
+    from .prune.cli import add_parser as add_prune_parser
+
+    add_prune_parser(sub)
     return p
 
 

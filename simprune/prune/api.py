@@ -218,12 +218,13 @@ def prune(
         cm.bind(groups)
         timings["trace"] = time.perf_counter() - t0
 
+        dendrograms: dict[str, np.ndarray] = {}
         plan_groups, cut_res = _plan(
             groups, cm, bar, timings,
             target=(target_name, target_value), metric=metric, method=method, cut=cut,
             keep_per_cluster=keep_per_cluster, representative=representative,
             merge_mode=merge_mode, min_keep_ratio=min_keep_ratio, round_to=round_to,
-            backend=backend,
+            backend=backend, dendrograms=dendrograms,
         )  # fmt: skip
 
         bar.stage("rewriting")
@@ -277,6 +278,7 @@ def prune(
         skipped=[[r, why] for r, why in skipped],
         timings=timings,
         layers=layers,
+        dendrograms=dendrograms,
     )
     if plan.n_removed == 0:
         warnings.warn(
@@ -303,6 +305,7 @@ def _plan(
     min_keep_ratio: float,
     round_to: int | None,
     backend: str,
+    dendrograms: dict[str, np.ndarray],
 ) -> tuple[list[GroupPlan], CutResult]:
     """Descriptors -> distances -> linkage -> cut -> representatives and merges, for all groups."""
     t0 = time.perf_counter()
@@ -338,6 +341,10 @@ def _plan(
         else:
             e = float((v * v).sum(1).mean())
             scale = math.sqrt(e) if e > 0 else 1.0
+        if z.shape[0]:
+            zs_scaled = z.copy()
+            zs_scaled[:, 2] /= scale
+            dendrograms[g.root_name] = zs_scaled
         curves.append(
             make_curve(
                 z, scale, ch_groups=g.ch_groups, keep_per_cluster=keep_per_cluster,

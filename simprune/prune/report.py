@@ -28,6 +28,8 @@ class PruneReport:
     skipped: list[list[str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     layers: dict[str, list[int]] = field(default_factory=dict)  # name -> [out before, out after]
+    # group root -> its linkage matrix with scale-free heights (for plots; not in to_dict()).
+    dendrograms: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def macs_reduction(self) -> float:
@@ -39,6 +41,7 @@ class PruneReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("dendrograms")
         d["macs_reduction"] = self.macs_reduction
         d["params_reduction"] = self.params_reduction
         return d

@@ -1,0 +1,176 @@
+"""``simprune prune MODEL``: prune a torchvision model or a saved model from the command line.
+
+MODEL is ``torchvision:NAME`` (random initialisation unless ``--weights`` gives a state dict) or a path
+to a model saved with ``torch.save(model)``, or to a state dict together with ``--arch
+torchvision:NAME``. Writes the pruned model (``torch.save`` of the module), the plan JSON, the report
+JSON and a PNG (widths per layer, dendrogram of one group) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _torchvision(name: str) -> nn.Module:
+    try:
+        import torchvision
+    except ImportError:
+        raise SystemExit(
+            "error: torchvision:NAME models need torchvision (pip install torchvision)"
+        ) from None
+    try:
+        return torchvision.models.get_model(name, weights=None)
+    except ValueError:
+        raise SystemExit(f"error: torchvision has no model named {name!r}") from None
+
+
+def load_model(spec: str, arch: str | None = None, weights: str | None = None) -> nn.Module:
+    """A model from ``torchvision:NAME`` or a file (whole model, or state dict with ``arch``)."""
+    if spec.startswith("torchvision:"):
+        model = _torchvision(spec.split(":", 1)[1])
+        if weights:
+            model.load_state_dict(torch.load(weights, map_location="cpu"))
+        return model
+    if not os.path.exists(spec):
+        raise SystemExit(f"error: {spec!r} is neither torchvision:NAME nor an existing file")
+    obj = torch.load(spec, map_location="cpu", weights_only=False)
+    if isinstance(obj, nn.Module):
+        return obj
+    if isinstance(obj, dict):
+        if not arch:
+            raise SystemExit(
+                f"error: {spec!r} holds a state dict; give its architecture with --arch "
+                "torchvision:NAME"
+            )
+        if not arch.startswith("torchvision:"):
+            raise SystemExit("error: --arch must be torchvision:NAME")
+        model = _torchvision(arch.split(":", 1)[1])
+        sd = obj.get("state_dict", obj)
+        model.load_state_dict(sd)
+        return model
+    raise SystemExit(f"error: {spec!r} holds a {type(obj).__name__}, not a model or a state dict")
+
+
+def _shape(text: str) -> list[int]:
+    try:
+        dims = [int(t) for t in text.replace("x", ",").split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad input shape {text!r}; e.g. 1,3,224,224") from None
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"bad input shape {text!r}; e.g. 1,3,224,224")
+    return dims
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..viz import PlotUnavailableError, plot_pruning
+    from .api import prune
+
+    if not args.no_plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print(
+                "error: the PNG needs matplotlib: pip install matplotlib (or "
+                "'simprune[plot]'), or pass --no-plot",
+                file=sys.stderr,
+            )
+            return 2
+    model = load_model(args.model, args.arch, args.weights).eval()
+    x = torch.randn(*args.input_shape)
+    targets = {
+        "macs_reduction": args.macs_reduction,
+        "params_reduction": args.params_reduction,
+        "pruning_ratio": args.pruning_ratio,
+    }
+    if all(v is None for v in targets.values()):
+        targets["macs_reduction"] = 0.3
+    merge: Any = {"ls": "ls", "sum": "sum", "none": False}[args.merge]
+    try:
+        pruned, plan, report = prune(
+            model,
+            x,
+            **{k: v for k, v in targets.items() if v is not None},
+            metric=args.metric,
+            method=args.method,
+            cut=args.cut,
+            keep_per_cluster=args.keep_per_cluster,
+            representative=args.representative,
+            merge=merge,
+            min_keep_ratio=args.min_keep_ratio,
+            round_to=args.round_to,
+            backend=args.backend,
+            inplace=True,
+            progress=not args.no_progress,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.table(max_rows=None if args.all_rows else 25))
+    os.makedirs(args.out, exist_ok=True)
+    paths = {
+        "model": os.path.join(args.out, "pruned_model.pt"),
+        "plan": os.path.join(args.out, "plan.json"),
+        "report": os.path.join(args.out, "report.json"),
+    }
+    torch.save(pruned, paths["model"])
+    plan.save(paths["plan"])
+    with open(paths["report"], "w") as f:
+        json.dump(report.to_dict(), f, indent=1)
+    if not args.no_plot:
+        paths["png"] = os.path.join(args.out, "pruning.png")
+        try:
+            shown = plot_pruning(report, paths["png"], args.dendrogram)
+        except (PlotUnavailableError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"dendrogram: group {shown}")
+    for k, v in paths.items():
+        print(f"wrote {k}: {v}")
+    return 0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``prune`` subcommand to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "prune",
+        help="prune a model by channel similarity (torchvision:NAME or a saved model)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", help="torchvision:NAME, a torch.save'd model, or a state dict + --arch")
+    p.add_argument("--arch", help="torchvision:NAME for a state-dict MODEL file")
+    p.add_argument("--weights", help="state dict to load into torchvision:NAME")
+    t = p.add_mutually_exclusive_group()
+    t.add_argument("--macs-reduction", type=float, help="fraction of MACs to remove (default 0.3)")
+    t.add_argument("--params-reduction", type=float, help="fraction of parameters to remove")
+    t.add_argument("--pruning-ratio", type=float, help="fraction of prunable channels to remove")
+    p.add_argument("--input-shape", type=_shape, default=[1, 3, 224, 224], help="e.g. 1,3,224,224")
+    p.add_argument(
+        "--metric",
+        default="gaussian",
+        choices=["gaussian", "wasserstein", "linear", "cosine", "euclidean", "sqeuclidean"],
+    )
+    p.add_argument(
+        "--method", default="average", choices=["single", "complete", "average", "weighted", "ward"]
+    )
+    p.add_argument("--cut", default="global", choices=["global", "uniform"])
+    p.add_argument("--keep-per-cluster", type=int, default=1)
+    p.add_argument("--representative", default="energy", choices=["energy", "medoid"])
+    p.add_argument("--merge", default="ls", choices=["ls", "sum", "none"])
+    p.add_argument("--min-keep-ratio", type=float, default=0.1)
+    p.add_argument("--round-to", type=int, default=None)
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "cpu", "triton", "cuda"])
+    p.add_argument("--out", default="simprune_out", help="output directory")
+    p.add_argument("--dendrogram", default=None, help="group root to plot (default: widest pruned)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--all-rows", action="store_true", help="print every group of the table")
+    p.set_defaults(func=run)
+    return p
