@@ -22,10 +22,11 @@ import shutil
 import subprocess
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-PACKAGES = ["simprune", "simprune.kernels"]
+# Every subpackage of simprune/, plus kernels/ installed as simprune.kernels.
+PACKAGES = find_packages(include=["simprune", "simprune.*"]) + ["simprune.kernels"]
 PACKAGE_DIR = {"simprune": "simprune", "simprune.kernels": "kernels"}
 
 
@@ -118,7 +119,8 @@ def build_extensions():
 
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     define_macros: list[tuple[str, str | None]] = []
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    # torch >= 2.10's ATen headers need C++20.
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
     link_args = ["-fopenmp"]
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
@@ -135,7 +137,7 @@ def build_extensions():
             extra_compile_args={
                 "cxx": cxx_flags,
                 # No FMA contraction: the linkage arithmetic must round like the CPU code.
-                "nvcc": ["-O3", "-std=c++17", "--fmad=false", "-lineinfo"],
+                "nvcc": ["-O3", "-std=c++20", "--fmad=false", "-lineinfo"],
             },
             extra_link_args=link_args,
         )
