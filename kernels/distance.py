@@ -242,7 +242,8 @@ def _distance_kernel(
             kmask = (k0 + ks) < d
             a = tl.load(xc + ro + k0 + ks, mask=rmask[:, None] & kmask, other=0.0)
             b = tl.load(yc + co + k0 + ks, mask=cmask[:, None] & kmask, other=0.0)
-            acc = tl.dot(a, tl.trans(b), acc, input_precision=PREC)
+            # out_dtype explicit: Triton 3.6 defaults it to fp32 and rejects an fp64 accumulator.
+            acc = tl.dot(a, tl.trans(b), acc, input_precision=PREC, out_dtype=acc.dtype)
         nxv = tl.load(nx_ptr + row_off + rows, mask=rmask, other=0.0)
         nyv = tl.load((ny_ptr + row_off if SYM else ny_ptr) + cols, mask=cmask, other=0.0)
         scale = nxv[:, None] + nyv[None, :]
