@@ -231,3 +231,19 @@ def test_positive_multiple_linear_merges_exactly():
 def test_exports():
     assert simprune.prune is prune
     assert simprune.PruningPlan is not None and simprune.apply_plan is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", KINDS)
+def test_duplicates_exact_on_cuda(kind):
+    # The same chain with descriptors, distances and linkage on the GPU backends (auto).
+    model, x, expected = _build(kind)
+    model, x = model.cuda(), x.cuda()
+    n_dup = sum(len(v) for v in expected.values())
+    ratio = n_dup / _n_prunable(model, x)
+    with torch.no_grad():
+        y0 = model(x)
+    pruned, plan, _ = prune(model, x, pruning_ratio=ratio, min_keep_ratio=0.0, progress=False)
+    assert _removed_by_layer(plan, expected) == expected
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), y0, rtol=0, atol=1e-6)

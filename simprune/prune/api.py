@@ -321,9 +321,8 @@ def _plan(
     t0 = time.perf_counter()
     bar.stage("distances")
     ds = pairwise_distance_batched(
-        [vs[k] for k in multi], metric=dmetric, condensed=True, out_dtype=torch.float64,
-        backend=backend,
-    )  # fmt: skip
+        [vs[k] for k in multi], metric=dmetric, condensed=True, backend=backend
+    )
     timings["distances"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     bar.stage("linkage")
@@ -339,7 +338,7 @@ def _plan(
         if dmetric == "cosine":
             scale = 1.0
         else:
-            e = float((v * v).sum(1).mean())
+            e = float((v.to(torch.float64) ** 2).sum(1).mean())
             scale = math.sqrt(e) if e > 0 else 1.0
         if z.shape[0]:
             zs_scaled = z.copy()
@@ -402,7 +401,7 @@ def _plan(
     plans = []
     for g, v, z, curve, m in zip(groups, vs, zs, curves, res.merges, strict=True):
         n = g.n_units
-        vc = v.detach().cpu()
+        vc = v.detach().cpu().to(torch.float64)
         if m == 0:
             kept_units = list(range(n))
             unit_merges: list[tuple[int, int, float]] = []

@@ -1,0 +1,108 @@
+"""Whole-model plan time: simprune.prune vs Torch-Pruning's FPGMImportance, same model, same run.
+
+    python benchmarks/bench_prune.py                       # ResNet-50, 224x224, -30 % MACs, CPU
+    python benchmarks/bench_prune.py --model resnet18 --size 64 --repeat 3
+
+simprune's "plan" is descriptors + distances + linkage + cut (the timings ``prune`` reports); its
+"total" adds tracing (deep copy, Torch-Pruning's DependencyGraph, the shape-recording forward) and the
+rewrite. Torch-Pruning's "importance" is FPGMImportance over every group of the same
+DependencyGraph; its "step" is MetaPruner construction (tracing) + ``step()`` (importance, ranking,
+rewrite) at a uniform channel ratio. Medians of ``--repeat`` runs. Speed is only reported, never
+asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+import torch_pruning as tp
+import torchvision
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import machine_info, median_time, print_table  # noqa: E402
+from simprune.prune import prune  # noqa: E402
+
+PLAN_STAGES = ("descriptors", "distances", "linkage", "cut")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="resnet50")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--macs-reduction", type=float, default=0.3)
+    ap.add_argument("--tp-ratio", type=float, default=0.16, help="Torch-Pruning channel ratio")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--backend", default="auto")
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, args.model)().eval()
+    x = torch.randn(1, 3, args.size, args.size)
+    info = machine_info()
+    print("machine:", info)
+
+    plans, totals = [], []
+    report = None
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        _, _, report = prune(
+            model, x, macs_reduction=args.macs_reduction, backend=args.backend, progress=False
+        )
+        totals.append(time.perf_counter() - t0)
+        plans.append(sum(report.timings[k] for k in PLAN_STAGES))
+    assert report is not None
+    print(
+        f"\nsimprune.prune({args.model}, 1x3x{args.size}x{args.size}, "
+        f"macs_reduction={args.macs_reduction}):"
+    )
+    print(report.table(max_rows=None))
+
+    dg = tp.DependencyGraph().build_dependency(model, x)
+    groups = list(dg.get_all_groups(ignored_layers=[model.fc] if hasattr(model, "fc") else []))
+    fpgm = tp.importance.FPGMImportance()
+    t_imp = median_time(lambda: [fpgm(g) for g in groups], repeat=args.repeat, warmup=1)
+
+    def tp_step() -> float:
+        m = copy.deepcopy(model)
+        pruner = tp.pruner.MetaPruner(
+            m, x, importance=tp.importance.FPGMImportance(), pruning_ratio=args.tp_ratio,
+            ignored_layers=[m.fc] if hasattr(m, "fc") else [],
+        )  # fmt: skip
+        pruner.step()
+        macs1, _ = tp.utils.count_ops_and_params(m, x)
+        return macs1
+
+    t_step = median_time(tp_step, repeat=args.repeat, warmup=0)
+    macs0, _ = tp.utils.count_ops_and_params(model, x)
+    tp_red = 1 - tp_step() / macs0
+
+    plan_s = statistics.median(plans)
+    total_s = statistics.median(totals)
+    rows = [
+        {
+            "what": "simprune plan (descr+dist+linkage+cut)",
+            "s": plan_s,
+            "vs_fpgm_importance": t_imp / plan_s,
+        },
+        {"what": "simprune prune() total", "s": total_s, "vs_tp_step": t_step / total_s},
+        {"what": "TP FPGMImportance, all groups", "s": t_imp},
+        {"what": f"TP MetaPruner+step (ratio {args.tp_ratio}, MACs -{tp_red:.1%})", "s": t_step},
+    ]
+    stages = {k: round(report.timings[k], 3) for k in report.timings}
+    print_table(
+        rows,
+        ["what", "s", "vs_fpgm_importance", "vs_tp_step"],
+        title=f"{args.model} plan time, CPU, median of {args.repeat} (last run: {stages})",
+    )
+
+
+if __name__ == "__main__":
+    main()
