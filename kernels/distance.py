@@ -19,8 +19,10 @@ The pairs that matter for pruning are the nearest ones, exactly where the expans
 ~eps (|x|^2 + |y|^2) / d^2 (linkage.md §4.5: fp32 up to 15 %, TF32 up to 440 % on near-duplicates).
 The default ("exact") mode therefore
 
-1. centres the data (column mean subtracted once, in float64, before the kernel: free, and it makes
-   (|x|^2 + |y|^2) of the same size as a typical d^2, so far pairs lose no digits);
+1. centres the data (three small O(n d) prep kernels in float64: row norms for cosine, column means,
+   then centred (and normalised) rows with their squared norms, rounded once to the compute dtype;
+   this makes (|x|^2 + |y|^2) of the same size as a typical d^2, so far pairs lose no digits, and
+   fuses the cosine normalisation: no normalised or float64 copy of the input is ever stored);
 2. computes the expansion with ``tl.dot(..., input_precision="tf32x3")`` (three TF32 tensor-core
    products, ~fp32 accuracy; plain fp32 ``tl.dot`` would silently use 1xTF32) and fp32 accumulation;
 3. flags every pair whose expanded value is below ``REPAIR_RATIO * (|x|^2 + |y|^2)`` (the only pairs
@@ -363,36 +365,154 @@ def _compute_dtype(dtype: torch.dtype, precision: str, out_dtype: torch.dtype) -
     return torch.float64 if (wide and precision == "exact") else torch.float32
 
 
-def _prep(rows: list[torch.Tensor], cdt: torch.dtype, metric: str, need_centred: bool, joint: bool):
-    """Per matrix: original rows (cdt), fp64 row norms (cosine), centred rows and their norms.
+# --------------------------------------------------------------------------------------------------
+# prep kernels: row norms (cosine), column means, centring + squared norms, in one pass each
+# --------------------------------------------------------------------------------------------------
+# Every matrix (x, y, or a ragged group) lives in one flat buffer; a group table holds, per matrix,
+# (elem_off, row_off, n, d, col_off). Work is O(n d) in float64 (CUDA cores), fused so that the
+# normalised and centred copies are never materialised in float64: one read of the input per kernel.
+PREP_BR, PREP_BK = 32, 64
 
-    ``joint``: one centre for all matrices (x and y of one call); else one per matrix (ragged groups).
 
-    Work in float64 (O(n d), negligible next to the O(n^2 d) kernel) so that centring and
-    normalisation add no error of their own beyond the final rounding to ``cdt``.
+@triton.jit
+def _rownorm_kernel(x_ptr, nrm_ptr, blocks_ptr, groups_ptr, BR: tl.constexpr, BK: tl.constexpr):
+    """|x_i| in fp64 (1 for an all-zero row, which then stays zero), one row block per program."""
+    pid = tl.program_id(0)
+    g = tl.load(blocks_ptr + 2 * pid)
+    rb = tl.load(blocks_ptr + 2 * pid + 1)
+    eoff = tl.load(groups_ptr + 5 * g)
+    roff = tl.load(groups_ptr + 5 * g + 1)
+    n = tl.load(groups_ptr + 5 * g + 2)
+    d = tl.load(groups_ptr + 5 * g + 3)
+    rows = rb * BR + tl.arange(0, BR)
+    rm = rows < n
+    ro = eoff + rows.to(tl.int64)[:, None] * d
+    ks = tl.arange(0, BK)[None, :]
+    acc = tl.zeros((BR,), dtype=tl.float64)
+    for k0 in range(0, d, BK):
+        v = tl.load(x_ptr + ro + k0 + ks, mask=rm[:, None] & (k0 + ks < d), other=0.0)
+        v = v.to(tl.float64)
+        acc += tl.sum(v * v, axis=1)
+    nrm = tl.sqrt(acc)
+    tl.store(nrm_ptr + roff + rows, tl.where(nrm > 0, nrm, 1.0), mask=rm)
+
+
+@triton.jit
+def _colmean_kernel(
+    x_ptr, nrm_ptr, mu_ptr, blocks_ptr, groups_ptr, SCALED: tl.constexpr, BR: tl.constexpr,
+    BC: tl.constexpr,
+):  # fmt: skip
+    """Column means (of the normalised rows when SCALED) in fp64, one column block per program.
+
+    A fixed loop over row chunks (no atomics): the centre, hence every result, is reproducible."""
+    pid = tl.program_id(0)
+    g = tl.load(blocks_ptr + 2 * pid)
+    cb = tl.load(blocks_ptr + 2 * pid + 1)
+    eoff = tl.load(groups_ptr + 5 * g)
+    roff = tl.load(groups_ptr + 5 * g + 1)
+    n = tl.load(groups_ptr + 5 * g + 2)
+    d = tl.load(groups_ptr + 5 * g + 3)
+    coff = tl.load(groups_ptr + 5 * g + 4)
+    cols = cb * BC + tl.arange(0, BC)
+    cm = cols < d
+    acc = tl.zeros((BC,), dtype=tl.float64)
+    for r0 in range(0, n, BR):
+        rows = r0 + tl.arange(0, BR)
+        rm = rows < n
+        v = tl.load(
+            x_ptr + eoff + rows.to(tl.int64)[:, None] * d + cols[None, :],
+            mask=rm[:, None] & cm[None, :],
+            other=0.0,
+        ).to(tl.float64)
+        if SCALED:
+            v = v / tl.load(nrm_ptr + roff + rows, mask=rm, other=1.0)[:, None]
+        acc += tl.sum(v, axis=0)
+    tl.store(mu_ptr + coff + cols, acc / n.to(tl.float64), mask=cm)
+
+
+@triton.jit
+def _centre_kernel(
+    x_ptr, nrm_ptr, mu_ptr, cent_ptr, sq_ptr, blocks_ptr, groups_ptr, SCALED: tl.constexpr,
+    BR: tl.constexpr, BK: tl.constexpr,
+):  # fmt: skip
+    """cent = x (/ |x| when SCALED) - mu, rounded to the compute dtype, and |cent|^2 (from fp64)."""
+    pid = tl.program_id(0)
+    g = tl.load(blocks_ptr + 2 * pid)
+    rb = tl.load(blocks_ptr + 2 * pid + 1)
+    eoff = tl.load(groups_ptr + 5 * g)
+    roff = tl.load(groups_ptr + 5 * g + 1)
+    n = tl.load(groups_ptr + 5 * g + 2)
+    d = tl.load(groups_ptr + 5 * g + 3)
+    coff = tl.load(groups_ptr + 5 * g + 4)
+    rows = rb * BR + tl.arange(0, BR)
+    rm = rows < n
+    ro = eoff + rows.to(tl.int64)[:, None] * d
+    ks = tl.arange(0, BK)[None, :]
+    if SCALED:
+        nrm = tl.load(nrm_ptr + roff + rows, mask=rm, other=1.0)[:, None]
+    acc = tl.zeros((BR,), dtype=tl.float64)
+    for k0 in range(0, d, BK):
+        km = (k0 + ks) < d
+        m = rm[:, None] & km
+        v = tl.load(x_ptr + ro + k0 + ks, mask=m, other=0.0).to(tl.float64)
+        if SCALED:
+            v = v / nrm
+        c = v - tl.load(mu_ptr + coff + k0 + ks, mask=km, other=0.0)
+        c = tl.where(m, c, 0.0)
+        tl.store(cent_ptr + ro + k0 + ks, c.to(cent_ptr.dtype.element_ty), mask=m)
+        acc += tl.sum(c * c, axis=1)
+    tl.store(sq_ptr + roff + rows, acc.to(sq_ptr.dtype.element_ty), mask=rm)
+
+
+def _prep(
+    flat: torch.Tensor,
+    shapes: list[tuple[int, int]],
+    cdt: torch.dtype,
+    metric: str,
+    need_centred: bool,
+    joint: bool,
+):
+    """Prepare the matrices packed in ``flat`` (row-major, back to back) for the distance kernels.
+
+    Returns ``(orig, nrm, cent, sq)``: ``orig`` the inputs in the compute dtype (flat), ``nrm`` the
+    fp64 row norms (cosine; else ones), ``cent`` the centred (normalised, for cosine) rows in the
+    compute dtype (flat), ``sq`` their squared norms. ``joint``: one centre for all matrices (x and y
+    of one call), else one per matrix (ragged groups). Centring and normalisation run in fp64, so
+    they add no error beyond the final rounding to ``cdt``.
     """
-    x64 = [r.to(torch.float64) for r in rows]
-    if metric == "cosine":
-        # Row norms (1 for all-zero rows, which stay zero): the kernels divide by them in fp64,
-        # exactly as the reference does.
-        inv = []
-        for r in x64:
-            nrm = torch.linalg.vector_norm(r, dim=1)
-            inv.append(torch.where(nrm > 0, nrm, 1.0))
-        xs64 = [r / s[:, None] for r, s in zip(x64, inv, strict=True)]
-    else:
-        inv = [torch.ones(r.shape[0], dtype=torch.float64, device=r.device) for r in x64]
-        xs64 = x64
-    orig = [r.to(cdt).contiguous() for r in rows]
+    dev = flat.device
+    r_tot = sum(n for n, _ in shapes)
+    ginfo, rblocks, cblocks, e, r, c = [], [], [], 0, 0, 0
+    for g, (n, d) in enumerate(shapes):
+        ginfo.append([e, r, n, d, c])
+        rblocks += [[g, b] for b in range(triton.cdiv(n, PREP_BR))]
+        cblocks += [[g, b] for b in range(triton.cdiv(d, PREP_BK))]
+        e, r, c = e + n * d, r + n, c + d
+    groups = torch.tensor(ginfo, dtype=torch.int64, device=dev)
+    rb = torch.tensor(rblocks, dtype=torch.int32, device=dev)
+    orig = flat.to(cdt).contiguous()
+    scaled = metric == "cosine"
+    nrm = torch.ones(r_tot, dtype=torch.float64, device=dev)
+    if scaled:
+        _rownorm_kernel[(len(rblocks),)](flat, nrm, rb, groups, BR=PREP_BR, BK=PREP_BK)
     if not need_centred:
-        return orig, inv, orig, [o.new_zeros(o.shape[0]) for o in orig]
-    if joint:
-        mu = torch.cat(xs64).mean(0)
-        cent = [r - mu for r in xs64]
-    else:
-        cent = [r - r.mean(0) for r in xs64]
-    norms = [(c * c).sum(1).to(cdt) for c in cent]
-    return orig, inv, [c.to(cdt).contiguous() for c in cent], norms
+        return orig, nrm, orig, torch.zeros(r_tot, dtype=cdt, device=dev)
+    mu = torch.empty(c, dtype=torch.float64, device=dev)
+    cb = torch.tensor(cblocks, dtype=torch.int32, device=dev)
+    _colmean_kernel[(len(cblocks),)](
+        flat, nrm, mu, cb, groups, SCALED=scaled, BR=PREP_BR, BC=PREP_BK
+    )  # fmt: skip
+    if joint and len(shapes) > 1:
+        d = shapes[0][1]
+        w = torch.tensor([float(n) for n, _ in shapes], dtype=torch.float64, device=dev)
+        m = (mu.view(len(shapes), d) * w[:, None]).sum(0) / w.sum()
+        mu = m.repeat(len(shapes))
+    cent = torch.empty(e, dtype=cdt, device=dev)
+    sq = torch.empty(r_tot, dtype=cdt, device=dev)
+    _centre_kernel[(len(rblocks),)](
+        flat, nrm, mu, cent, sq, rb, groups, SCALED=scaled, BR=PREP_BR, BK=PREP_BK
+    )  # fmt: skip
+    return orig, nrm, cent, sq
 
 
 def _config(cdt: torch.dtype, d: int):
@@ -470,15 +590,21 @@ def pairwise_distance_triton(
     if out.numel() == 0:
         return out
     mode, cfg = _config(cdt, d)
-    mats = [x] if sym else [x, y]
-    orig, inv, cent, norms = _prep(mats, cdt, metric, mode == MODE_EXPAND, True)  # type: ignore[arg-type]
-    j = 0 if sym else 1
+    if sym:
+        flat, shapes = x.reshape(-1), [(n, d)]
+    else:
+        dt = torch.promote_types(x.dtype, y.dtype)  # type: ignore[union-attr]
+        flat = torch.cat([x.reshape(-1).to(dt), y.reshape(-1).to(dt)])  # type: ignore[union-attr]
+        shapes = [(n, d), (m, d)]
+    orig, nrm, cent, sq = _prep(flat, shapes, cdt, metric, mode == MODE_EXPAND, True)
+    # y's rows follow x's in every prepared buffer.
+    ye, yr = (0, 0) if sym else (n * d, n)
     bm = cfg[0]
     t_n, t_m = triton.cdiv(n, bm), triton.cdiv(m, bm)
     grid = t_n * (t_n + 1) // 2 if sym else t_n * t_m
     dummy = torch.zeros(1, dtype=torch.int64, device=x.device)
     return _run(
-        cent[0], cent[j], norms[0], norms[j], orig[0], orig[j], inv[0], inv[j], out,
+        cent, cent[ye:], sq, sq[yr:], orig, orig[ye:], nrm, nrm[yr:], out,
         dummy, dummy, grid, n, m, d, m, cdt, mode, cfg, metric, sym, condensed, False, precision,
         n + (0 if sym else m),
     )  # fmt: skip
@@ -515,36 +641,32 @@ def pairwise_distance_ragged_triton(
         out = torch.empty((total,), dtype=out_dtype, device=dev)
     elif tuple(out.shape) != (total,) or out.dtype != out_dtype or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {out_dtype} tensor of shape ({total},)")
-    mats, out_offs, off, o = [], [], 0, 0
-    for r, c, s in zip(rows, cols, sizes, strict=True):
-        mats.append(packed[off : off + r * c].view(r, c))
-        out_offs.append(o)
-        off += r * c
-        o += s
+    modes = [_config(cdt, c)[0] for c in cols]
+    need_centred = any(mo == MODE_EXPAND and sz > 0 for mo, sz in zip(modes, sizes, strict=True))
+    shapes = list(zip(rows, cols, strict=True))
+    orig, nrm, cent, sq = _prep(packed.reshape(-1), shapes, cdt, metric, need_centred, False)
+    # Global group table of the distance kernels: (elem_off, row_off, n, d, out_off).
+    ginfo, e, r, o = [], 0, 0, 0
+    for (n, d), size in zip(shapes, sizes, strict=True):
+        ginfo.append([e, r, n, d, o])
+        e, r, o = e + n * d, r + n, o + size
+    groups_t = torch.tensor(ginfo, dtype=torch.int64, device=dev)
     for mode in (MODE_DIRECT, MODE_EXPAND):
-        sel = [g for g in range(len(rows)) if sizes[g] > 0 and _config(cdt, cols[g])[0] == mode]
+        sel = [g for g in range(len(rows)) if sizes[g] > 0 and modes[g] == mode]
         if not sel:
             continue
         cfg = CONFIGS[(cdt, mode)]
         bm = cfg[0]
-        orig, inv, cent, norms = _prep(
-            [mats[g] for g in sel], cdt, metric, mode == MODE_EXPAND, False
-        )
-        ginfo, tiles, e_off, r_off = [], [], 0, 0
-        for k, g in enumerate(sel):
-            ginfo.append([e_off, r_off, rows[g], cols[g], out_offs[g]])
+        tiles = []
+        for g in sel:
             t = triton.cdiv(rows[g], bm)
             iu = torch.triu_indices(t, t)
-            tiles.append(torch.stack([torch.full_like(iu[0], k), iu[0], iu[1]], 1))
-            e_off += rows[g] * cols[g]
-            r_off += rows[g]
+            tiles.append(torch.stack([torch.full_like(iu[0], g), iu[0], iu[1]], 1))
         tiles_t = torch.cat(tiles).to(device=dev, dtype=torch.int32).contiguous()
-        groups_t = torch.tensor(ginfo, dtype=torch.int64, device=dev)
-        cat = lambda ts: torch.cat([t.reshape(-1) for t in ts])  # noqa: E731
         _run(
-            cat(cent), cat(cent), cat(norms), cat(norms), cat(orig), cat(orig), cat(inv), cat(inv),
-            out, tiles_t, groups_t, tiles_t.shape[0], 0, 0, 0, 0, cdt, mode, cfg, metric, True,
-            condensed, True, precision, sum(rows[g] for g in sel),
+            cent, cent, sq, sq, orig, orig, nrm, nrm, out, tiles_t, groups_t, tiles_t.shape[0],
+            0, 0, 0, 0, cdt, mode, cfg, metric, True, condensed, True, precision,
+            sum(rows[g] for g in sel),
         )  # fmt: skip
     return out
 
@@ -666,6 +788,60 @@ def _aot_specs() -> list[dict]:
                     BP=REPAIR_BP,
                     BK=REPAIR_BK,
                 ),  # fmt: skip
+                num_warps=4,
+            )
+        )
+    for in_dt, cdt_name, scaled in [("fp32", "fp32", False), ("fp16", "fp32", True),
+                                    ("bf16", "fp32", False), ("fp64", "fp64", True)]:  # fmt: skip
+        gsig = {"blocks_ptr": "*i32", "groups_ptr": "*i64"}
+        specs.append(
+            dict(
+                name=f"prep_rownorm_{in_dt}_br{PREP_BR}_bk{PREP_BK}",
+                fn=_rownorm_kernel,
+                signature={
+                    "x_ptr": f"*{in_dt}",
+                    "nrm_ptr": "*fp64",
+                    **gsig,
+                    "BR": "constexpr",
+                    "BK": "constexpr",
+                },  # fmt: skip
+                constexprs=dict(BR=PREP_BR, BK=PREP_BK),
+                num_warps=4,
+            )
+        )
+        specs.append(
+            dict(
+                name=f"prep_colmean_{in_dt}_s{int(scaled)}_br{PREP_BR}_bc{PREP_BK}",
+                fn=_colmean_kernel,
+                signature={
+                    "x_ptr": f"*{in_dt}",
+                    "nrm_ptr": "*fp64",
+                    "mu_ptr": "*fp64",
+                    **gsig,
+                    "SCALED": "constexpr",
+                    "BR": "constexpr",
+                    "BC": "constexpr",
+                },  # fmt: skip
+                constexprs=dict(SCALED=scaled, BR=PREP_BR, BC=PREP_BK),
+                num_warps=4,
+            )
+        )
+        specs.append(
+            dict(
+                name=f"prep_centre_{in_dt}_to_{cdt_name}_s{int(scaled)}_br{PREP_BR}_bk{PREP_BK}",
+                fn=_centre_kernel,
+                signature={
+                    "x_ptr": f"*{in_dt}",
+                    "nrm_ptr": "*fp64",
+                    "mu_ptr": "*fp64",
+                    "cent_ptr": f"*{cdt_name}",
+                    "sq_ptr": f"*{cdt_name}",
+                    **gsig,
+                    "SCALED": "constexpr",
+                    "BR": "constexpr",
+                    "BK": "constexpr",
+                },  # fmt: skip
+                constexprs=dict(SCALED=scaled, BR=PREP_BR, BK=PREP_BK),
                 num_warps=4,
             )
         )
