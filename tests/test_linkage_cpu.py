@@ -365,3 +365,52 @@ def test_property_strict_is_scipy_and_exact_is_valid(case, method):
     z = cpu(d, method, "exact")
     accepted_by_scipy(z, z.shape[0] + 1)
     assert_valid_hac(z, d, method)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The shared header is device code too: nvcc must compile it, with no fused multiply-add.
+
+_HD_PROBE = r"""
+#include "simprune/linkage_common.h"
+using namespace simprune::linkage;
+__global__ void probe(double* o, double* Z, int64_t* parent, int64_t* size, int64_t n) {
+  o[3] = lance_williams<kWard>(o[0], o[1], o[2], 1, 2, 3)
+       + lance_williams(kAverage, o[0], o[1], o[2], 1, 2, 3)
+       + lance_williams<kWeighted>(o[0], o[1], o[2], 1, 2, 3)
+       + lance_williams<kCentroid>(o[0], o[1], o[2], 1, 2, 3)
+       + lance_williams<kMedian>(o[0], o[1], o[2], 1, 2, 3)
+       + lance_williams_pair<kComplete>(o[0], o[1], o[2], o[0], o[1], o[2], 1, 1, 1, 1);
+  int64_t y = 0;
+  double cur = 0;
+  chain_pick(true, 1, o[0], o[1], 2, &y, &cur);
+  o[4] = cur + (nn_better(o[0], 1, o[1], 2) ? 1.0 : 0.0) + effective_height(o[0], o[1], o[2]);
+  label(Z, n, parent, size);
+}
+"""
+
+
+def test_shared_header_compiles_for_the_device(tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not found")
+    inc = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "include"
+    )
+    src = tmp_path / "probe.cu"
+    src.write_text(_HD_PROBE)
+    ptx = tmp_path / "probe.ptx"
+    out = subprocess.run(
+        [nvcc, "-std=c++20", "-arch=sm_90", "-I", inc, "-ptx", str(src), "-o", str(ptx)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    text = ptx.read_text()
+    # Explicitly rounded operations only: ptxas never contracts those into an FMA.
+    assert "fma.rn.f64" not in text
+    assert "mul.rn.f64" in text and "sqrt.rn.f64" in text and "div.rn.f64" in text

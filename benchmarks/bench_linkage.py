@@ -1,0 +1,180 @@
+"""CPU linkage: simprune's C++ backend against scipy and fastcluster, measured in the same run.
+
+    python -m benchmarks.bench_linkage                       # n in {1k, 4k}, all methods, 2 threads
+    python -m benchmarks.bench_linkage --n 8192 --methods average ward
+    python -m benchmarks.bench_linkage --big                 # adds 8k and 16k (scipy: seconds each)
+    python -m benchmarks.bench_linkage --rounds --json out.json --markdown out.md
+    pytest benchmarks/bench_linkage.py --benchmark-only      # the pytest-benchmark suite (n = 1k)
+
+Every row: one method at one n, on the same precomputed float64 condensed distances (scipy ``pdist`` of
+a Gaussian N(0, I) set with d = 64, linkage.md 8.1 #1), so only the clustering is timed. Columns:
+
+* ``cpu_s``: ``simprune.linkage(d, method, backend="cpu")`` (API included: input checks, dispatch),
+  "exact" mode; ``strict_s`` the same in "strict" mode (same algorithm, different sort key);
+* ``rounds_s``: the round-synchronous twin of the GPU algorithm (``--rounds``; square fp64 matrix);
+* ``scipy_s``: ``scipy.cluster.hierarchy.linkage(d, method)``; ``fc_s``: ``fastcluster.linkage``;
+* ``x_scipy``, ``x_fc``: speed-up of ``cpu_s`` over scipy and fastcluster (> 1: simprune faster).
+
+Times are medians (``benchmarks.common.median_time``). The thread count (``--threads``, default 2) is
+applied to torch (``torch.set_num_threads``), which is what the C++ kernels use; scipy and fastcluster
+are single-threaded. On a shared 2-core machine quote ratios, never lone absolute times. Speed is never
+asserted: this script only reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import machine_info, median_time, print_table  # noqa: E402
+from tests import datasets  # noqa: E402
+
+METHODS = ("single", "complete", "average", "weighted", "ward")
+
+
+def _distances(n: int, dim: int = 64) -> np.ndarray:
+    from scipy.spatial.distance import pdist
+
+    return pdist(datasets.gaussian(n, dim, seed=0))
+
+
+def _repeat(n: int) -> int:
+    # Keep a full default run within a few minutes on 2 cores (scipy takes seconds at 8k).
+    return 5 if n <= 2048 else 3 if n <= 4096 else 2
+
+
+def run(
+    sizes: list[int], methods: list[str], threads: int, with_rounds: bool
+) -> list[dict[str, Any]]:
+    import fastcluster
+    import scipy.cluster.hierarchy as sch
+
+    import simprune
+    from simprune.linkage import _linkage_rounds
+
+    torch.set_num_threads(threads)
+    rows = []
+    for n in sizes:
+        d_np = _distances(n)
+        d = torch.from_numpy(d_np)
+        rep = _repeat(n)
+        for method in methods:
+            row: dict[str, Any] = {"n": n, "method": method}
+            z = simprune.linkage(d, method, backend="cpu").numpy()
+            zs = sch.linkage(d_np, method)
+            # Same tree as scipy (Gaussian data is tie-free): a benchmark of a wrong answer is void.
+            row["same_Z"] = bool(np.array_equal(z[:, [0, 1, 3]], zs[:, [0, 1, 3]]))
+            row["cpu_s"] = median_time(
+                lambda m=method: simprune.linkage(d, m, backend="cpu"), repeat=rep
+            )
+            row["strict_s"] = median_time(
+                lambda m=method: simprune.linkage(d, m, mode="strict", backend="cpu"), repeat=rep
+            )
+            if with_rounds:
+                row["rounds_s"] = median_time(lambda m=method: _linkage_rounds(d, m), repeat=rep)
+                rz, stats = _linkage_rounds(d, method)
+                row["R"] = int(stats[0])
+            row["scipy_s"] = median_time(lambda m=method: sch.linkage(d_np, m), repeat=rep)
+            row["fc_s"] = median_time(lambda m=method: fastcluster.linkage(d_np, m), repeat=rep)
+            row["x_scipy"] = row["scipy_s"] / row["cpu_s"]
+            row["x_fc"] = row["fc_s"] / row["cpu_s"]
+            rows.append(row)
+            print(
+                f"  n={n} {method}: cpu {row['cpu_s']:.4f}s scipy {row['scipy_s']:.4f}s "
+                f"fastcluster {row['fc_s']:.4f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+    return rows
+
+
+def _markdown(rows: list[dict[str, Any]], columns: list[str], info: dict[str, Any]) -> str:
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    body = "".join(
+        "| "
+        + " | ".join(
+            f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns
+        )
+        + " |\n"
+        for r in rows
+    )
+    conds = ", ".join(f"{k}={v}" for k, v in info.items())
+    return f"# CPU linkage benchmark\n\n{conds}\n\n{head}{body}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--n", type=int, nargs="+", default=[1024, 4096])
+    p.add_argument("--big", action="store_true", help="add n = 8192 and 16384")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", action="store_true", help="also time the round-synchronous twin")
+    p.add_argument("--json", help="write rows + conditions as JSON")
+    p.add_argument("--markdown", help="write the table as Markdown")
+    args = p.parse_args(argv)
+    sizes = sorted(set(args.n + ([8192, 16384] if args.big else [])))
+    info = machine_info()
+    info["threads"] = args.threads
+    info["data"] = "gaussian d=64, fp64 condensed"
+    import fastcluster
+
+    info["fastcluster"] = fastcluster.__version__
+    rows = run(sizes, args.methods, args.threads, args.rounds)
+    columns = ["n", "method", "same_Z", "cpu_s", "strict_s"]
+    columns += ["rounds_s", "R"] if args.rounds else []
+    columns += ["scipy_s", "fc_s", "x_scipy", "x_fc"]
+    print("\n" + ", ".join(f"{k}={v}" for k, v in info.items()))
+    print_table(rows, columns, title=f"CPU linkage, {args.threads} threads (times: median seconds)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"conditions": info, "rows": rows}, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(_markdown(rows, columns, info))
+    return 0
+
+
+# ---- pytest-benchmark suite (pytest benchmarks/bench_linkage.py --benchmark-only) -----------------
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover
+    pytest = None  # type: ignore[assignment]
+
+if pytest is not None:
+
+    @pytest.fixture(scope="module")
+    def d1k():
+        return _distances(1024)
+
+    @pytest.mark.parametrize("impl", ["simprune_cpu", "scipy", "fastcluster"])
+    @pytest.mark.parametrize("method", ["average", "ward", "single"])
+    def test_linkage_1k(benchmark, d1k, impl, method):
+        import simprune
+        from simprune.backends import has_kernel
+
+        if impl == "simprune_cpu":
+            if not has_kernel("linkage_cpu", "CPU"):
+                pytest.skip("simprune._C has no linkage_cpu kernel")
+            d = torch.from_numpy(d1k)
+            benchmark(lambda: simprune.linkage(d, method, backend="cpu"))
+        elif impl == "scipy":
+            import scipy.cluster.hierarchy as sch
+
+            benchmark(lambda: sch.linkage(d1k, method))
+        else:
+            import fastcluster
+
+            benchmark(lambda: fastcluster.linkage(d1k, method))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
