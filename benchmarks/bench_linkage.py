@@ -73,17 +73,22 @@ def run(
             # Same tree as scipy (Gaussian data is tie-free): a benchmark of a wrong answer is void.
             row["same_Z"] = bool(np.array_equal(z[:, [0, 1, 3]], zs[:, [0, 1, 3]]))
             row["cpu_s"] = median_time(
-                lambda m=method: simprune.linkage(d, m, backend="cpu"), repeat=rep
+                lambda m=method, d=d: simprune.linkage(d, m, backend="cpu"), repeat=rep
             )
             row["strict_s"] = median_time(
-                lambda m=method: simprune.linkage(d, m, mode="strict", backend="cpu"), repeat=rep
+                lambda m=method, d=d: simprune.linkage(d, m, mode="strict", backend="cpu"),
+                repeat=rep,
             )
             if with_rounds:
-                row["rounds_s"] = median_time(lambda m=method: _linkage_rounds(d, m), repeat=rep)
+                row["rounds_s"] = median_time(
+                    lambda m=method, d=d: _linkage_rounds(d, m), repeat=rep
+                )
                 rz, stats = _linkage_rounds(d, method)
                 row["R"] = int(stats[0])
-            row["scipy_s"] = median_time(lambda m=method: sch.linkage(d_np, m), repeat=rep)
-            row["fc_s"] = median_time(lambda m=method: fastcluster.linkage(d_np, m), repeat=rep)
+            row["scipy_s"] = median_time(lambda m=method, d=d_np: sch.linkage(d, m), repeat=rep)
+            row["fc_s"] = median_time(
+                lambda m=method, d=d_np: fastcluster.linkage(d, m), repeat=rep
+            )
             row["x_scipy"] = row["scipy_s"] / row["cpu_s"]
             row["x_fc"] = row["fc_s"] / row["cpu_s"]
             rows.append(row)
