@@ -152,8 +152,8 @@ def run(ns, ds, device: str, with_interpreter: bool, scipy_budget: float) -> lis
                     "n": n,
                     "d": d,
                     "ms": round(t * 1e3, 4),
-                    "GB/s": out_bytes / t / 1e9,
-                    "GFLOP/s": 2 * n * n * d / t / 1e9,
+                    "GB/s": float(f"{out_bytes / t / 1e9:.4g}"),
+                    "GFLOP/s": float(f"{2 * n * n * d / t / 1e9:.4g}"),
                     "max_rel_err": float(f"{err:.3g}"),
                     "exact_0": "yes" if zeros_ok else "no",
                 }
