@@ -161,6 +161,13 @@ def apply_plan(
         plan = PruningPlan.load(plan)
     if example_inputs is None:
         example_inputs = _inputs_from(plan.example_inputs)
+        dev = next((p.device for p in model.parameters()), None)
+        if dev is not None:
+            example_inputs = (
+                tuple(t.to(dev) for t in example_inputs)
+                if isinstance(example_inputs, tuple)
+                else example_inputs.to(dev)
+            )
     work = model if inplace else copy.deepcopy(model)
     training = work.training
     dg = build_dependency_graph(work, example_inputs)
