@@ -228,10 +228,12 @@ def pairwise_distance(
     condensed : bool
         Return scipy's ``pdist`` vector (length n(n-1)/2) instead of the square matrix.
     out_dtype : torch.float32 or torch.float64, optional
-        Default: float64 for float64 input, float32 otherwise.
+        Default: float64 for float64 input, float32 otherwise. A float64 result is computed in
+        float64 by every backend (<= 1e-12 relative), whatever the input dtype.
     precision : {"exact", "fast"}
-        "exact" keeps <= 1e-6 relative error in float32 even for near-duplicate rows; "fast" lets a
-        kernel use TF32/bf16 tensor cores (the reference always computes exactly).
+        "exact" keeps <= 1e-6 relative error in float32 even for near-duplicate rows; "fast" lets the
+        Triton kernel use 1xTF32 tensor cores (near pairs still recomputed exactly; about 2e-4
+        relative on the rest). The other backends always compute exactly.
     backend : {"auto", "torch", "cpu", "triton", "cuda"}
 
     Returns
@@ -266,7 +268,10 @@ def pairwise_distance_batched(
     """Distances for many independent groups (each its own ``(n_g, d_g)``), one result per group.
 
     This is the shape of a whole network's analysis: one group per layer. Every group is validated
-    before any work starts, so a bad group fails fast with its index in the message.
+    before any work starts, so a bad group fails fast with its index in the message. On CUDA
+    tensors (backend "auto" or "triton") all groups run through the ragged Triton op: one launch per
+    kernel mode (direct differences for d <= 32, expansion otherwise), whatever the group count;
+    other backends loop over the groups.
     """
     checked = []
     for g, x in enumerate(xs):
