@@ -166,9 +166,10 @@ def solve_uniform(
         ms = []
         for c in curves:
             want = c.n_units - int(round(q * c.n_units))
-            # Fewest merges that bring kept down to `want` (kept_after is non-increasing).
-            idx = np.flatnonzero(c.kept_after <= want)
-            m = int(idx[0]) if idx.size else c.n_units - 1
+            # Most merges that still keep >= `want` (kept_after is non-increasing; with
+            # keep_per_cluster > 1 one merge can drop several units, never overshoot).
+            idx = np.flatnonzero(c.kept_after >= want)
+            m = int(idx[-1]) if idx.size else 0
             ms.append(c.clamp(m, round_to))
         return ms, cost(_removed_channels(curves, ms))
 
