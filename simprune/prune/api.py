@@ -143,8 +143,13 @@ def prune(
         Descriptor metric (simprune.similarity); BN metrics fall back to ``linear`` without a BN.
     method : linkage method (scipy's names); "average" clusters on sqrt(D).
     cut : {"global", "uniform"}
-        "global": one threshold t on the scale-free heights for all groups; "uniform": every group
-        loses the same fraction (bisection on that fraction for MACs/params targets).
+        "global": one threshold t on the scale-free heights for all groups (a group's merge heights
+        divided by the RMS norm of its descriptors, sqrt(mean channel energy): for ``gaussian``,
+        sqrt(E[(y_i - y_j)^2] / mean_k E[y_k^2]); cosine heights are used as they are), found by
+        bisection, merges tied at the final height split across groups in proportion to their size;
+        "uniform": every group loses the same fraction (bisection on that fraction for MACs/params
+        targets). Groups whose channels reach the model output (classifier classes) are never
+        pruned.
     keep_per_cluster : channels kept per cluster.
     representative : {"energy", "medoid"}
         Which channels of a cluster stay: largest energy (squared descriptor norm) or medoid.
