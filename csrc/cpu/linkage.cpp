@@ -269,9 +269,18 @@ at::Tensor linkage_cpu(const at::Tensor& d, const std::string& method, const std
   at::Tensor Z = at::empty({n - 1, 4}, d.options().dtype(at::kDouble));
   if (n < 2) return Z;
   const int threads = threads_for(n, kParallelMinN);
-  // single only reads the distances; the NN-chain updates its copy in place, as scipy does.
-  at::Tensor work = m == kSingle ? checked_input(d, threads, op) : working_copy(d, threads, op);
-  double* D = work.data_ptr<double>();
+  // The NN-chain updates a copy in place, as scipy does (on huge pages, see alloc_buffer); single
+  // only reads, and one MST pass does not pay for a copy.
+  Buffer work;
+  at::Tensor input;
+  double* D = nullptr;
+  if (m == kSingle) {
+    input = checked_input(d, threads, op);
+    D = input.data_ptr<double>();
+  } else {
+    work = working_copy(d, threads, op);
+    D = work.get();
+  }
   std::vector<double> merges, eff;
   switch (m) {
     case kSingle:

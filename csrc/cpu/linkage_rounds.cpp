@@ -66,11 +66,11 @@ std::tuple<at::Tensor, at::Tensor> rounds(const at::Tensor& d, int64_t n) {
 
   // ---- step 0: the square matrix, bit-symmetric, +inf on the diagonal
   int64_t m = n;  // current (compacted) width
-  std::vector<double> S(static_cast<size_t>(n) * n);
+  Buffer S = alloc_buffer(n * n);  // huge pages: the column writes stride by 8n bytes
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 16)
   for (int64_t i = 0; i < n; ++i) {
     const int64_t off = row_offset(n, i);
-    double* row = S.data() + i * n;
+    double* row = S.get() + i * n;
     row[i] = kInf;
     for (int64_t j = i + 1; j < n; ++j) {
       row[j] = src[off + j];
@@ -91,7 +91,7 @@ std::tuple<at::Tensor, at::Tensor> rounds(const at::Tensor& d, int64_t n) {
     ++n_rounds;
     // ---- 1. row argmin of every active slot
 #pragma omp parallel for num_threads(threads) schedule(static) if (m * m >= kParallelMinWork)
-    for (int64_t r = 0; r < m; ++r) nn[r] = alive[r] ? row_argmin(S.data() + r * m, m) : -1;
+    for (int64_t r = 0; r < m; ++r) nn[r] = alive[r] ? row_argmin(S.get() + r * m, m) : -1;
 
     // ---- 2. reciprocal pairs in slot order, logged as merges
     pi.clear();
@@ -121,7 +121,7 @@ std::tuple<at::Tensor, at::Tensor> rounds(const at::Tensor& d, int64_t n) {
     }
 
     // ---- 3. phase 1: columns outside this round's pairs (rows i and column i; row j only read)
-    double* Sp = S.data();
+    double* Sp = S.get();
 #pragma omp parallel for num_threads(threads) schedule(static) if (np * m >= kParallelMinWork)
     for (int64_t cb = 0; cb < m; cb += kColBlock) {
       const int64_t ce = std::min(m, cb + kColBlock);
@@ -172,11 +172,11 @@ std::tuple<at::Tensor, at::Tensor> rounds(const at::Tensor& d, int64_t n) {
       for (int64_t r = 0; r < m; ++r)
         if (alive[r]) keep.push_back(r);
       const int64_t a = static_cast<int64_t>(keep.size());
-      std::vector<double> T(static_cast<size_t>(a) * a);
+      Buffer T = alloc_buffer(a * a);
 #pragma omp parallel for num_threads(threads) schedule(static) if (a * a >= kParallelMinWork)
       for (int64_t r = 0; r < a; ++r) {
         const double* srow = Sp + keep[r] * m;
-        double* drow = T.data() + r * a;
+        double* drow = T.get() + r * a;
         for (int64_t c = 0; c < a; ++c) drow[c] = srow[keep[c]];
       }
       S.swap(T);

@@ -8,13 +8,16 @@
 
 #include <immintrin.h>
 #include <sched.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -93,25 +96,47 @@ inline void report_values(int64_t n_nan, int64_t n_inf, int64_t n_neg, const cha
                     " negative value(s)");
 }
 
+// A large fp64 work buffer on transparent huge pages. The NN-chain and MST read columns of the
+// condensed matrix: every such access lands on a different 4 KiB page (the stride is ~8n bytes), so
+// with small pages nearly every access is also a TLB miss. Huge pages make the whole matrix fit the
+// TLB. This machine's THP mode is "madvise", hence the explicit advice.
+struct FreeDeleter {
+  void operator()(double* p) const { std::free(p); }
+};
+using Buffer = std::unique_ptr<double[], FreeDeleter>;
+
+inline Buffer alloc_buffer(int64_t count) {
+  constexpr size_t kHuge = size_t{1} << 21;
+  const size_t bytes = std::max<size_t>(static_cast<size_t>(count) * sizeof(double), 64);
+  const bool huge = bytes >= 2 * kHuge;
+  const size_t align = huge ? kHuge : 64;
+  const size_t rounded = (bytes + align - 1) / align * align;
+  void* p = std::aligned_alloc(align, rounded);
+  TORCH_CHECK(p != nullptr, "simprune linkage: out of memory allocating ", bytes, " bytes");
+#ifdef MADV_HUGEPAGE
+  if (huge) madvise(p, rounded, MADV_HUGEPAGE);  // advice only: failure just means small pages
+#endif
+  return Buffer(static_cast<double*>(p));
+}
+
 // The working copy: one condensed fp64 buffer (scipy widens fp32 input to fp64 the same way), checked
 // in the same pass. Distances are copied (not converted in place) because NN-chain updates them.
-inline at::Tensor working_copy(const at::Tensor& d, int threads, const char* op) {
+inline Buffer working_copy(const at::Tensor& d, int threads, const char* op) {
   const at::Tensor src = d.contiguous();
-  at::Tensor out = at::empty({src.numel()}, src.options().dtype(at::kDouble));
+  Buffer out = alloc_buffer(src.numel());
   int64_t a = 0, b = 0, c = 0;
   if (src.scalar_type() == at::kDouble) {
-    copy_and_count(src.data_ptr<double>(), out.data_ptr<double>(), src.numel(), threads, &a, &b, &c);
+    copy_and_count(src.data_ptr<double>(), out.get(), src.numel(), threads, &a, &b, &c);
   } else {
-    copy_and_count(src.data_ptr<float>(), out.data_ptr<double>(), src.numel(), threads, &a, &b, &c);
+    copy_and_count(src.data_ptr<float>(), out.get(), src.numel(), threads, &a, &b, &c);
   }
   report_values(a, b, c, op);
   return out;
 }
 
-// Read-only use (single linkage on fp64 input): check only, no copy.
+// Read-only use (the rounds twin copies into its square matrix anyway): check only, no copy.
 inline at::Tensor checked_input(const at::Tensor& d, int threads, const char* op) {
-  if (d.scalar_type() != at::kDouble) return working_copy(d, threads, op);
-  at::Tensor src = d.contiguous();
+  at::Tensor src = d.to(at::kDouble).contiguous();
   int64_t a = 0, b = 0, c = 0;
   copy_and_count<double>(src.data_ptr<double>(), nullptr, src.numel(), threads, &a, &b, &c);
   report_values(a, b, c, op);
