@@ -14,10 +14,11 @@ from .backends import (
     BackendUnavailableError,
     available_backends,
     has_kernel,
+    has_triton,
     register,
     resolve,
 )
-from .distance import pairwise_distance
+from .distance import _on_device, pairwise_distance
 
 METHODS = ("single", "complete", "average", "weighted", "ward", "centroid", "median")
 # Methods whose Lance-Williams update assumes Euclidean distances between raw observations.
@@ -48,6 +49,19 @@ register("linkage", "cpu", devices=("cpu",), available=lambda: has_kernel("linka
 register(
     "linkage", "cuda", devices=("cuda",), available=lambda: has_kernel("linkage_cuda", "CUDA")
 )(ops.get("linkage", "cuda"))
+
+
+# Triton: kernels/linkage.py (round primitives + host loop), imported on first use only.
+@torch.library.impl(ops.LIB, "linkage_triton", "CPU")
+@torch.library.impl(ops.LIB, "linkage_triton", "CUDA")
+def _linkage_triton_kernel(d, method, mode):
+    from .kernels.linkage import linkage_triton
+
+    with _on_device(d):
+        return linkage_triton(d, method, mode)
+
+
+register("linkage", "triton", devices=("cuda",), available=has_triton)(ops.get("linkage", "triton"))
 
 
 def _square_to_condensed(d: torch.Tensor) -> torch.Tensor:
