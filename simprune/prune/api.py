@@ -18,7 +18,7 @@ from ..distance import pairwise_distance_batched
 from ..linkage import METHODS, linkage
 from .cut import CutResult, GroupCurve, make_curve, solve_global, solve_uniform
 from .descriptors import METRICS, check_finite_model, group_descriptors
-from .groups import ChannelGroup, build_dependency_graph, collect_groups
+from .groups import ChannelGroup, build_dependency_graph, check_connected, collect_groups
 from .macs import CostModel
 from .merge import MERGE_MODES, assign, choose_kept, expand_units
 from .plan import GroupPlan, PruningPlan, describe_inputs, execute
@@ -220,6 +220,7 @@ def prune(
         dg = build_dependency_graph(work, example_inputs, ignored)
         groups, skipped = collect_groups(dg, work, ignored)
         cm = CostModel(work, example_inputs)
+        check_connected(dg, work, cm.ran, ignored)
         cm.bind(groups)
         timings["trace"] = time.perf_counter() - t0
 

@@ -155,29 +155,31 @@ def build_dependency_graph(
     for w in caught:
         if "Unknown operation" not in str(w.message):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    # Every Conv/Linear that runs must be in the graph; one that is not was computed outside
-    # autograd (torch.no_grad, .detach(), numpy round-trips) and would be pruned inconsistently.
-    ran: list[nn.Module] = []
-    hooks2 = [
-        m.register_forward_hook(lambda mod, i, o: ran.append(mod))
-        for m in model.modules()
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
-    ]
-    try:
-        with torch.no_grad():
-            _run_forward(model, example_inputs)
-    finally:
-        for h in hooks2:
-            h.remove()
+    return dg
+
+
+def check_connected(
+    dg: tp.DependencyGraph,
+    model: nn.Module,
+    ran: Sequence[nn.Module],
+    ignored_layers: Sequence[nn.Module] = (),
+) -> None:
+    """TracingError when a Conv/Linear that ran in forward is missing from the traced graph.
+
+    Such a layer was computed outside autograd (torch.no_grad, .detach(), a numpy round-trip), so
+    Torch-Pruning cannot see what consumes it and would prune around it inconsistently.
+    """
+    names = _module_names(model)
     ignored = set(map(id, ignored_layers))
     for mod in ran:
+        if not isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
+            continue
         if mod not in dg.module2node and id(mod) not in ignored:
             raise TracingError(
                 f"layer {names.get(mod, '?')!r} ({type(mod).__name__}) runs in forward but is not "
                 "connected to the output through autograd (torch.no_grad / detach / non-tensor op?); "
                 "it cannot be traced. Add it to ignored_layers or make the forward differentiable."
             )
-    return dg
 
 
 def _kind(dep: Any) -> str:

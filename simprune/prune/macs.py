@@ -104,6 +104,7 @@ class CostModel:
 
     def __init__(self, model: nn.Module, example_inputs: Any):
         self.layers: list[LayerShape] = []
+        self.ran: list[nn.Module] = []  # every modelled layer that ran in forward
         self._index: dict[str, int] = {}
         records: dict[str, tuple[nn.Module, torch.Tensor, torch.Tensor]] = {}
         names = {m: n for n, m in model.named_modules()}
@@ -148,6 +149,7 @@ class CostModel:
                 s.norm_params0 = sum(p.numel() for p in mod.parameters(recurse=False))
             self._index[name] = len(self.layers)
             self.layers.append(s)
+            self.ran.append(mod)
         modelled = {id(p) for n in self._index for p in model.get_submodule(n).parameters(False)}
         self.fixed_params = sum(p.numel() for p in model.parameters() if id(p) not in modelled)
         self._in0 = np.array([s.in0 for s in self.layers], dtype=np.float64)
