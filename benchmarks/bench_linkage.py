@@ -11,7 +11,8 @@ a Gaussian N(0, I) set with d = 64, linkage.md 8.1 #1), so only the clustering i
 
 * ``cpu_s``: ``simprune.linkage(d, method, backend="cpu")`` (API included: input checks, dispatch),
   "exact" mode; ``strict_s`` the same in "strict" mode (same algorithm, different sort key);
-* ``rounds_s``: the round-synchronous twin of the GPU algorithm (``--rounds``; square fp64 matrix);
+* ``rounds_s``, ``R``: the round-synchronous twin of the GPU algorithm and its number of rounds
+  (``--rounds``, up to ``--rounds-max-n``; square fp64 matrix);
 * ``scipy_s``: ``scipy.cluster.hierarchy.linkage(d, method)``; ``fc_s``: ``fastcluster.linkage``;
 * ``x_scipy``, ``x_fc``: speed-up of ``cpu_s`` over scipy and fastcluster (> 1: simprune faster).
 
@@ -52,7 +53,7 @@ def _repeat(n: int) -> int:
 
 
 def run(
-    sizes: list[int], methods: list[str], threads: int, with_rounds: bool
+    sizes: list[int], methods: list[str], threads: int, rounds_max_n: int
 ) -> list[dict[str, Any]]:
     import fastcluster
     import scipy.cluster.hierarchy as sch
@@ -79,7 +80,7 @@ def run(
                 lambda m=method, d=d: simprune.linkage(d, m, mode="strict", backend="cpu"),
                 repeat=rep,
             )
-            if with_rounds:
+            if n <= rounds_max_n:
                 row["rounds_s"] = median_time(
                     lambda m=method, d=d: _linkage_rounds(d, m), repeat=rep
                 )
@@ -122,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", action="store_true", help="also time the round-synchronous twin")
+    p.add_argument(
+        "--rounds-max-n", type=int, default=4096, help="largest n for --rounds (8 n^2 bytes)"
+    )
     p.add_argument("--json", help="write rows + conditions as JSON")
     p.add_argument("--markdown", help="write the table as Markdown")
     args = p.parse_args(argv)
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     import fastcluster
 
     info["fastcluster"] = fastcluster.__version__
-    rows = run(sizes, args.methods, args.threads, args.rounds)
+    rows = run(sizes, args.methods, args.threads, args.rounds_max_n if args.rounds else 0)
     columns = ["n", "method", "same_Z", "cpu_s", "strict_s"]
     columns += ["rounds_s", "R"] if args.rounds else []
     columns += ["scipy_s", "fc_s", "x_scipy", "x_fc"]

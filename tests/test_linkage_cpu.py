@@ -216,8 +216,9 @@ def test_n4097(name, method):
 
 
 @pytest.mark.parametrize("method", REDUCIBLE)
-def test_thread_count_does_not_change_the_result(method):
-    # n above the parallel threshold (1024): the row scans and updates are split over threads.
+def test_thread_count_does_not_change_the_result(method, monkeypatch):
+    # Parallel from n = 64 (default 4096): the row scans and updates are split over threads.
+    monkeypatch.setenv("SIMPRUNE_LINKAGE_PARALLEL_MIN_N", "64")
     d = data("quantised", 1200)  # ties: the combine of partial argmins must keep scipy's rule
     before = torch.get_num_threads()
     try:

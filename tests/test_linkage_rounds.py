@@ -97,7 +97,8 @@ def test_chain_is_the_worst_case():
 
 
 @pytest.mark.parametrize("method", REDUCIBLE)
-def test_thread_count_does_not_change_the_result(method):
+def test_thread_count_does_not_change_the_result(method, monkeypatch):
+    monkeypatch.setenv("SIMPRUNE_LINKAGE_PARALLEL_MIN_N", "16")  # parallel loops from 16^2 elements
     d = data("quantised", 700)
     before = torch.get_num_threads()
     try:

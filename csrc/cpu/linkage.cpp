@@ -36,7 +36,8 @@ namespace {
 
 constexpr int64_t kBlock = 512;     // active-list entries per work block (round-robin over threads)
 constexpr int64_t kPrefetch = 48;   // distance of the software prefetch in the strided (column) part
-constexpr int64_t kParallelMinN = 1024;
+// Below this a row scan takes a few microseconds: a barrier per scan would eat the gain.
+constexpr int64_t kParallelMinN = 4096;
 
 struct alignas(64) Partial {
   double v;
@@ -268,7 +269,7 @@ at::Tensor linkage_cpu(const at::Tensor& d, const std::string& method, const std
   const int64_t n = check_condensed(d, op);
   at::Tensor Z = at::empty({n - 1, 4}, d.options().dtype(at::kDouble));
   if (n < 2) return Z;
-  const int threads = threads_for(n, kParallelMinN);
+  const int threads = threads_for(n, parallel_min_n(kParallelMinN));
   // The NN-chain updates a copy in place, as scipy does (on huge pages, see alloc_buffer); single
   // only reads, and one MST pass does not pay for a copy.
   Buffer work;

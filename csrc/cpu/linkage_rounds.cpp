@@ -39,10 +39,9 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr int64_t kColBlock = 512;
-constexpr int64_t kParallelMinN = 256;
-// Elements of work below which a parallel loop costs more than it saves (its fork/join barrier
-// spins; on an oversubscribed machine that costs a scheduler time slice).
-constexpr int64_t kParallelMinWork = int64_t{1} << 18;
+// A loop runs in parallel when its work is at least kParallelMinN^2 elements: below that its fork/join
+// costs more than it saves (and on an oversubscribed machine a join costs a scheduler time slice).
+constexpr int64_t kParallelMinN = 2048;
 
 // First index of the minimum of row[0, m) (row has +inf at dead slots and the diagonal); -1 if none
 // is finite. Two passes keep the first one vectorisable.
@@ -60,7 +59,9 @@ std::tuple<at::Tensor, at::Tensor> rounds(const at::Tensor& d, int64_t n) {
   at::Tensor Z = at::empty({n - 1, 4}, d.options().dtype(at::kDouble));
   at::Tensor stats = at::zeros({3}, d.options().dtype(at::kLong));
   if (n < 2) return {Z, stats};
-  const int threads = threads_for(n, kParallelMinN);
+  const int64_t pmin = parallel_min_n(kParallelMinN);
+  const int64_t kParallelMinWork = pmin * pmin;
+  const int threads = threads_for(n, pmin);
   const at::Tensor dc = checked_input(d, threads, "simprune::linkage_rounds_cpu");
   const double* src = dc.data_ptr<double>();
 

@@ -149,6 +149,17 @@ inline bool parse_mode(const std::string& mode, const char* op) {
   return mode == "strict";
 }
 
+// The size from which the loops run in parallel: the kernel's default, or the environment variable
+// SIMPRUNE_LINKAGE_PARALLEL_MIN_N (a tuning knob; the tests use it to cover the parallel paths at
+// small n). Results never depend on it.
+inline int64_t parallel_min_n(int64_t dflt) {
+  const char* e = std::getenv("SIMPRUNE_LINKAGE_PARALLEL_MIN_N");
+  if (e == nullptr || *e == '\0') return dflt;
+  char* end = nullptr;
+  const long long v = std::strtoll(e, &end, 10);
+  return (*end == '\0' && v >= 0) ? static_cast<int64_t>(v) : dflt;
+}
+
 // Threads for the OpenMP regions: torch's intra-op setting (torch.set_num_threads), not OMP's own,
 // so that one knob controls every CPU kernel; small problems stay single-threaded because a barrier
 // costs more than their row scans.
@@ -190,8 +201,11 @@ class Team {
     if (tid == 0) {
       const auto t1 = clock::now();
       waited_ += t1 - t0;
+      // A wait of a scheduler-slice scale means a teammate was descheduled (an oversubscribed
+      // machine): a few of those, or more than half of a window's time spent waiting, and the
+      // team retires.
+      if (t1 - t0 > std::chrono::microseconds(500) && ++n_stalls_ >= 3) want_retire_ = true;
       if (++n_waits_ == kWindow) {
-        // More than half of a window's wall time spent waiting: parallelism is hurting.
         if (2 * waited_ > t1 - window_start_) want_retire_ = true;
         n_waits_ = 0;
         waited_ = clock::duration::zero();
@@ -210,13 +224,14 @@ class Team {
   }
 
  private:
-  static constexpr int kWindow = 256;
+  static constexpr int kWindow = 64;
   std::atomic<int> n_;
   std::atomic<int> count_{0};
   std::atomic<unsigned> gen_{0};
   bool retire_ = false;       // written by thread 0 in a serial section only
   bool want_retire_ = false;  // private to thread 0
   int n_waits_ = 0;
+  int n_stalls_ = 0;
   std::chrono::steady_clock::duration waited_{};
   std::chrono::steady_clock::time_point window_start_;
 };
