@@ -88,3 +88,13 @@ def test_torchvision_sweep(name):
         fresh = apply_plan(model, plan, x)
         fresh.load_state_dict(torch.load(buf))
         torch.testing.assert_close(fresh(x), y1, rtol=0, atol=0)
+
+
+def test_untraceable_torchvision_model_names_the_op():
+    # ShuffleNetV2's channel shuffle (view -> transpose -> view) defeats Torch-Pruning's reshape
+    # index mapping; the error must say so instead of failing deep inside Torch-Pruning.
+    from simprune.prune import TracingError
+
+    model = torchvision.models.shufflenet_v2_x0_5().eval()
+    with pytest.raises(TracingError, match=r"update_reshape_index_mapping, at a view/reshape"):
+        prune(model, torch.randn(1, 3, 32, 32), macs_reduction=0.2, progress=False)

@@ -86,6 +86,17 @@ class ChannelGroup:
         return sorted(int(u) + g * gs for u in units for g in range(self.ch_groups))
 
 
+# Torch-Pruning's index-mapping stages and the tensor operations they handle (for error messages).
+_TP_STAGE_OPS = {
+    "reshape": "a view/reshape/flatten (e.g. a channel shuffle)",
+    "concat": "a torch.cat",
+    "split": "a split/chunk",
+    "unbind": "an unbind",
+    "expand": "an expand",
+    "slice": "a slice",
+}
+
+
 class TracingError(RuntimeError):
     """The model could not be traced into a dependency graph."""
 
@@ -113,6 +124,8 @@ def build_dependency_graph(
     names = _module_names(model)
 
     def pre(mod: nn.Module, _inp: Any) -> None:
+        if mod is model:  # a new top-level call: forget modules of a failed earlier attempt
+            current.clear()
         current.append(names.get(mod) or type(mod).__name__)
 
     def post(mod: nn.Module, _inp: Any, _out: Any) -> None:
@@ -127,7 +140,12 @@ def build_dependency_graph(
             try:
                 # ignored_layers are honoured when groups are collected, not here: a layer left
                 # out of the trace would disconnect the graph around it.
-                dg = tp.DependencyGraph().build_dependency(model, example_inputs, verbose=True)
+                # Our own forward_fn: Torch-Pruning's default tries model(*example_inputs) first
+                # (a bare tensor would be unpacked along the batch dimension) and retries on any
+                # error, which hides the real one.
+                dg = tp.DependencyGraph().build_dependency(
+                    model, example_inputs, forward_fn=_run_forward, verbose=True
+                )
             except Exception as e:  # noqa: BLE001 - re-raised with the failing module named
                 if current:
                     where = f"while running {current[-1]!r}"
@@ -137,7 +155,13 @@ def build_dependency_graph(
                         for f in traceback.extract_tb(e.__traceback__)
                         if "torch_pruning" in f.filename
                     ]
-                    where = f"in Torch-Pruning's {frames[-1].name}" if frames else "after forward"
+                    fn = frames[-1].name if frames else ""
+                    op = next((v for k, v in _TP_STAGE_OPS.items() if k in fn), None)
+                    where = (
+                        f"in Torch-Pruning's {fn}" + (f", at {op}" if op else "")
+                        if fn
+                        else "after forward"
+                    )
                 raise TracingError(
                     f"could not trace the model with Torch-Pruning: {type(e).__name__}: {e} "
                     f"({where}). Check that example_inputs fit the model and that its forward "
