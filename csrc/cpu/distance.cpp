@@ -11,7 +11,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <optional>
+#include <type_traits>
 
 #include "simprune/distance_common.h"
 #include "simprune/distance_host.h"
@@ -138,6 +140,84 @@ void run_cpu(const Plan& p, O* out) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Large d: BLAS expansion on centred rows + exact repair of near pairs, fused into one epilogue.
+// ---------------------------------------------------------------------------------------------
+// The same algorithm as the Triton kernel (kernels/distance.py): centring in fp64, the Gram matrix by
+// at::mm (fp32 SGEMM or fp64 DGEMM: CPU BLAS is several times faster than direct differences once d
+// is large), then every pair whose expanded value is below ratio * (|x|^2 + |y|^2), where the
+// expansion may have cancelled, is recomputed by direct differences of the original rows (the same
+// add_sq_diff chunks as the direct kernel). ratio: 0.25 in fp32 (an emulation of IEEE fp32 GEMM
+// rounding keeps the other pairs within 5e-7), 1e-2 in fp64.
+constexpr int64_t kGemmMinDDefault = 256;  // measured crossover on the 2-core CPU machine
+
+int64_t gemm_min_d() {
+  // SIMPRUNE_CPU_GEMM_MIN_D overrides the crossover (benchmarks and tests of both paths).
+  static const int64_t v = [] {
+    const char* e = std::getenv("SIMPRUNE_CPU_GEMM_MIN_D");
+    return e ? std::atoll(e) : kGemmMinDDefault;
+  }();
+  return v;
+}
+
+template <typename T>
+double direct_sq(const T* a, const T* b, int64_t d) {
+  double acc = 0.0;
+  for (int64_t k0 = 0; k0 < d; k0 += kChunk) {
+    const int64_t kc = std::min<int64_t>(kChunk, d - k0);
+    T part = T(0);
+    for (int64_t k = 0; k < kc; ++k) add_sq_diff<T>(a[k0 + k], b[k0 + k], &part);
+    acc += static_cast<double>(part);
+  }
+  return acc;
+}
+
+template <typename T, typename O>
+void run_cpu_gemm(const Plan& p, O* out) {
+  const int64_t n = p.n, m = p.m, d = p.d, ld = p.m;
+  const double ratio = std::is_same_v<T, double> ? 1e-2 : 0.25;
+  const auto scalar = std::is_same_v<T, double> ? at::kDouble : at::kFloat;
+  at::Tensor x64 = p.x.to(at::kDouble);
+  at::Tensor y64 = p.sym ? x64 : p.y.to(at::kDouble);
+  at::Tensor mu = p.sym ? x64.mean(0) : at::cat({x64, y64}).mean(0);
+  at::Tensor xc = x64 - mu;
+  at::Tensor yc = p.sym ? xc : y64 - mu;
+  at::Tensor nx = (xc * xc).sum(1).contiguous();
+  at::Tensor ny = p.sym ? nx : (yc * yc).sum(1).contiguous();
+  at::Tensor xt = xc.to(scalar).contiguous();
+  at::Tensor G = at::mm(xt, p.sym ? xt.t() : yc.to(scalar).t()).contiguous();
+  const T* g = G.data_ptr<T>();
+  const double* sx = nx.data_ptr<double>();
+  const double* sy = ny.data_ptr<double>();
+  const T* x = p.x.data_ptr<T>();
+  const T* y = p.y.data_ptr<T>();
+#pragma omp parallel for schedule(dynamic, 8)
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t j0 = p.sym ? i + 1 : 0;
+    if (p.sym && !p.condensed) out[i * ld + i] = O(0);  // exact zero diagonal
+    if (j0 >= m) continue;
+    // row[j] is pair (i, j)'s slot: a row of the square, or the row's run of the condensed vector.
+    O* row = p.condensed ? out + condensed_index(n, i, j0) - j0 : out + i * ld;
+    for (int64_t j = j0; j < m; ++j) {
+      const double s = sx[i] + sy[j];
+      double v = s - 2.0 * static_cast<double>(g[i * m + j]);
+      if (v <= ratio * s) v = direct_sq<T>(x + i * d, y + j * d, d);
+      row[j] = static_cast<O>(finish<double>(v, p.metric));
+    }
+  }
+  if (p.sym && !p.condensed) {
+    // Mirror the upper triangle in cache-sized blocks (bit-symmetric by construction).
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t bi = 0; bi < n; bi += kTile) {
+      for (int64_t bj = bi; bj < n; bj += kTile) {
+        for (int64_t i = bi; i < std::min(bi + kTile, n); ++i)
+          for (int64_t j = std::max(bj, i + 1); j < std::min(bj + kTile, n); ++j)
+            out[j * ld + i] = out[i * ld + j];
+      }
+    }
+  }
+}
+
 at::Tensor pairwise_distance_cpu(const at::Tensor& x, const std::optional<at::Tensor>& y,
                                  c10::string_view metric, bool condensed,
                                  std::optional<at::ScalarType> out_dtype,
@@ -148,6 +228,13 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x, const std::optional<at::Te
   at::Tensor out = make_output(p, x.options());
   if (out.numel() == 0) return out;
   const bool c64 = p.cdt == at::kDouble, o64 = p.out_dtype == at::kDouble;
+  if (p.d >= gemm_min_d()) {
+    if (c64 && o64) run_cpu_gemm<double, double>(p, out.data_ptr<double>());
+    if (c64 && !o64) run_cpu_gemm<double, float>(p, out.data_ptr<float>());
+    if (!c64 && o64) run_cpu_gemm<float, double>(p, out.data_ptr<double>());
+    if (!c64 && !o64) run_cpu_gemm<float, float>(p, out.data_ptr<float>());
+    return out;
+  }
   if (c64 && o64) run_cpu<double, double>(p, out.data_ptr<double>());
   if (c64 && !o64) run_cpu<double, float>(p, out.data_ptr<float>());
   if (!c64 && o64) run_cpu<float, double>(p, out.data_ptr<double>());
