@@ -1,9 +1,15 @@
-// simprune::pairwise_distance_cpu: tiled direct-difference distances on the CPU (OpenMP).
+// simprune::pairwise_distance_cpu: pairwise distances on the CPU (OpenMP), two paths:
 //
-// Same tiles (kTile x kTile, upper triangle only when x is compared with itself, mirrored), same
-// chunked accumulation and same epilogue as the CUDA kernel (simprune/distance_common.h), so CPU tests
-// exercise the GPU's arithmetic. The inner loop runs over the kTile columns of a transposed y chunk, so
-// it vectorises without reassociating any sum: each pair's squares are added in feature order.
+// * d < 256: direct differences in tiles. Same tiles (kTile x kTile, upper triangle only when x is
+//   compared with itself, mirrored), same chunked accumulation and same epilogue as the CUDA kernel
+//   (simprune/distance_common.h), so CPU tests exercise the GPU's arithmetic. The inner loop runs over
+//   the columns of a transposed y chunk, so it vectorises without reassociating any sum: each pair's
+//   squares are added in feature order.
+// * d >= 256: BLAS expansion on centred rows plus an exact repair of the near pairs (the algorithm of
+//   the Triton kernel), see run_cpu_gemm.
+// Both keep <= 1e-6 relative error in fp32 (<= 1e-12 for a float64 result) on near-duplicate rows, and
+// beat the float64 reference (simprune.pairwise_distance_ref) at every size measured
+// (benchmarks/results/distance_cpu.md).
 #if __cplusplus >= 202002L  // torch >= 2.10 ATen headers need C++20
 
 #include <ATen/ATen.h>
