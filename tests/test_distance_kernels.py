@@ -363,3 +363,26 @@ def test_gpu_ragged():
     for x, g in zip(xs, got, strict=True):
         ref = pairwise_distance_ref(x, None, "cosine", True, torch.float64)
         assert _rel_err(g, ref) <= 1e-6
+
+
+@pytest.mark.skipif(not simprune.has_cuda_extension(), reason="extension built without CUDA")
+def test_cuda_kernel_compiled_and_registered():
+    """CI builds the .cu with nvcc (no GPU): the CUDA distance kernel must be in the library."""
+    from simprune.backends import has_kernel
+
+    assert has_kernel("pairwise_distance_cuda", "CUDA")
+
+
+@pytest.mark.skipif(not _has("cpu"), reason="C++ CPU distance kernel not built")
+def test_cpu_op_rejects_bad_input():
+    op = simprune.ops.get("pairwise_distance", "cpu")
+    with pytest.raises(RuntimeError, match="x must be 2-D"):
+        op(torch.randn(5), None, "sqeuclidean", False, None, "exact")
+    with pytest.raises(RuntimeError, match="unknown metric"):
+        op(torch.randn(5, 2), None, "hamming", False, None, "exact")
+    with pytest.raises(RuntimeError, match="same number of features"):
+        op(torch.randn(5, 2), torch.randn(3, 4), "sqeuclidean", False, None, "exact")
+    with pytest.raises(RuntimeError, match="condensed=True needs y=None"):
+        op(torch.randn(5, 2), torch.randn(3, 2), "sqeuclidean", True, None, "exact")
+    with pytest.raises(RuntimeError, match="out_dtype must be"):
+        op(torch.randn(5, 2), None, "sqeuclidean", False, torch.float16, "exact")
