@@ -641,6 +641,8 @@ def pairwise_distance_ragged_triton(
         out = torch.empty((total,), dtype=out_dtype, device=dev)
     elif tuple(out.shape) != (total,) or out.dtype != out_dtype or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {out_dtype} tensor of shape ({total},)")
+    if total == 0:  # no groups, or only single-row groups in condensed form
+        return out
     modes = [_config(cdt, c)[0] for c in cols]
     need_centred = any(mo == MODE_EXPAND and sz > 0 for mo, sz in zip(modes, sizes, strict=True))
     shapes = list(zip(rows, cols, strict=True))

@@ -182,6 +182,18 @@ def test_ragged_matches_reference(condensed, dtype):
         assert _rel_err(out, ref) <= RTOL[dtype]
 
 
+def test_ragged_degenerate_groups():
+    # No groups, and only single-row groups (no pairs): empty or all-zero results, no launch errors.
+    empty = kd.pairwise_distance_ragged_triton(torch.empty(0), [], [], "sqeuclidean", True, None)
+    assert empty.shape == (0,)
+    single = kd.pairwise_distance_ragged_triton(
+        torch.randn(7), [1, 1], [3, 4], "cosine", True, None
+    )
+    assert single.shape == (0,)
+    sq = kd.pairwise_distance_ragged_triton(torch.randn(7), [1, 1], [3, 4], "cosine", False, None)
+    assert torch.equal(sq, torch.zeros(2))
+
+
 def test_batched_api_uses_one_ragged_call():
     xs = [torch.tensor(datasets.channel_like(n, d, seed=n)) for n, d in [(9, 40), (40, 7), (3, 3)]]
     got = simprune.pairwise_distance_batched(xs, metric="euclidean", backend="triton")
