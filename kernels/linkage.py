@@ -300,6 +300,7 @@ def check_input(d: torch.Tensor, method: str, op: str) -> int:
         raise ValueError(
             f"{op}: a condensed distance vector must have length n(n-1)/2 for some n; got length {m}"
         )
+    _check_memory(n, d.device)  # before the value checks, which themselves allocate O(n^2)
     if m:
         n_nan = int(torch.isnan(d).sum())
         n_inf = int(torch.isinf(d).sum())
@@ -361,7 +362,6 @@ def linkage_rounds_triton(d: torch.Tensor, method: str) -> tuple[torch.Tensor, t
     stats = torch.zeros(3, dtype=torch.int64)
     if n < 2:
         return torch.empty((0, 4), dtype=torch.float64, device=dev), stats
-    _check_memory(n, dev)
     meth = METHOD_CODE[method]
     d = d.contiguous()
     s = torch.empty(n * n, dtype=torch.float64, device=dev)

@@ -43,7 +43,8 @@ SCHEMAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "linkage": ("(Tensor d, str method, str mode) -> Tensor", BACKENDS),
     # Round-synchronous reciprocal-nearest-neighbour linkage (linkage.md 7.3), the CPU twin of the GPU
     # algorithm: returns (Z, stats) with stats int64 (3,) = (rounds, compactions, max merges per round).
-    "linkage_rounds": ("(Tensor d, str method) -> (Tensor, Tensor)", ("cpu",)),
+    # The "cuda" variant is the GPU algorithm itself (csrc/cuda/linkage.cu), with its statistics.
+    "linkage_rounds": ("(Tensor d, str method) -> (Tensor, Tensor)", ("cpu", "cuda")),
 }
 
 

@@ -1,0 +1,226 @@
+"""GPU linkage: simprune's CUDA and Triton backends against scipy, fastcluster and the CPU backend,
+measured in the same run (linkage.md 8.2 / 8.4).
+
+    python benchmarks/bench_linkage_gpu.py                          # n in {1k, 4k, 16k}, all methods
+    python benchmarks/bench_linkage_gpu.py --big                    # adds 32k and 65k (H100: 80 GB)
+    python benchmarks/bench_linkage_gpu.py --n 4096 --methods average --backends cuda
+    python benchmarks/bench_linkage_gpu.py --layers                 # ResNet-50-like set of layers
+    python benchmarks/bench_linkage_gpu.py --json out.json --markdown out.md
+
+Every row: one method at one n on the same float64 condensed distances (``torch.pdist`` in float64 on
+the GPU of a Gaussian N(0, I) set with d = 64, linkage.md 8.1 #1), so only the clustering is timed.
+Columns:
+
+* ``cuda_s`` / ``triton_s``: ``simprune.linkage(d, method, backend=...)`` on the GPU tensor, API
+  included (input checks, the square matrix, the rounds, the merge log's copy to the host, sort and
+  relabel, Z back on the device); median of a few runs after a warm-up;
+* ``R``, ``widest``, ``mean_pr``: rounds, the most merges in one round and the mean merges per round
+  (CUDA path's statistics);
+* ``same_Z``: Z[:, [0, 1, 3]] equal to scipy's (where scipy ran) -- a benchmark of a wrong answer is
+  void; ``twin``: bitwise equal to the CPU twin of the algorithm (n <= ``--twin-max-n``);
+* ``scipy_s``, ``fc_s``, ``cpu_s``: scipy 1.17, fastcluster and simprune's C++ CPU backend (all
+  threads), run up to ``--baseline-max-n``; above that, scipy and fastcluster are **extrapolated** as
+  t(n) = t(n0) (n / n0)^2 from the largest measured n0 (NN-chain is Theta(n^2)) and marked ``~``;
+* ``x_scipy``, ``x_fc``, ``x_cpu``: speed-ups of the CUDA path (> 1: the GPU is faster).
+
+With ``--layers``: the ResNet-50-like set (53 layers, 64 to 2048 channels each) clustered one call per
+layer on the GPU, against the loop of scipy calls. (A grouped one-launch kernel is not implemented
+yet: this row measures the per-call path.) Speed is never asserted: this script only reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import machine_info, median_time, print_table  # noqa: E402
+from tests import datasets  # noqa: E402
+
+METHODS = ("single", "complete", "average", "weighted", "ward")
+
+
+def _distances(n: int, device: str, dim: int = 64) -> torch.Tensor:
+    x = torch.from_numpy(datasets.gaussian(n, dim, seed=0)).to(device)
+    return torch.pdist(x)  # float64, scipy's condensed order
+
+
+def resnet50_widths() -> list[int]:
+    """Output channels of the 53 convolutions of a ResNet-50 (stem, bottlenecks, downsamples)."""
+    widths = [64]
+    for blocks, mid in ((3, 64), (4, 128), (6, 256), (3, 512)):
+        for b in range(blocks):
+            widths += [mid, mid, 4 * mid] + ([4 * mid] if b == 0 else [])
+    return widths
+
+
+def _repeat(n: int) -> int:
+    return 5 if n <= 4096 else 3
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import fastcluster
+    import scipy.cluster.hierarchy as sch
+
+    import simprune
+    from simprune.backends import available_backends
+    from simprune.linkage import _linkage_rounds
+
+    dev = "cuda"
+    backends = [b for b in args.backends if b in available_backends("linkage", dev)]
+    missing = sorted(set(args.backends) - set(backends))
+    if missing:
+        print(f"  backends not available here: {missing}", file=sys.stderr)
+    rows: list[dict[str, Any]] = []
+    ref: dict[str, tuple[int, float, float]] = {}  # method -> (n0, scipy_s, fc_s) for extrapolation
+    for n in args.n:
+        try:
+            d = _distances(n, dev)
+        except torch.OutOfMemoryError as e:
+            print(f"  n={n}: distances do not fit ({e})", file=sys.stderr)
+            continue
+        d_np = d.cpu().numpy() if n <= max(args.baseline_max_n, args.twin_max_n) else None
+        rep = _repeat(n)
+        for method in args.methods:
+            row: dict[str, Any] = {"n": n, "method": method}
+            zs = None
+            if n <= args.baseline_max_n and d_np is not None:
+                zs = sch.linkage(d_np, method)
+                row["scipy_s"] = median_time(
+                    lambda m=method, x=d_np: sch.linkage(x, m), repeat=max(1, rep - 2)
+                )
+                row["fc_s"] = median_time(
+                    lambda m=method, x=d_np: fastcluster.linkage(x, m), repeat=max(1, rep - 2)
+                )
+                dc = torch.from_numpy(d_np)
+                row["cpu_s"] = median_time(
+                    lambda m=method, x=dc: simprune.linkage(x, m, backend="cpu"),
+                    repeat=max(1, rep - 2),
+                )
+                ref[method] = (n, row["scipy_s"], row["fc_s"])
+            elif method in ref:
+                n0, s0, f0 = ref[method]
+                row["scipy_s"] = s0 * (n / n0) ** 2
+                row["fc_s"] = f0 * (n / n0) ** 2
+                row["extrap"] = "~"
+            for b in backends:
+                try:
+                    z = simprune.linkage(d, method, backend=b).cpu().numpy()
+                    row[f"{b}_s"] = median_time(
+                        lambda m=method, bb=b, x=d: simprune.linkage(x, m, backend=bb),
+                        repeat=rep,
+                        device=dev,
+                    )
+                except (RuntimeError, torch.OutOfMemoryError) as e:
+                    row[f"{b}_s"] = f"error: {str(e)[:60]}"
+                    continue
+                if b == "cuda":
+                    _, st = torch.ops.simprune.linkage_rounds_cuda(d, method)
+                    r, _, widest = st.cpu().tolist()
+                    row.update(R=r, widest=widest, mean_pr=(n - 1) / r)
+                    if zs is not None:
+                        row["same_Z"] = bool(np.array_equal(z[:, [0, 1, 3]], zs[:, [0, 1, 3]]))
+                    if n <= args.twin_max_n and d_np is not None:
+                        zt = _linkage_rounds(torch.from_numpy(d_np), method)[0].numpy()
+                        row["twin"] = bool(np.array_equal(z.view(np.uint64), zt.view(np.uint64)))
+            t = row.get("cuda_s")
+            if isinstance(t, float):
+                for key, col in (("scipy_s", "x_scipy"), ("fc_s", "x_fc"), ("cpu_s", "x_cpu")):
+                    if key in row:
+                        row[col] = row[key] / t
+            rows.append(row)
+            print(f"  {row}", file=sys.stderr, flush=True)
+        del d
+        torch.cuda.empty_cache()
+    return rows
+
+
+def run_layers(args: argparse.Namespace) -> dict[str, Any]:
+    import scipy.cluster.hierarchy as sch
+
+    import simprune
+
+    widths = resnet50_widths()
+    ds = [_distances(w, "cuda", dim=64) for w in widths]
+    ds_np = [d.cpu().numpy() for d in ds]
+    out: dict[str, Any] = {"layers": len(widths), "channels": sum(widths), "method": "average"}
+
+    def gpu_loop(b: str) -> None:
+        for d in ds:
+            simprune.linkage(d, "average", backend=b)
+
+    for b in args.backends:
+        try:
+            out[f"{b}_s"] = median_time(lambda bb=b: gpu_loop(bb), repeat=3, device="cuda")
+        except Exception as e:  # noqa: BLE001 - report, don't abort the run
+            out[f"{b}_s"] = f"error: {str(e)[:60]}"
+    out["scipy_s"] = median_time(lambda: [sch.linkage(x, "average") for x in ds_np], repeat=3)
+    if isinstance(out.get("cuda_s"), float):
+        out["x_scipy"] = out["scipy_s"] / out["cuda_s"]
+    return out
+
+
+def _markdown(rows: list[dict[str, Any]], columns: list[str], info: dict[str, Any]) -> str:
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    body = "".join(
+        "| "
+        + " | ".join(
+            f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns
+        )
+        + " |\n"
+        for r in rows
+    )
+    conds = ", ".join(f"{k}={v}" for k, v in info.items())
+    return f"# GPU linkage benchmark\n\n{conds}\n\n{head}{body}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--n", type=int, nargs="+", default=[1024, 4096, 16384])
+    p.add_argument("--big", action="store_true", help="add n = 32768 and 65536")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--backends", nargs="+", default=["cuda", "triton"], choices=["cuda", "triton"])
+    p.add_argument("--baseline-max-n", type=int, default=4096, help="largest n for scipy/fc/cpu")
+    p.add_argument("--twin-max-n", type=int, default=4096, help="largest n for the twin check")
+    p.add_argument("--layers", action="store_true", help="the ResNet-50-like set of layers")
+    p.add_argument("--json", help="write rows + conditions as JSON")
+    p.add_argument("--markdown", help="write the table as Markdown")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_linkage_gpu: no CUDA device", file=sys.stderr)
+        return 2
+    args.n = sorted(set(args.n + ([32768, 65536] if args.big else [])))
+    info = machine_info()
+    info["data"] = "gaussian d=64, fp64 condensed (torch.pdist on the GPU)"
+    import fastcluster
+
+    info["fastcluster"] = fastcluster.__version__
+    rows = run(args)
+    columns = ["n", "method", "same_Z", "twin", "R", "widest", "mean_pr"]
+    columns += [f"{b}_s" for b in args.backends]
+    columns += ["cpu_s", "scipy_s", "fc_s", "extrap", "x_scipy", "x_fc", "x_cpu"]
+    print("\n" + ", ".join(f"{k}={v}" for k, v in info.items()))
+    print_table(rows, columns, title="GPU linkage (times: median seconds; ~ = extrapolated)")
+    layers = run_layers(args) if args.layers else None
+    if layers:
+        print_table([layers], list(layers), title="ResNet-50-like layers, one call per layer")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"conditions": info, "rows": rows, "layers": layers}, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(_markdown(rows, columns, info))
+            if layers:
+                f.write("\n" + _markdown([layers], list(layers), {}).split("\n", 3)[3])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

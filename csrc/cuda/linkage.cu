@@ -1,0 +1,532 @@
+// simprune::linkage_cuda and simprune::linkage_rounds_cuda: the exact round-synchronous linkage on
+// the GPU (linkage.md section 7.3, "simpler first version"), host-free.
+//
+// The algorithm is the CPU twin's (csrc/cpu/linkage_rounds.cpp) and the Triton path's
+// (kernels/linkage.py): the same rounds, tie rules, phase-2 canonical order, compaction rule and sort
+// key, and the same per-element arithmetic (simprune/linkage_common.h: Lance-Williams in scipy's
+// operation order with explicitly rounded intrinsics, so no FMA whatever --fmad says), hence the same
+// Z bit for bit. Every round:
+//   A. row argmin of every slot (one warp per row, coalesced; smallest slot wins ties; dead slots
+//      and the diagonal hold +inf);
+//   B. reciprocal pairs (i < j, nn[i] = j, nn[j] = i) in slot order (one block, a block-wide scan),
+//      logged as merges (representative leaves, height, effective height for the sort key);
+//   C. Lance-Williams phase 1 (row and column i of each pair, over live columns outside the pairs)
+//      and phase 2 (entries between two new clusters, canonical order) -- they touch disjoint
+//      entries, so they share one barrier interval;
+//   D. sizes, dead slots' rows and columns poisoned with +inf;
+//   E. when the active count has halved: stable compaction into the other of two buffers (the
+//      second holds at most (n/2)^2 elements: 1.25 x 8 n^2 bytes in all).
+// The whole loop is ONE cooperative (persistent) kernel with grid-wide barriers between the phases,
+// so the host never synchronises per round. When the active width drops to kSoloMax, all blocks but
+// block 0 leave and block 0 finishes the rounds alone with block barriers only (the tail is
+// latency-bound and L2-resident, linkage.md 7.3 step 7). The merge log is then copied to the host,
+// sorted stably by (effective height, discovery order) and relabelled as scipy's label().
+//
+// Single linkage runs through the same rounds (exact: the MST is unique up to ties, and the twin does
+// the same); a Boruvka MST path is future work (many more rounds than the reducible methods).
+// Memory: refused up front with the needed and free bytes. All indices are int64 (n^2 > 2^31 at
+// n = 46,341).
+#if __cplusplus >= 202002L  // torch >= 2.10 ATen headers need C++20
+
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cooperative_groups.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "simprune/linkage_common.h"
+
+namespace cg = cooperative_groups;
+
+namespace simprune {
+namespace linkage {
+namespace {
+
+constexpr int kThreads = 512;          // threads per block (16 warps)
+constexpr int64_t kSoloMax = 512;      // width at which block 0 finishes alone
+constexpr int kWarps = kThreads / 32;
+
+// Device-side control block: written by block 0 thread 0, read by every block after a barrier.
+struct Ctrl {
+  int64_t np;       // pairs found this round
+  int64_t error;    // 1: a round found no reciprocal pair (non-finite values after an update)
+  int64_t rounds;
+  int64_t compactions;
+  int64_t widest;
+  int64_t merges;
+};
+
+struct State {
+  double* S[2];     // the square matrix and the compaction buffer (ping-pong)
+  int64_t* rep[2];  // representative leaf per slot (ping-pong with S)
+  int64_t* size[2];
+  int64_t* last[2];  // the slot's latest merge, -1 for a leaf
+  int8_t* state;     // 0 live, 1 paired this round, 2 dead
+  int64_t* nn;
+  int64_t* keep;     // compaction: new slot -> old slot
+  int64_t* pi;       // this round's pairs (slots) and heights
+  int64_t* pj;
+  double* ph;
+  double* log;  // merges in discovery order: rep_a, rep_b, height
+  double* eff;  // effective height per merge (the sort key)
+  Ctrl* ctrl;
+  int64_t n;
+};
+
+// ---- block-wide exclusive scan of 0/1 flags (returns the offset, writes the block total) ---------
+__device__ inline int64_t block_exclusive_scan(int flag, int64_t* total, int64_t* warp_sums) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const unsigned ballot = __ballot_sync(0xffffffffu, flag);
+  const int in_warp = __popc(ballot & ((1u << lane) - 1u));
+  if (lane == 0) warp_sums[warp] = __popc(ballot);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int64_t acc = 0;
+    for (int w = 0; w < kWarps; ++w) {
+      const int64_t v = warp_sums[w];
+      warp_sums[w] = acc;
+      acc += v;
+    }
+    warp_sums[kWarps] = acc;
+  }
+  __syncthreads();
+  const int64_t off = warp_sums[warp] + in_warp;
+  *total = warp_sums[kWarps];
+  __syncthreads();  // warp_sums is reused by the next call
+  return off;
+}
+
+template <int M>
+__global__ void __launch_bounds__(kThreads) rounds_kernel(State st) {
+  cg::grid_group grid = cg::this_grid();
+  __shared__ int64_t warp_sums[kWarps + 1];
+  const int64_t n = st.n;
+  int64_t m = n, active = n, k = 0, rounds = 0, compactions = 0, widest = 0;
+  int buf = 0;
+  bool solo = gridDim.x == 1;
+  auto sync = [&]() {
+    if (solo) {
+      __syncthreads();
+    } else {
+      grid.sync();
+    }
+  };
+  constexpr double kInf = INFINITY;
+
+  while (active > 1) {
+    if (!solo && m <= kSoloMax) {  // every block takes this decision at the same point
+      solo = true;
+      if (blockIdx.x != 0) return;
+    }
+    const int64_t start = solo ? threadIdx.x : int64_t{blockIdx.x} * kThreads + threadIdx.x;
+    const int64_t stride = solo ? kThreads : int64_t{gridDim.x} * kThreads;
+    double* S = st.S[buf];
+    int64_t* rep = st.rep[buf];
+    int64_t* size = st.size[buf];
+    int64_t* last = st.last[buf];
+    ++rounds;
+
+    // ---- A. row argmin, one warp per row
+    {
+      const int lane = threadIdx.x & 31;
+      for (int64_t r = start >> 5; r < m; r += stride >> 5) {
+        const double* row = S + r * m;
+        double bv = kInf;
+        int64_t bi = INT64_MAX;
+        for (int64_t c = lane; c < m; c += 32) {
+          const double v = row[c];
+          if (nn_better(v, c, bv, bi)) {
+            bv = v;
+            bi = c;
+          }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+          const double v = __shfl_down_sync(0xffffffffu, bv, o);
+          const int64_t i = __shfl_down_sync(0xffffffffu, bi, o);
+          if (nn_better(v, i, bv, bi)) {
+            bv = v;
+            bi = i;
+          }
+        }
+        if (lane == 0) st.nn[r] = bv < kInf ? bi : -1;
+      }
+    }
+    sync();
+
+    // ---- B. reciprocal pairs in slot order, logged (block 0)
+    if (blockIdx.x == 0) {
+      int64_t base = 0;
+      for (int64_t c0 = 0; c0 < m; c0 += kThreads) {
+        const int64_t i = c0 + threadIdx.x;
+        int flag = 0;
+        int64_t j = -1;
+        if (i < m) {
+          j = st.nn[i];
+          flag = j > i && st.nn[j] == i;
+        }
+        int64_t total;
+        const int64_t off = block_exclusive_scan(flag, &total, warp_sums);
+        if (flag) {
+          const int64_t q = base + off, kq = k + q;
+          const double h = S[i * m + j];
+          st.pi[q] = i;
+          st.pj[q] = j;
+          st.ph[q] = h;
+          st.log[3 * kq + 0] = static_cast<double>(rep[i]);
+          st.log[3 * kq + 1] = static_cast<double>(rep[j]);
+          st.log[3 * kq + 2] = h;
+          const double ea = last[i] >= 0 ? st.eff[last[i]] : -1.0;
+          const double eb = last[j] >= 0 ? st.eff[last[j]] : -1.0;
+          st.eff[kq] = effective_height(h, ea, eb);
+          last[i] = kq;
+          st.state[i] = 1;
+          st.state[j] = 1;
+        }
+        base += total;
+      }
+      if (threadIdx.x == 0) {
+        st.ctrl->np = base;
+        if (base == 0) st.ctrl->error = 1;
+      }
+    }
+    sync();
+    const int64_t np = *static_cast<volatile int64_t*>(&st.ctrl->np);
+    if (np == 0) break;  // every block reads the same value: a consistent exit
+    widest = np > widest ? np : widest;
+
+    // ---- C. Lance-Williams: phase 1 (columns outside the pairs) and phase 2 (between new clusters)
+    for (int64_t t = start; t < np * m; t += stride) {
+      const int64_t p = t / m, c = t - p * m;
+      if (st.state[c] != 0) continue;
+      const int64_t i = st.pi[p], j = st.pj[p];
+      const double v =
+          lance_williams<M>(S[i * m + c], S[j * m + c], st.ph[p], size[i], size[j], size[c]);
+      S[i * m + c] = v;
+      S[c * m + i] = v;
+    }
+    for (int64_t t = start; t < np * np; t += stride) {
+      const int64_t p = t / np, q = t - p * np;
+      if (q <= p) continue;
+      const int64_t ip = st.pi[p], jp = st.pj[p], iq = st.pi[q], jq = st.pj[q];
+      const double v = lance_williams_pair<M>(S[ip * m + iq], S[jp * m + iq], S[ip * m + jq],
+                                              S[jp * m + jq], st.ph[p], st.ph[q], size[ip],
+                                              size[jp], size[iq], size[jq]);
+      S[ip * m + iq] = v;
+      S[iq * m + ip] = v;
+    }
+    sync();
+
+    // ---- D. bookkeeping: sizes, states, dead rows and columns poisoned
+    for (int64_t t = start; t < np; t += stride) {
+      const int64_t i = st.pi[t], j = st.pj[t];
+      size[i] += size[j];
+      size[j] = 0;
+      st.state[i] = 0;
+      st.state[j] = 2;
+    }
+    for (int64_t t = start; t < np * m; t += stride) {
+      const int64_t p = t / m, c = t - p * m;
+      const int64_t j = st.pj[p];
+      S[j * m + c] = kInf;
+      S[c * m + j] = kInf;
+    }
+    k += np;
+    active -= np;
+    sync();
+
+    // ---- E. compaction when the active count has halved (stable: slot order is kept)
+    if (active > 1 && 2 * active <= m) {
+      ++compactions;
+      const int nb = buf ^ 1;
+      if (blockIdx.x == 0) {
+        int64_t base = 0;
+        for (int64_t c0 = 0; c0 < m; c0 += kThreads) {
+          const int64_t r = c0 + threadIdx.x;
+          const int flag = r < m && st.state[r] != 2;
+          int64_t total;
+          const int64_t off = block_exclusive_scan(flag, &total, warp_sums);
+          if (flag) {
+            const int64_t x = base + off;
+            st.keep[x] = r;
+            st.rep[nb][x] = rep[r];
+            st.size[nb][x] = size[r];
+            st.last[nb][x] = last[r];
+          }
+          base += total;
+        }
+      }
+      sync();
+      const int64_t a = active;
+      double* T = st.S[nb];
+      for (int64_t t = start; t < a * a; t += stride) {
+        const int64_t x = t / a, y = t - x * a;
+        T[t] = S[st.keep[x] * m + st.keep[y]];
+      }
+      for (int64_t t = start; t < a; t += stride) st.state[t] = 0;
+      buf = nb;
+      m = a;
+      sync();
+    }
+  }
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    st.ctrl->rounds = rounds;
+    st.ctrl->compactions = compactions;
+    st.ctrl->widest = widest;
+    st.ctrl->merges = k;
+  }
+}
+
+// Condensed (scipy pdist order) -> square fp64, +inf diagonal; (r, c) and (c, r) read the same
+// element, so the matrix is bit-symmetric.
+template <typename T>
+__global__ void square_kernel(const T* __restrict__ d, double* __restrict__ S, int64_t n) {
+  const int64_t total = n * n;
+  for (int64_t t = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; t < total;
+       t += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = t / n, c = t - r * n;
+    if (r == c) {
+      S[t] = INFINITY;
+    } else {
+      const int64_t lo = r < c ? r : c, hi = r < c ? c : r;
+      S[t] = static_cast<double>(d[row_offset(n, lo) + hi]);
+    }
+  }
+}
+
+__global__ void init_slots_kernel(int64_t* rep, int64_t* size, int64_t* last, int8_t* state,
+                                  int64_t n) {
+  for (int64_t t = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; t < n;
+       t += int64_t{gridDim.x} * blockDim.x) {
+    rep[t] = t;
+    size[t] = 1;
+    last[t] = -1;
+    state[t] = 0;
+  }
+}
+
+// ---- host side ---------------------------------------------------------------------------------------
+int parse_method_cuda(const std::string& method, const char* op) {
+  if (method == "single") return kSingle;
+  if (method == "complete") return kComplete;
+  if (method == "average") return kAverage;
+  if (method == "weighted") return kWeighted;
+  if (method == "ward") return kWard;
+  TORCH_CHECK_NOT_IMPLEMENTED(method != "centroid" && method != "median", op, ": method '", method,
+                              "' is not reducible, so reciprocal-nearest-neighbour rounds do not "
+                              "apply; use backend='torch' (scipy)");
+  TORCH_CHECK_VALUE(false, op, ": unknown linkage method '", method,
+                    "'; expected single, complete, average, weighted or ward");
+  return -1;
+}
+
+int64_t check_input(const at::Tensor& d, const char* op) {
+  TORCH_CHECK_VALUE(d.dim() == 1, op, ": expected a 1-D condensed distance vector, got shape ",
+                    d.sizes());
+  TORCH_CHECK_TYPE(d.scalar_type() == at::kFloat || d.scalar_type() == at::kDouble, op,
+                   ": distances must be float32 or float64, got ", d.scalar_type());
+  TORCH_CHECK(d.is_cuda(), op, ": the cuda backend needs a CUDA tensor, got one on ", d.device());
+  const int64_t len = d.numel();
+  int64_t n = 1;
+  if (len > 0) {
+    n = static_cast<int64_t>(
+        std::llround((1.0 + std::sqrt(1.0 + 8.0 * static_cast<double>(len))) / 2.0));
+  }
+  TORCH_CHECK_VALUE(n * (n - 1) / 2 == len, op,
+                    ": a condensed distance vector must have length n(n-1)/2 for some n; got "
+                    "length ",
+                    len);
+  return n;
+}
+
+// Values (after the memory check: these reductions themselves allocate O(n^2) bytes).
+void check_values(const at::Tensor& d, const char* op) {
+  const int64_t len = d.numel();
+  if (len > 0) {
+    // One small host round trip for the three counts.
+    const at::Tensor counts =
+        at::stack({at::isnan(d).sum(), at::isinf(d).sum(), (d < 0).sum()}).cpu();
+    const int64_t* c = counts.data_ptr<int64_t>();
+    TORCH_CHECK_VALUE(c[0] == 0 && c[1] == 0, op, ": distances contain ", c[0], " NaN and ", c[1],
+                      " Inf value(s); linkage needs finite distances");
+    TORCH_CHECK_VALUE(c[2] == 0, op, ": distances must be non-negative; found ", c[2],
+                      " negative value(s)");
+  }
+}
+
+// Bytes the run needs on the device: both matrix buffers and the O(n) arrays.
+int64_t bytes_needed(int64_t n) {
+  const int64_t h = n / 2;
+  return 8 * (n * n + std::max<int64_t>(h * h, 1)) + n * (2 * 3 * 8 + 1 + 8 + 8 + 8 * 3) +
+         (n - 1) * 8 * 4 + 1024;
+}
+
+void check_memory(int64_t n, const at::Device& dev, const char* op) {
+  size_t free_b = 0, total_b = 0;
+  C10_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  // Memory the caching allocator holds but does not use is available to it as well.
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(dev.index());
+  const int64_t cached =
+      stats.reserved_bytes[0].current - stats.allocated_bytes[0].current;  // 0 = aggregate
+  const int64_t avail = static_cast<int64_t>(free_b) + std::max<int64_t>(cached, 0);
+  const int64_t need = bytes_needed(n);
+  TORCH_CHECK_WITH(OutOfMemoryError, need <= avail, op, ": n = ", n, " needs ", need,
+                   " bytes of GPU memory (fp64 square matrix 8 n^2 plus a compaction buffer of a "
+                   "quarter of it), but only ",
+                   avail, " bytes are free on ", dev);
+}
+
+template <int M>
+void launch_rounds(State& st, cudaStream_t stream, int device) {
+  int sms = 0, per_sm = 0, coop = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
+  TORCH_CHECK(coop, "simprune::linkage_cuda: the device does not support cooperative launches");
+  C10_CUDA_CHECK(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, rounds_kernel<M>, kThreads, 0));
+  TORCH_CHECK(per_sm > 0, "simprune::linkage_cuda: the rounds kernel cannot be resident");
+  // Enough blocks for one warp per row of the first pass, at most what is co-resident.
+  const int64_t want = (st.n * 32 + kThreads - 1) / kThreads;
+  const int blocks =
+      st.n <= kSoloMax ? 1 : static_cast<int>(std::min<int64_t>(int64_t{sms} * per_sm, want));
+  void* args[] = {&st};
+  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(rounds_kernel<M>),
+                                             dim3(blocks), dim3(kThreads), args, 0, stream));
+}
+
+std::tuple<at::Tensor, at::Tensor> linkage_rounds_cuda(const at::Tensor& d_in,
+                                                       const std::string& method) {
+  const char* op = "simprune::linkage_cuda";
+  const int meth = parse_method_cuda(method, op);
+  const int64_t n = check_input(d_in, op);
+  const c10::cuda::CUDAGuard guard(d_in.device());
+  at::Tensor stats = at::zeros({3}, at::TensorOptions().dtype(at::kLong));
+  if (n < 2) return {at::empty({0, 4}, d_in.options().dtype(at::kDouble)), stats.to(d_in.device())};
+  check_memory(n, d_in.device(), op);
+  check_values(d_in, op);
+  const at::Tensor d = d_in.contiguous();
+  const auto f64 = d.options().dtype(at::kDouble);
+  const auto i64 = d.options().dtype(at::kLong);
+  const int64_t h = n / 2;
+  at::Tensor S0 = at::empty({n * n}, f64);
+  at::Tensor S1 = at::empty({std::max<int64_t>(h * h, 1)}, f64);
+  at::Tensor slots = at::empty({6, n}, i64);  // rep, size, last (x2: ping-pong)
+  at::Tensor state = at::empty({n}, d.options().dtype(at::kChar));
+  at::Tensor aux = at::empty({4, n}, i64);  // nn, keep, pi, pj
+  at::Tensor ph = at::empty({n}, f64);
+  at::Tensor log = at::empty({n - 1, 3}, f64);
+  at::Tensor eff = at::empty({n - 1}, f64);
+  at::Tensor ctrl = at::zeros({static_cast<int64_t>(sizeof(Ctrl) / 8)}, i64);
+
+  State st{};
+  st.S[0] = S0.data_ptr<double>();
+  st.S[1] = S1.data_ptr<double>();
+  int64_t* sp = slots.data_ptr<int64_t>();
+  for (int b = 0; b < 2; ++b) {
+    st.rep[b] = sp + (3 * b + 0) * n;
+    st.size[b] = sp + (3 * b + 1) * n;
+    st.last[b] = sp + (3 * b + 2) * n;
+  }
+  st.state = state.data_ptr<int8_t>();
+  int64_t* ap = aux.data_ptr<int64_t>();
+  st.nn = ap;
+  st.keep = ap + n;
+  st.pi = ap + 2 * n;
+  st.pj = ap + 3 * n;
+  st.ph = ph.data_ptr<double>();
+  st.log = log.data_ptr<double>();
+  st.eff = eff.data_ptr<double>();
+  st.ctrl = reinterpret_cast<Ctrl*>(ctrl.data_ptr<int64_t>());
+  st.n = n;
+
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t sq_blocks = std::min<int64_t>((n * n + 255) / 256, 65535 * 8);
+  if (d.scalar_type() == at::kDouble) {
+    square_kernel<double><<<sq_blocks, 256, 0, stream>>>(d.data_ptr<double>(), st.S[0], n);
+  } else {
+    square_kernel<float><<<sq_blocks, 256, 0, stream>>>(d.data_ptr<float>(), st.S[0], n);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  init_slots_kernel<<<(n + 255) / 256, 256, 0, stream>>>(st.rep[0], st.size[0], st.last[0],
+                                                         st.state, n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int device = d.device().index();
+  switch (meth) {
+    case kSingle:
+      launch_rounds<kSingle>(st, stream, device);
+      break;
+    case kComplete:
+      launch_rounds<kComplete>(st, stream, device);
+      break;
+    case kAverage:
+      launch_rounds<kAverage>(st, stream, device);
+      break;
+    case kWeighted:
+      launch_rounds<kWeighted>(st, stream, device);
+      break;
+    default:
+      launch_rounds<kWard>(st, stream, device);
+  }
+
+  // ---- sort + relabel on the host (O(n log n); the log is 24 (n-1) bytes)
+  const at::Tensor ctrl_h = ctrl.cpu();
+  const Ctrl* c = reinterpret_cast<const Ctrl*>(ctrl_h.data_ptr<int64_t>());
+  TORCH_CHECK(c->error == 0 && c->merges == n - 1, op,
+              ": a round found no reciprocal pair after ", c->merges,
+              " merges (non-finite distances after an update?)");
+  const at::Tensor log_h = log.cpu();
+  const at::Tensor eff_h = eff.cpu();
+  const double* lg = log_h.data_ptr<double>();
+  const double* key = eff_h.data_ptr<double>();
+  std::vector<int64_t> order(n - 1);
+  std::iota(order.begin(), order.end(), int64_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return key[a] < key[b] || (!std::isnan(key[a]) && std::isnan(key[b]));
+  });
+  at::Tensor Z = at::empty({n - 1, 4}, at::TensorOptions().dtype(at::kDouble));
+  double* z = Z.data_ptr<double>();
+  for (int64_t r = 0; r < n - 1; ++r) {
+    const int64_t s = order[r];
+    z[4 * r + 0] = lg[3 * s + 0];
+    z[4 * r + 1] = lg[3 * s + 1];
+    z[4 * r + 2] = lg[3 * s + 2];
+    z[4 * r + 3] = 0.0;
+  }
+  std::vector<int64_t> parent(2 * n - 1), sz(2 * n - 1);
+  label(z, n, parent.data(), sz.data());
+  stats[0] = c->rounds;
+  stats[1] = c->compactions;
+  stats[2] = c->widest;
+  return {Z.to(d_in.device()), stats.to(d_in.device())};
+}
+
+at::Tensor linkage_cuda(const at::Tensor& d, const std::string& method, const std::string& mode) {
+  TORCH_CHECK_VALUE(mode == "exact" || mode == "strict", "simprune::linkage_cuda: unknown mode '",
+                    mode, "'; expected 'exact' or 'strict'");
+  TORCH_CHECK_NOT_IMPLEMENTED(mode == "exact",
+                              "simprune::linkage_cuda: mode='strict' (bitwise scipy under ties) is "
+                              "not implemented by the cuda backend; use backend='cpu' or 'torch'");
+  return std::get<0>(linkage_rounds_cuda(d, method));
+}
+
+}  // namespace
+}  // namespace linkage
+}  // namespace simprune
+
+TORCH_LIBRARY_IMPL(simprune, CUDA, m) {
+  m.impl("linkage_cuda", &simprune::linkage::linkage_cuda);
+  m.impl("linkage_rounds_cuda", &simprune::linkage::linkage_rounds_cuda);
+}
+
+#else
+#pragma message("simprune: csrc/cuda/linkage.cu skipped: torch's headers need -std=c++20")
+#endif

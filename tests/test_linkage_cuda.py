@@ -1,0 +1,150 @@
+"""GPU linkage (``-m gpu``, run by scripts/gpu_check.sh): the CUDA rounds kernel (csrc/cuda/linkage.cu)
+and the Triton primitives on a real device, against scipy (the oracle) and the CPU twin (the same
+algorithm and the same arithmetic: bitwise equal Z and equal round statistics, ties included).
+
+Sizes hit every code path of the CUDA kernel: n <= 512 (one block from the start), n just above it
+(grid-wide rounds, then the hand-off to one block), several compactions (n = 4097), the worst-case
+chain (n/2 rounds).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import scipy.cluster.hierarchy as sch
+import torch
+
+import simprune
+from simprune.backends import has_kernel
+from simprune.linkage import _linkage_rounds
+from tests.test_linkage_cpu import (
+    REDUCIBLE,
+    accepted_by_scipy,
+    assert_bitwise,
+    assert_same_partitions,
+    assert_same_tree,
+    assert_valid_hac,
+    data,
+    scipy_z,
+)
+
+ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
+HAS_CUDA_LINKAGE = has_kernel("linkage_cuda", "CUDA")
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+needs_cuda_kernel = pytest.mark.skipif(
+    not HAS_CUDA_LINKAGE, reason="simprune._C was built without the CUDA linkage kernel"
+)
+
+
+def twin(d, method):
+    z, stats = _linkage_rounds(torch.as_tensor(d), method)
+    return z.numpy(), stats.tolist()
+
+
+def cuda_rounds(d, method):
+    dg = torch.as_tensor(d).cuda()
+    z, stats = torch.ops.simprune.linkage_rounds_cuda(dg, method)
+    assert z.device == dg.device and z.dtype == torch.float64 and stats.device == dg.device
+    return z.cpu().numpy(), stats.cpu().tolist()
+
+
+TIE_FREE_CASES = [
+    (name, n, method)
+    for name in ("gaussian", "mixture", "channel_like")
+    for n in (2, 3, 31, 512, 513, 1000, 4097)
+    for method in REDUCIBLE
+] + [("chain_1d", n, m) for n in (513, 2000) for m in REDUCIBLE]
+
+
+@needs_cuda_kernel
+@pytest.mark.parametrize("name,n,method", TIE_FREE_CASES)
+def test_cuda_tie_free_same_tree_as_scipy_and_twin(name, n, method):
+    d = data(name, n)
+    z, stats = cuda_rounds(d, method)
+    assert_same_tree(z, scipy_z(name, n, method), method)
+    accepted_by_scipy(z, n)
+    zt, st_twin = twin(d, method)
+    assert_bitwise(z, zt)
+    assert stats == st_twin
+
+
+@needs_cuda_kernel
+@pytest.mark.parametrize("method", REDUCIBLE)
+@pytest.mark.parametrize("n", [31, 1000])
+def test_cuda_ties_same_as_twin(n, method):
+    d = data("dead_duplicate", n)
+    z, stats = cuda_rounds(d, method)
+    assert_same_partitions(z, scipy_z("dead_duplicate", n, method))
+    assert_bitwise(z, twin(d, method)[0])
+    dq = data("quantised", 300)
+    zq, _ = cuda_rounds(dq, method)
+    assert_valid_hac(zq, dq, method)
+    assert_bitwise(zq, twin(dq, method)[0])
+
+
+@needs_cuda_kernel
+@pytest.mark.parametrize("method", REDUCIBLE)
+def test_cuda_public_api_and_float32(method):
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((700, 16)))
+    z = simprune.linkage(x.cuda(), method, backend="cuda")
+    assert z.is_cuda
+    assert_same_tree(z.cpu().numpy(), sch.linkage(x.numpy(), method), method)
+    d32 = data("gaussian", 600).astype(np.float32)
+    z32, _ = cuda_rounds(torch.from_numpy(d32), method)
+    assert_same_tree(z32, sch.linkage(d32.astype(np.float64), method), method)
+
+
+@needs_cuda_kernel
+def test_cuda_bad_input_and_memory_refusal():
+    op = torch.ops.simprune.linkage_cuda
+    dev = "cuda"
+    with pytest.raises(ValueError, match="NaN"):
+        op(torch.tensor([1.0, float("nan"), 2.0], device=dev), "average", "exact")
+    with pytest.raises(ValueError, match="non-negative"):
+        op(torch.tensor([1.0, -1.0, 2.0], device=dev), "average", "exact")
+    with pytest.raises(NotImplementedError, match="strict"):
+        op(torch.tensor([1.0, 1.0, 2.0], device=dev), "average", "strict")
+    with pytest.raises(NotImplementedError, match="median"):
+        op(torch.tensor([1.0, 1.0, 2.0], device=dev), "median", "exact")
+    z = op(torch.tensor([2.5], dtype=torch.float64, device=dev), "ward", "exact")
+    assert z.cpu().tolist() == [[0.0, 1.0, 2.5, 2.0]]
+    # n = 400,000 would need ~1.6 TB: refused with the numbers, before any O(n^2) allocation
+    # (the input is a stride-0 view).
+    n = 400_000
+    huge = torch.zeros(1, dtype=torch.float64, device=dev).expand(n * (n - 1) // 2)
+    with pytest.raises(torch.OutOfMemoryError, match="needs .* bytes"):
+        op(huge, "average", "exact")
+
+
+@needs_cuda_kernel
+def test_cuda_auto_strict_falls_back_to_the_reference():
+    d = torch.from_numpy(data("quantised", 60)).cuda()
+    z = simprune.linkage(d, "average", mode="strict")
+    assert_bitwise(z.cpu().numpy(), scipy_z("quantised", 60, "average"))
+
+
+@needs_cuda_kernel
+def test_opcheck_cuda_ops():
+    d = torch.from_numpy(data("gaussian", 40)).cuda()
+    torch.library.opcheck(torch.ops.simprune.linkage_cuda, (d, "average", "exact"))
+    torch.library.opcheck(torch.ops.simprune.linkage_rounds_cuda, (d, "ward"))
+
+
+@pytest.mark.skipif(not ON_GPU, reason="Triton on the GPU (TRITON_INTERPRET unset)")
+@pytest.mark.parametrize("method", REDUCIBLE)
+@pytest.mark.parametrize("name,n", [("gaussian", 1000), ("channel_like", 513), ("quantised", 300)])
+def test_triton_on_gpu_same_as_twin(name, n, method):
+    from simprune.kernels.linkage import linkage_rounds_triton
+
+    d = data(name, n)
+    z, stats = linkage_rounds_triton(torch.from_numpy(d).cuda(), method)
+    zt, st_twin = twin(d, method)
+    assert_bitwise(z.cpu().numpy(), zt)  # no FMA contraction: the twin's arithmetic
+    assert stats.tolist() == st_twin
+    z_api = simprune.linkage(torch.from_numpy(d).cuda(), method, backend="triton")
+    assert_bitwise(z_api.cpu().numpy(), zt)
