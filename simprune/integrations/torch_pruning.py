@@ -1,0 +1,417 @@
+"""simprune's similarity criterion inside Torch-Pruning: a one-line swap of the importance.
+
+>>> import torch, torchvision, torch_pruning as tp                       # doctest: +SKIP
+>>> from simprune.integrations.torch_pruning import SimilarityImportance  # doctest: +SKIP
+>>> model = torchvision.models.resnet18()                                 # doctest: +SKIP
+>>> imp = SimilarityImportance()  # instead of tp.importance.GroupMagnitudeImportance(p=2)
+>>> pruner = tp.pruner.MetaPruner(model, torch.randn(1, 3, 224, 224), imp,
+...     pruning_ratio=0.5, ignored_layers=[model.fc])                     # doctest: +SKIP
+>>> pruner.step()                                                         # doctest: +SKIP
+
+Scores come from each group's dendrogram (lower = prune first): walking the merges in order, a
+cluster is represented by its highest-energy channel, and the weaker representative of every merge is
+removed and scores the merge's height; the group's last survivor scores ``+inf``. Torch-Pruning's
+"remove the k lowest" is then exactly "cut the dendrogram into n - k clusters and keep each cluster's
+representative", so ``pruning_ratio``, ``global_pruning``, ``pruning_ratio_dict``, ``round_to``,
+``iterative_steps`` and ``max_pruning_ratio`` keep their meaning.
+
+Merge compensation needs the interactive mode: :meth:`SimilarityImportance.merge` folds each removed
+channel into its representative (in every consumer of the group) before ``group.prune()``::
+
+    for group in pruner.step(interactive=True):
+        imp.merge(group)
+        group.prune()
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..cut import redundancy_scores
+from ..functional import _dendrograms, height_scale
+from ..linkage import METHODS
+from ..prune.descriptors import METRICS, group_descriptors
+from ..prune.groups import ChannelGroup, _following_norms, _module_names, members_of
+from ..prune.merge import MERGE_MODES, apply_merges, assign, expand_units
+
+__all__ = ["SimilarityImportance", "representatives_of_removed"]
+
+# Torch-Pruning's normalizer names (GroupMagnitudeImportance._normalize), plus simprune's "energy".
+TP_NORMALIZERS = ("sum", "standarization", "mean", "max", "gaussian", "lamp")
+
+
+@dataclass
+class _Entry:
+    """One group's engine results at scoring time."""
+
+    group: ChannelGroup
+    v: torch.Tensor  # (n_units, d) descriptors, CPU
+    z: np.ndarray  # (n_units - 1, 4) linkage
+    energy: torch.Tensor  # (n_units,) float64 priority
+    scores: torch.Tensor  # (n_units,) float64 raw heights, +inf for the survivor
+    scale: float  # RMS descriptor norm (1 for cosine)
+
+
+def _tp_channel_groups(dg: Any, g: Any) -> int:
+    """Torch-Pruning's channel-group count of a group (BasePruner._get_channel_groups, auto part).
+
+    MetaPruner averages the importance over ``ch_groups`` equal slices, so the scores must be
+    periodic with exactly this period: a pruning unit is one position in every slice.
+    """
+    cgs = [1]
+    for it in g:
+        dep = it.dep
+        m = dep.target.module
+        # Depthwise convs carry no channel grouping in Torch-Pruning (they are skipped there too).
+        if isinstance(m, nn.modules.conv._ConvNd) and m.groups == m.out_channels:
+            continue
+        pruner = dg.get_pruner_of_module(m)
+        if pruner is None:
+            continue
+        if dg.is_out_channel_pruning_fn(dep.handler):
+            c = pruner.get_out_channel_groups(m)
+        else:
+            c = pruner.get_in_channel_groups(m)
+        cgs.append(int(c or 1))
+    return max(cgs)
+
+
+def _state_token(dg: Any) -> tuple:
+    """Identity, storage, shape and in-place version of every parameter of the traced model.
+
+    Torch-Pruning replaces a pruned layer's parameters and optimisers update them in place (which
+    bumps ``_version``), so a changed token means the cached dendrograms are stale. Writes through
+    ``.data`` are invisible to the version counter: call :meth:`SimilarityImportance.invalidate`.
+    """
+    items = []
+    for m in dg.module2node:
+        if isinstance(m, nn.Parameter):
+            ps = [m]
+        elif isinstance(m, nn.Module):
+            ps = list(m.parameters(recurse=False))
+        else:
+            continue
+        for p in ps:
+            items.append((id(p), p._version, p.data_ptr(), tuple(p.shape)))
+    return tuple(items)
+
+
+def _group_key(dg: Any, g: Any) -> tuple[int, bool]:
+    dep = g[0].dep
+    return id(dep.target.module), bool(dg.is_out_channel_pruning_fn(dep.handler))
+
+
+def representatives_of_removed(
+    z: np.ndarray, removed: Sequence[int], priority: torch.Tensor
+) -> dict[int, int]:
+    """Representative (a kept channel) of every removed channel, for any removed set.
+
+    Walks the merges of ``z`` in order. A cluster without a kept channel carries its removed
+    channels along; when it meets a cluster with kept channels they are assigned to that cluster's
+    highest-``priority`` kept channel (ties: lowest index). When ``removed`` is the set of the k
+    lowest redundancy scores this is exactly "cut into n - k clusters, keep each cluster's
+    representative". Channels of a tree with no kept channel at all get none.
+    """
+    n = z.shape[0] + 1
+    rem = np.zeros(n, dtype=bool)
+    rem[np.asarray(list(removed), dtype=np.int64)] = True
+    pr = priority.detach().cpu().to(torch.float64).numpy()
+    best: list[int] = [-1 if rem[i] else i for i in range(n)] + [-1] * (n - 1)
+    pending: list[list[int]] = [[i] if rem[i] else [] for i in range(n)] + [
+        [] for _ in range(n - 1)
+    ]
+    out: dict[int, int] = {}
+
+    def better(a: int, b: int) -> int:
+        if a < 0:
+            return b
+        if b < 0:
+            return a
+        return a if (pr[a] > pr[b] or (pr[a] == pr[b] and a < b)) else b
+
+    for r in range(n - 1):
+        a, b = int(z[r, 0]), int(z[r, 1])
+        ka, kb = best[a], best[b]
+        k = better(ka, kb)
+        if k >= 0:
+            # A kept channel now shares the cluster: everything still pending folds into it.
+            for j in pending[a] + pending[b]:
+                out[j] = k
+            pending[n + r] = []
+        else:
+            pending[n + r] = pending[a] + pending[b]
+        best[n + r] = k
+        pending[a] = pending[b] = []
+    return out
+
+
+class SimilarityImportance(tp.importance.Importance):
+    """Torch-Pruning importance from simprune's channel-similarity dendrograms (lower = prune first).
+
+    Parameters
+    ----------
+    metric : {"gaussian", "wasserstein", "linear", "cosine", "euclidean", "sqeuclidean"}
+        Descriptor metric, as in :func:`simprune.prune` (``gaussian``, the probabilistic
+        channel-similarity metric derived from the paper's stated model, for Conv/Linear + BN;
+        producers without a following BN use ``linear``). Coupled groups concatenate the descriptors
+        of every producer.
+    method : scipy linkage method ("average" default, on sqrt(D); "ward", "complete", ...).
+    normalizer : how scores are scaled per group (matters for ``global_pruning`` only; all of them
+        preserve the order within a group). ``"energy"`` (default): heights divided by the group's
+        RMS descriptor norm, the scale-free heights that :func:`simprune.prune`'s global cut ranks
+        (cosine heights are left as they are). Torch-Pruning's names: ``None``, ``"mean"``,
+        ``"max"``, ``"sum"``, ``"standarization"``, ``"gaussian"``, ``"lamp"``, ``"sentinel_<q>"``,
+        or a callable; they are applied to the finite scores of the group's pruning units (the
+        survivor keeps ``+inf``).
+    merge : {"ls", "sum"} coefficient of :meth:`merge` (see :mod:`simprune.prune.merge`).
+    backend : engine backend ("auto", "torch", "cpu", "triton", "cuda").
+    root_module_types : layer types whose output channels root the groups scored in one batch
+        (Torch-Pruning's default roots, minus LSTM, which has no descriptor).
+
+    Notes
+    -----
+    On the first call of a pruning step the importance scores *every* group of the dependency graph
+    in one engine pass (one batched distance call, then the linkages) and caches the results; the
+    cache is rebuilt when any parameter is replaced (Torch-Pruning's ``step()``) or updated in place
+    (fine-tuning between iterative steps). ``passes`` counts the batched passes.
+
+    Grouped (non-depthwise) convolutions: Torch-Pruning removes the same positions in every conv
+    group and averages the importance over the groups; the descriptor of a position concatenates
+    its channels in every group and the returned scores repeat the position's score in every group.
+
+    A group without a Conv/Linear producer (e.g. LSTM) scores ``None``: Torch-Pruning skips it.
+    Attention-head pruning (``num_heads``) is not supported.
+    """
+
+    def __init__(
+        self,
+        metric: str = "gaussian",
+        method: str = "average",
+        normalizer: str | Callable[[torch.Tensor], torch.Tensor] | None = "energy",
+        merge: str = "ls",
+        backend: str = "auto",
+        root_module_types: Sequence[type] = (nn.modules.conv._ConvNd, nn.Linear),
+    ) -> None:
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+        if method not in METHODS:
+            raise ValueError(f"unknown linkage method {method!r}; expected one of {METHODS}")
+        if method in ("ward", "centroid", "median") and metric == "cosine":
+            raise ValueError(f"method {method!r} needs Euclidean distances; use another metric")
+        if not (
+            normalizer is None
+            or callable(normalizer)
+            or normalizer == "energy"
+            or normalizer in TP_NORMALIZERS
+            or (isinstance(normalizer, str) and _is_sentinel(normalizer))
+        ):
+            raise ValueError(
+                f"unknown normalizer {normalizer!r}; expected 'energy', None, a callable or one of "
+                f"Torch-Pruning's {TP_NORMALIZERS + ('sentinel_<q>',)}"
+            )
+        if merge not in MERGE_MODES:
+            raise ValueError(f"merge must be one of {MERGE_MODES}, got {merge!r}")
+        self.metric = metric
+        self.method = method
+        self.normalizer = normalizer
+        self.merge_mode = merge
+        self.backend = backend
+        self.root_module_types = tuple(root_module_types)
+        self.passes = 0
+        self._dg: Any = None
+        self._token: tuple | None = None
+        self._entries: dict[tuple[int, bool], _Entry] = {}
+        # Torch-Pruning's own normalisation code, so its vocabulary means exactly the same thing.
+        self._tp_norm = tp.importance.GroupMagnitudeImportance(normalizer=None)
+
+    # ----------------------------------------------------------------------------- scoring
+    def invalidate(self) -> None:
+        """Forget the cached dendrograms (after editing weights through ``.data``)."""
+        self._token = None
+        self._entries = {}
+
+    def _build(self, dg: Any, g: Any, names: dict[Any, str]) -> ChannelGroup | None:
+        members, bad = members_of(g, names)
+        if bad or not any(m.kind in ("producer", "depthwise") for m in members):
+            return None
+        n = len(g[0].idxs)
+        cg = _tp_channel_groups(dg, g)
+        if cg < 1 or n % cg:
+            return None
+        root = g[0].dep.target.module
+        grp = ChannelGroup(0, names.get(root, str(root)), n, cg, members, g)
+        grp.bn_of = _following_norms(dg, grp)
+        return grp
+
+    def _compute(self, groups: list[ChannelGroup]) -> list[_Entry]:
+        vs = []
+        for grp in groups:
+            try:
+                vs.append(group_descriptors(grp, self.metric))
+            except ValueError as e:
+                raise ValueError(f"group {grp.root_name!r}: {e}") from e
+        zs = _dendrograms(vs, self.metric, self.method, self.backend)
+        self.passes += 1
+        out = []
+        for grp, v, z in zip(groups, vs, zs, strict=True):
+            vc = v.detach().cpu()
+            energy = (vc.to(torch.float64) ** 2).sum(1)
+            if z.shape[0]:
+                s = redundancy_scores(torch.from_numpy(z), energy)
+            else:
+                s = torch.full((1,), math.inf, dtype=torch.float64)
+            out.append(_Entry(grp, vc, z, energy, s, height_scale(vc, self.metric)))
+        return out
+
+    def _refresh(self, dg: Any) -> None:
+        """Score every group of ``dg`` in one engine pass when the cache is stale."""
+        token = _state_token(dg)
+        if dg is self._dg and token == self._token:
+            return
+        names = _module_names(dg.model)
+        built = []
+        for g in dg.get_all_groups(root_module_types=list(self.root_module_types)):
+            grp = self._build(dg, g, names)
+            if grp is not None:
+                built.append((_group_key(dg, g), grp))
+        entries = self._compute([grp for _, grp in built]) if built else []
+        self._entries = {key: e for (key, _), e in zip(built, entries, strict=True)}
+        self._dg, self._token = dg, token
+
+    def _entry(self, group: Any) -> _Entry | None:
+        dg = getattr(group, "_DG", None)
+        if dg is None:
+            raise ValueError(
+                "the group has no dependency graph (expected a group made by "
+                "torch_pruning.DependencyGraph)"
+            )
+        self._refresh(dg)
+        key = _group_key(dg, group)
+        entry = self._entries.get(key)
+        if entry is not None:
+            return entry
+        # A root outside the batch (another root type, an attention re-rooting): score it alone.
+        dep = group[0].dep
+        mod = dep.target.module
+        if dg.is_out_channel_pruning_fn(dep.handler):
+            n = dg.get_out_channels(mod)
+        else:
+            n = dg.get_in_channels(mod)
+        if n is None:
+            return None
+        full = dg.get_pruning_group(mod, dep.handler, list(range(n)))
+        grp = self._build(dg, full, _module_names(dg.model))
+        if grp is None:
+            return None
+        (entry,) = self._compute([grp])
+        self._entries[key] = entry
+        return entry
+
+    def _normalize(self, e: _Entry) -> torch.Tensor:
+        s = e.scores.clone()
+        fin = torch.isfinite(s)
+        x = s[fin]
+        if x.numel() == 0 or self.normalizer is None:
+            return s
+        if self.normalizer == "energy":
+            s[fin] = x / e.scale
+            return s
+        if float(x.abs().max()) == 0.0:
+            # All redundant channels are exact duplicates: every normalisation would give 0 (or
+            # 0/0); keep the zeros.
+            return s
+        # Torch-Pruning's LAMP code allocates float32 buffers: give it the float32 it expects.
+        xin = x.float() if self.normalizer == "lamp" else x
+        y = self._tp_norm._normalize(xin, self.normalizer)
+        s[fin] = torch.as_tensor(y, dtype=torch.float64)
+        return s
+
+    @torch.no_grad()
+    def __call__(self, group: Any, **kwargs: Any) -> torch.Tensor | None:
+        """Scores (float64, CPU) of the group's root channels, in ``group[0].idxs`` order."""
+        entry = self._entry(group)
+        if entry is None:
+            return None
+        units = self._normalize(entry)
+        scores = units.repeat(entry.group.ch_groups)  # channel u + k * n_units -> unit u
+        idxs = torch.as_tensor([int(i) for i in group[0].root_idxs], dtype=torch.int64)
+        if idxs.numel() and (int(idxs.min()) < 0 or int(idxs.max()) >= scores.numel()):
+            raise ValueError(
+                f"group root indices out of range for {entry.group.root_name!r} "
+                f"({scores.numel()} channels)"
+            )
+        return scores[idxs]
+
+    # ----------------------------------------------------------------------------- merging
+    @torch.no_grad()
+    def merge(self, group: Any) -> int:
+        """Fold each channel the group removes into its representative, before ``group.prune()``.
+
+        ``group`` is a group yielded by ``pruner.step(interactive=True)`` (its root indices are the
+        channels to remove). For every consumer of the group (the layers that read these channels),
+        ``W[:, r] += a_j * W[:, j]`` with r the kept representative of j's cluster in this step's
+        dendrogram and a_j the ``merge`` coefficient. Returns the number of folded input
+        slices (0 when nothing is folded).
+
+        Raises ValueError when the group's channels changed since scoring (stale scores) or when a
+        grouped-conv group does not remove the same positions in every conv group.
+        """
+        dg = getattr(group, "_DG", None)
+        if dg is None:
+            raise ValueError("the group has no dependency graph (not a Torch-Pruning group)")
+        entry = self._entries.get(_group_key(dg, group)) if dg is self._dg else None
+        if entry is None:
+            entry = self._entry(group)
+            if entry is None:
+                return 0
+        grp = entry.group
+        dep = group[0].dep
+        mod = dep.target.module
+        if dg.is_out_channel_pruning_fn(dep.handler):
+            n_now = dg.get_out_channels(mod)
+        else:
+            n_now = dg.get_in_channels(mod)
+        if n_now != grp.n_channels:
+            raise ValueError(
+                f"group {grp.root_name!r} has {n_now} channels but was scored with "
+                f"{grp.n_channels}: score it again (call the pruner's step) before merging"
+            )
+        removed = sorted({int(i) for i in group[0].root_idxs})
+        if not removed:
+            return 0
+        gs = grp.n_units
+        units = sorted({c % gs for c in removed})
+        if sorted(u + k * gs for u in units for k in range(grp.ch_groups)) != removed:
+            raise ValueError(
+                f"group {grp.root_name!r}: a grouped layer needs the same positions removed in "
+                f"each of its {grp.ch_groups} channel groups"
+            )
+        if len(units) >= gs or entry.z.shape[0] == 0:
+            return 0  # the whole group goes: nothing to fold into
+        rep = representatives_of_removed(entry.z, units, entry.energy)
+        labels = torch.arange(gs, dtype=torch.int64)
+        for j, r in rep.items():
+            labels[j] = r
+        is_kept = torch.ones(gs, dtype=torch.bool)
+        is_kept[torch.as_tensor(units)] = False
+        kept = torch.nonzero(is_kept).flatten()
+        unit_merges = assign(entry.v.to(torch.float64), labels, kept, self.merge_mode)
+        return apply_merges(grp, expand_units(grp, unit_merges))
+
+
+def _is_sentinel(name: str) -> bool:
+    if not name.startswith("sentinel_"):
+        return False
+    try:
+        q = float(name.split("_", 1)[1])
+    except ValueError:
+        return False
+    return 0.0 <= q < 1.0
