@@ -167,7 +167,9 @@ def _direct_tile(
 # --------------------------------------------------------------------------------------------------
 # main kernel: one program per (group, ti, tj) tile
 # --------------------------------------------------------------------------------------------------
-@triton.jit
+# Row counts are not specialised (one compiled variant serves every n); d and ld are, so rows of
+# 16-multiple length get vectorised loads and stores.
+@triton.jit(do_not_specialize=["n", "m", "cap"])
 def _distance_kernel(
     xc_ptr,  # centred (and, for cosine, normalised) rows, compute dtype, row-major, stride d
     yc_ptr,
@@ -276,7 +278,9 @@ def _distance_kernel(
 # --------------------------------------------------------------------------------------------------
 # repair kernel: exact direct differences for the flagged pairs only
 # --------------------------------------------------------------------------------------------------
-@triton.jit
+# Row counts are not specialised (one compiled variant serves every n); d and ld are, so rows of
+# 16-multiple length get vectorised loads and stores.
+@triton.jit(do_not_specialize=["n_pairs", "n", "m"])
 def _repair_kernel(
     xo_ptr,
     yo_ptr,
