@@ -25,16 +25,18 @@ The default ("exact") mode therefore
    fuses the cosine normalisation: no normalised or float64 copy of the input is ever stored);
 2. computes the expansion with ``tl.dot(..., input_precision="tf32x3")`` (three TF32 tensor-core
    products, ~fp32 accuracy; plain fp32 ``tl.dot`` would silently use 1xTF32) and fp32 accumulation;
-3. flags every pair whose expanded value is below ``REPAIR_RATIO * (|x|^2 + |y|^2)`` (the only pairs
-   where the bound above can exceed 1e-6), appends it to a compact list, and recomputes exactly those
+3. flags every pair whose expanded value is below ``REPAIR_RATIO * (|x|^2 + |y|^2)`` (elsewhere the
+   cancellation costs at most a factor 1 / REPAIR_RATIO = 4 on the product rounding error, which keeps
+   them within 1e-6: see the emulation below), appends it to a compact list, and recomputes exactly those
    pairs by **direct differences of the original (uncentred) inputs** with float64 accumulation in a
    second small kernel. Recomputing whole tiles instead would cost ~70x a tensor-core tile each (fp64
    on CUDA cores), and ~10 % of the tiles hold a near-duplicate on the channel-like set.
 
-Measured by emulating 3xTF32 rounding in numpy (n = 600, d = 64 to 1024, see ``tests``): without the
-repair the max relative error is 4e-4 (channel-like) and 4e-6 (Gaussian mixture); with the repair at
-REPAIR_RATIO = 0.25 it is <= 2.4e-7 on every set, repairing 0.1 % (channel-like) to 3 % (mixture: all
-same-cluster pairs) of the pairs. Under ``TRITON_INTERPRET=1`` ``tl.dot`` is an exact fp32 numpy
+Measured by emulating 3xTF32 rounding in numpy (n = 600, d = 64 to 1024; the check is
+``tests/test_distance_kernels.py::test_repair_ratio_bounds_emulated_3xtf32``): without the repair the
+max relative error is 4e-4 to 7e-4 (channel-like) and 4e-6 (Gaussian mixture); with the repair at
+REPAIR_RATIO = 0.25 it is <= 2.4e-7 on every set, repairing < 0.1 % (channel-like) to 3 % (mixture:
+all same-cluster pairs) of the pairs. Under ``TRITON_INTERPRET=1`` ``tl.dot`` is an exact fp32 numpy
 product, so CPU tests check the algorithm (centring + selection + repair), the GPU tests (``-m gpu``)
 check the tensor-core rounding.
 
