@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import importlib
 import math
 
 import numpy as np
@@ -27,8 +28,16 @@ def _scipy_z(v: torch.Tensor, method: str = "average", metric: str = "euclidean"
     return sch.linkage(pdist(v.numpy(), metric), method)
 
 
-def test_docstrings_run():
-    res = doctest.testmod(F, optionflags=doctest.NORMALIZE_WHITESPACE)
+@pytest.mark.parametrize(
+    "module",
+    [
+        "simprune.functional",
+        "simprune.integrations.nn_prune",
+        "simprune.integrations.torch_pruning",
+    ],
+)
+def test_docstrings_run(module):
+    res = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
     assert res.attempted >= 4 and res.failed == 0
 
 
@@ -223,3 +232,56 @@ def test_bad_inputs():
         F.redundancy_scores([])
     with pytest.raises(TypeError, match="one layer"):
         F.cluster_channels([_x(3)], n_keep=1)
+
+
+# ------------------------------------------------------------ torch.nn.utils.prune method
+
+
+def _kept_channels(mask: torch.Tensor, dim: int) -> list[int]:
+    m = mask.movedim(dim, 0).reshape(mask.shape[dim], -1)
+    assert bool(((m == 0) | (m == 1)).all())
+    assert bool((m.amin(1) == m.amax(1)).all())  # whole channels, never parts
+    return torch.nonzero(m[:, 0]).flatten().tolist()
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_similarity_structured_masks_the_cut(dim, metric):
+    from torch import nn
+    from torch.nn.utils import prune as nn_prune
+
+    from simprune.integrations.nn_prune import similarity_structured
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 10, 3)
+    w = conv.weight.detach().clone()
+    similarity_structured(conv, "weight", amount=0.3, dim=dim, metric=metric)
+    n = w.shape[dim]
+    k = round(0.3 * n)
+    kept = _kept_channels(conv.weight_mask, dim)
+    rows = w.movedim(dim, 0).reshape(n, -1)
+    ref = F.cluster_channels(rows, n_keep=n - k, metric=metric)
+    assert kept == ref.representatives.tolist()
+    torch.testing.assert_close(conv.weight, w * conv.weight_mask)
+    # Iterative: a second call prunes among the channels still alive, the first ones stay pruned.
+    similarity_structured(conv, "weight", amount=2, dim=dim, metric=metric)
+    kept2 = _kept_channels(conv.weight_mask, dim)
+    assert len(kept2) == n - k - 2 and set(kept2) <= set(kept)
+    nn_prune.remove(conv, "weight")
+    assert not hasattr(conv, "weight_mask")
+    assert _kept_channels((conv.weight != 0).to(torch.float32), dim) == kept2
+
+
+def test_similarity_structured_bad_arguments():
+    from torch import nn
+
+    from simprune.integrations.nn_prune import SimilarityStructured, similarity_structured
+
+    with pytest.raises(ValueError, match="metric"):
+        SimilarityStructured(0.5, metric="gaussian")
+    with pytest.raises(ValueError):
+        similarity_structured(nn.Linear(3, 4), "weight", amount=1.5)
+    with pytest.raises(ValueError):
+        similarity_structured(nn.Linear(3, 4), "weight", amount=9)
+    with pytest.raises(IndexError):
+        similarity_structured(nn.Linear(3, 4), "weight", amount=1, dim=3)

@@ -1,12 +1,15 @@
 """simprune's similarity criterion inside Torch-Pruning: a one-line swap of the importance.
 
->>> import torch, torchvision, torch_pruning as tp                       # doctest: +SKIP
->>> from simprune.integrations.torch_pruning import SimilarityImportance  # doctest: +SKIP
->>> model = torchvision.models.resnet18()                                 # doctest: +SKIP
+>>> import torch, torch_pruning as tp
+>>> from torch import nn
+>>> from simprune.integrations.torch_pruning import SimilarityImportance
+>>> model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 4, 3))
 >>> imp = SimilarityImportance()  # instead of tp.importance.GroupMagnitudeImportance(p=2)
->>> pruner = tp.pruner.MetaPruner(model, torch.randn(1, 3, 224, 224), imp,
-...     pruning_ratio=0.5, ignored_layers=[model.fc])                     # doctest: +SKIP
->>> pruner.step()                                                         # doctest: +SKIP
+>>> pruner = tp.pruner.MetaPruner(model, torch.randn(1, 3, 8, 8), imp, pruning_ratio=0.5,
+...                               ignored_layers=[model[3]])
+>>> pruner.step()
+>>> model[0].out_channels
+8
 
 Scores come from each group's dendrogram (lower = prune first): walking the merges in order, a
 cluster is represented by its highest-energy channel, and the weaker representative of every merge is
