@@ -329,6 +329,47 @@ def test_grouped_conv_scores_are_position_wise():
     model(ex)
 
 
+def test_grouped_conv_interactive_merge_is_exact():
+    """Positions 2, 3 duplicate 0, 1 in every conv group (conv1 and the grouped conv2)."""
+    torch.manual_seed(8)
+    model = _randomise_bns(GroupedNet(), 9).double()
+    pairs = [(2 + 4 * k, 4 * k) for k in range(4)] + [(3 + 4 * k, 1 + 4 * k) for k in range(4)]
+    _dup_out(model.conv1, model.bn1, pairs)
+    _dup_out(model.conv2, model.bn2, pairs)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    y0 = model(x)
+    imp = SimilarityImportance()
+    pr = tp.pruner.MetaPruner(
+        model, x, imp, pruning_ratio=0.5, ignored_layers=[model.fc, model.conv3]
+    )
+    folded = 0
+    for group in pr.step(interactive=True):
+        folded += imp.merge(group)
+        group.prune()
+    assert folded > 0 and model.conv1.out_channels == 8 and model.conv2.out_channels == 8
+    torch.testing.assert_close(model(x), y0, rtol=0, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_cuda_model_gives_the_cpu_scores(resnet18):
+    """On a CUDA model the engine runs on the GPU (ragged Triton distances, GPU linkage)."""
+    cpu = copy.deepcopy(resnet18)
+    gpu = copy.deepcopy(resnet18).cuda()
+    dg_c = tp.DependencyGraph().build_dependency(cpu, EX)
+    dg_g = tp.DependencyGraph().build_dependency(gpu, EX.cuda())
+    imp_c, imp_g = SimilarityImportance(), SimilarityImportance()
+    for gc, gg in zip(
+        dg_c.get_all_groups(ignored_layers=[cpu.fc]),
+        dg_g.get_all_groups(ignored_layers=[gpu.fc]),
+        strict=True,
+    ):
+        sc, sg = imp_c(gc), imp_g(gg)
+        assert sg.device.type == "cpu" and torch.equal(torch.isinf(sc), torch.isinf(sg))
+        fin = torch.isfinite(sc)
+        torch.testing.assert_close(sg[fin], sc[fin], rtol=1e-4, atol=1e-6)
+    assert imp_g.passes == 1
+
+
 # ---------------------------------------------------------------- interactive merge exactness
 
 
