@@ -210,6 +210,8 @@ def main(argv=None) -> int:
     rows = run(ns, args.d, args.device, args.interpreter, args.scipy_budget)
     info = machine_info()
     info["device"] = args.device
+    # Timings on a shared machine are only as good as its load: record it with them.
+    info["loadavg_1min"] = round(os.getloadavg()[0], 2)
     cols = ["impl", "n", "d", "ms", "x_cdist", "GB/s", "GFLOP/s", "max_rel_err", "exact_0"]
     if args.device == "cuda":
         cols.insert(7, "roof%")
