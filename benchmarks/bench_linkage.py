@@ -80,7 +80,8 @@ def run(
                 lambda m=method, d=d: simprune.linkage(d, m, mode="strict", backend="cpu"),
                 repeat=rep,
             )
-            if n <= rounds_max_n:
+            # single: the GPU design uses Boruvka, not rounds (RNN rounds degenerate: ~n rounds).
+            if n <= rounds_max_n and method != "single":
                 row["rounds_s"] = median_time(
                     lambda m=method, d=d: _linkage_rounds(d, m), repeat=rep
                 )
