@@ -23,7 +23,7 @@ from .backends import (
 )
 from .cut import cut_maxclust, cut_n_clusters, cut_threshold, redundancy_scores, representatives
 from .distance import pairwise_distance, pairwise_distance_batched, pairwise_distance_ref
-from .linkage import is_valid_linkage, linkage, linkage_ref
+from .linkage import is_valid_linkage, linkage, linkage_batched, linkage_ref
 from .prune import PruningPlan, apply_plan, prune
 from .similarity import channel_descriptors, channel_energy, distance_metric, layer_descriptors
 
@@ -47,6 +47,7 @@ __all__ = [
     "is_valid_linkage",
     "layer_descriptors",
     "linkage",
+    "linkage_batched",
     "linkage_ref",
     "pairwise_distance",
     "pairwise_distance_batched",

@@ -64,6 +64,29 @@ def _linkage_triton_kernel(d, method, mode):
 register("linkage", "triton", devices=("cuda",), available=has_triton)(ops.get("linkage", "triton"))
 
 
+@torch.library.impl(ops.LIB, "linkage_batched_torch", "CPU")
+@torch.library.impl(ops.LIB, "linkage_batched_torch", "CUDA")
+def _linkage_batched_torch_kernel(d, sizes, method):
+    zs, off = [], 0
+    for n in sizes:
+        m = n * (n - 1) // 2
+        if n >= 2:
+            zs.append(linkage_ref(d[off : off + m], method))
+        off += m
+    if off != d.numel():
+        raise ValueError(f"the sizes need {off} condensed distances in all, got {d.numel()}")
+    return torch.cat(zs) if zs else d.new_empty((0, 4), dtype=torch.float64)
+
+
+register("linkage_batched", "torch", devices=("cpu", "cuda"))(ops.get("linkage_batched", "torch"))
+register(
+    "linkage_batched",
+    "cuda",
+    devices=("cuda",),
+    available=lambda: has_kernel("linkage_batched_cuda", "CUDA"),
+)(ops.get("linkage_batched", "cuda"))
+
+
 def _square_to_condensed(d: torch.Tensor) -> torch.Tensor:
     n = d.shape[0]
     if d.shape[1] != n:
@@ -180,6 +203,64 @@ def linkage(
     if d.dtype not in (torch.float32, torch.float64):
         d = d.to(torch.float32)
     return fn(d.contiguous(), method, mode)
+
+
+def linkage_batched(
+    ds: list[torch.Tensor], method: str = "average", *, backend: str = "auto"
+) -> list[torch.Tensor]:
+    """Cluster many independent condensed distance vectors in one call (e.g. every layer of a CNN).
+
+    With ``backend="cuda"`` (the default on CUDA tensors when the extension has it) all problems run
+    in one kernel launch, one thread block each (linkage.md 7.5), in "exact" mode.
+
+    Parameters
+    ----------
+    ds : list of Tensor
+        Condensed distance vectors (scipy's ``pdist`` order), float32 or float64, all on one device.
+        An empty vector stands for a single observation (its Z is empty).
+    method : {"single", "complete", "average", "weighted", "ward"}
+    backend : {"auto", "torch", "cuda"}
+
+    Returns
+    -------
+    list of Tensor
+        One float64 Z of shape (n_g - 1, 4) per input, on the inputs' device.
+
+    Examples
+    --------
+    >>> import torch, simprune
+    >>> d1 = torch.tensor([1.0, 4.0, 3.0], dtype=torch.float64)
+    >>> [tuple(z.shape) for z in simprune.linkage_batched([d1, d1[:1]], "single", backend="torch")]
+    [(2, 4), (1, 4)]
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown linkage method {method!r}; expected one of {METHODS}")
+    if not ds:
+        return []
+    ds = [as_tensor(d, "ds[i]") for d in ds]
+    for d in ds:
+        check_float(d, "ds[i]")
+        if d.dim() != 1:
+            raise ValueError(
+                f"every input must be a 1-D condensed vector, got shape {tuple(d.shape)}"
+            )
+    device = ds[0].device
+    if any(d.device != device for d in ds):
+        raise ValueError("all inputs of linkage_batched must be on one device")
+    sizes = [ops.n_from_condensed(d.numel()) if d.numel() else 1 for d in ds]
+    dtype = torch.float64 if any(d.dtype == torch.float64 for d in ds) else torch.float32
+    packed = torch.cat([d.to(dtype) for d in ds])
+    name, fn = resolve("linkage_batched", backend, device)
+    if method in REFERENCE_ONLY_METHODS and name != "torch":
+        raise BackendUnavailableError(
+            f"linkage method {method!r} is implemented only by the reference backend 'torch'"
+        )
+    if packed.numel():
+        check_finite(packed, "distances")
+        if bool((packed < 0).any()):
+            raise ValueError(f"distances must be non-negative; found {int((packed < 0).sum())}")
+    z = fn(packed.contiguous(), sizes, method)
+    return list(torch.split(z, [n - 1 for n in sizes]))
 
 
 def _linkage_rounds(d: torch.Tensor, method: str = "average") -> tuple[torch.Tensor, torch.Tensor]:

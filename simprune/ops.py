@@ -45,6 +45,10 @@ SCHEMAS: dict[str, tuple[str, tuple[str, ...]]] = {
     # algorithm: returns (Z, stats) with stats int64 (3,) = (rounds, compactions, max merges per round).
     # The "cuda" variant is the GPU algorithm itself (csrc/cuda/linkage.cu), with its statistics.
     "linkage_rounds": ("(Tensor d, str method) -> (Tensor, Tensor)", ("cpu", "cuda")),
+    # Many independent problems in one call (every layer of a CNN; linkage.md 7.5): d = the
+    # concatenation of the condensed vectors of problems with sizes[g] observations; returns the
+    # concatenation of their Z matrices, float64 (sum(sizes[g] - 1), 4). Exact mode.
+    "linkage_batched": ("(Tensor d, int[] sizes, str method) -> Tensor", ("torch", "cuda")),
 }
 
 
@@ -90,11 +94,16 @@ def _fake_linkage_rounds(d, method):
     )
 
 
+def _fake_linkage_batched(d, sizes, method):
+    return d.new_empty((sum(max(n - 1, 0) for n in sizes), 4), dtype=torch.float64)
+
+
 _FAKES: dict[str, Callable[..., Any]] = {
     "pairwise_distance": _fake_pairwise_distance,
     "pairwise_distance_ragged": _fake_pairwise_distance_ragged,
     "linkage": _fake_linkage,
     "linkage_rounds": _fake_linkage_rounds,
+    "linkage_batched": _fake_linkage_batched,
 }
 
 for _op, (_schema, _backends) in SCHEMAS.items():

@@ -32,13 +32,14 @@ from tests.test_linkage_cpu import (
 
 ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
 HAS_CUDA_LINKAGE = has_kernel("linkage_cuda", "CUDA")
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
-needs_cuda_kernel = pytest.mark.skipif(
+gpu = pytest.mark.gpu  # skipped without a CUDA device (tests/conftest.py)
+_no_kernel = pytest.mark.skipif(
     not HAS_CUDA_LINKAGE, reason="simprune._C was built without the CUDA linkage kernel"
 )
+
+
+def needs_cuda_kernel(f):
+    return gpu(_no_kernel(f))
 
 
 def twin(d, method):
@@ -56,9 +57,11 @@ def cuda_rounds(d, method):
 TIE_FREE_CASES = [
     (name, n, method)
     for name in ("gaussian", "mixture", "channel_like")
-    for n in (2, 3, 31, 512, 513, 1000, 4097)
+    for n in (2, 3, 31, 512, 513, 1000)
     for method in REDUCIBLE
 ] + [("chain_1d", n, m) for n in (513, 2000) for m in REDUCIBLE]
+# Several compactions and the grid-to-block hand-off after them (scipy takes ~1 s per call here).
+TIE_FREE_CASES += [("gaussian", 4097, m) for m in REDUCIBLE]
 
 
 @needs_cuda_kernel
@@ -135,6 +138,7 @@ def test_opcheck_cuda_ops():
     torch.library.opcheck(torch.ops.simprune.linkage_rounds_cuda, (d, "ward"))
 
 
+@gpu
 @pytest.mark.skipif(not ON_GPU, reason="Triton on the GPU (TRITON_INTERPRET unset)")
 @pytest.mark.parametrize("method", REDUCIBLE)
 @pytest.mark.parametrize("name,n", [("gaussian", 1000), ("channel_like", 513), ("quantised", 300)])
@@ -148,3 +152,44 @@ def test_triton_on_gpu_same_as_twin(name, n, method):
     assert stats.tolist() == st_twin
     z_api = simprune.linkage(torch.from_numpy(d).cuda(), method, backend="triton")
     assert_bitwise(z_api.cpu().numpy(), zt)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batched small layers: one launch, one block per problem.
+
+BATCH_SIZES = [1, 2, 3, 64, 100, 513, 1000, 31]
+
+
+def test_linkage_batched_reference_backend():
+    """The API and the reference (CPU): one Z per problem, each scipy's."""
+    ds = [
+        torch.from_numpy(data("gaussian", n)) if n > 1 else torch.zeros(0) for n in BATCH_SIZES[:5]
+    ]
+    zs = simprune.linkage_batched(ds, "ward", backend="torch")
+    assert [tuple(z.shape) for z in zs] == [(max(n - 1, 0), 4) for n in BATCH_SIZES[:5]]
+    for n, z in zip(BATCH_SIZES[:5], zs, strict=True):
+        if n > 1:
+            assert_bitwise(z.numpy(), scipy_z("gaussian", n, "ward"))
+    assert simprune.linkage_batched([], "average") == []
+    with pytest.raises(ValueError, match="non-negative"):
+        simprune.linkage_batched([torch.tensor([1.0, -1.0, 2.0])], backend="torch")
+    with pytest.raises(ValueError, match="1-D"):
+        simprune.linkage_batched([torch.zeros(2, 2)], backend="torch")
+
+
+@needs_cuda_kernel
+@pytest.mark.parametrize("method", REDUCIBLE)
+@pytest.mark.parametrize("name", ["gaussian", "dead_duplicate"])
+def test_cuda_batched_same_as_twin(name, method):
+    sizes = [n for n in BATCH_SIZES if n > 1 and (name != "dead_duplicate" or n >= 10)]
+    ds = [torch.zeros(0, dtype=torch.float64)] + [torch.from_numpy(data(name, n)) for n in sizes]
+    zs = simprune.linkage_batched([d.cuda() for d in ds], method, backend="cuda")
+    assert len(zs) == len(ds)
+    for d, z in zip(ds, zs, strict=True):
+        assert z.is_cuda
+        n = z.shape[0] + 1
+        if n > 1:
+            assert_bitwise(z.cpu().numpy(), twin(d.numpy(), method)[0])
+    # The raw op: sizes must match the packed length.
+    with pytest.raises(ValueError, match="condensed distances"):
+        torch.ops.simprune.linkage_batched_cuda(torch.zeros(4, device="cuda"), [3], method)

@@ -42,6 +42,7 @@
 #include <numeric>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "simprune/linkage_common.h"
@@ -106,14 +107,18 @@ __device__ inline int64_t block_exclusive_scan(int flag, int64_t* total, int64_t
   return off;
 }
 
+// The rounds of one linkage. Cooperative launch (grouped = false): the whole grid works on one
+// matrix with grid barriers, then block 0 alone below kSoloMax (a one-block grid is solo from the
+// start). Grouped launch (grouped = true, an ordinary launch): every block runs its own problem solo.
 template <int M>
-__global__ void __launch_bounds__(kThreads) rounds_kernel(State st) {
-  cg::grid_group grid = cg::this_grid();
+__device__ void run_rounds(const State& st, bool grouped) {
+  cg::grid_group grid = cg::this_grid();  // synchronised only in cooperative, non-solo mode
   __shared__ int64_t warp_sums[kWarps + 1];
   const int64_t n = st.n;
   int64_t m = n, active = n, k = 0, rounds = 0, compactions = 0, widest = 0;
   int buf = 0;
-  bool solo = gridDim.x == 1;
+  const bool leader = grouped || blockIdx.x == 0;  // the block that scans pairs and compacts
+  bool solo = grouped || gridDim.x == 1;
   auto sync = [&]() {
     if (solo) {
       __syncthreads();
@@ -126,7 +131,7 @@ __global__ void __launch_bounds__(kThreads) rounds_kernel(State st) {
   while (active > 1) {
     if (!solo && m <= kSoloMax) {  // every block takes this decision at the same point
       solo = true;
-      if (blockIdx.x != 0) return;
+      if (!leader) return;
     }
     const int64_t start = solo ? threadIdx.x : int64_t{blockIdx.x} * kThreads + threadIdx.x;
     const int64_t stride = solo ? kThreads : int64_t{gridDim.x} * kThreads;
@@ -163,8 +168,8 @@ __global__ void __launch_bounds__(kThreads) rounds_kernel(State st) {
     }
     sync();
 
-    // ---- B. reciprocal pairs in slot order, logged (block 0)
-    if (blockIdx.x == 0) {
+    // ---- B. reciprocal pairs in slot order, logged (the leader block)
+    if (leader) {
       int64_t base = 0;
       for (int64_t c0 = 0; c0 < m; c0 += kThreads) {
         const int64_t i = c0 + threadIdx.x;
@@ -248,7 +253,7 @@ __global__ void __launch_bounds__(kThreads) rounds_kernel(State st) {
     if (active > 1 && 2 * active <= m) {
       ++compactions;
       const int nb = buf ^ 1;
-      if (blockIdx.x == 0) {
+      if (leader) {
         int64_t base = 0;
         for (int64_t c0 = 0; c0 < m; c0 += kThreads) {
           const int64_t r = c0 + threadIdx.x;
@@ -278,12 +283,23 @@ __global__ void __launch_bounds__(kThreads) rounds_kernel(State st) {
       sync();
     }
   }
-  if (blockIdx.x == 0 && threadIdx.x == 0) {
+  if (leader && threadIdx.x == 0) {
     st.ctrl->rounds = rounds;
     st.ctrl->compactions = compactions;
     st.ctrl->widest = widest;
     st.ctrl->merges = k;
   }
+}
+
+template <int M>
+__global__ void __launch_bounds__(kThreads) rounds_kernel(State st) {
+  run_rounds<M>(st, false);
+}
+
+// Batched small layers (linkage.md 7.5): one block per problem, all problems in one launch.
+template <int M>
+__global__ void __launch_bounds__(kThreads) grouped_rounds_kernel(const State* states) {
+  run_rounds<M>(states[blockIdx.x], true);
 }
 
 // Condensed (scipy pdist order) -> square fp64, +inf diagonal; (r, c) and (c, r) read the same
@@ -363,14 +379,14 @@ void check_values(const at::Tensor& d, const char* op) {
   }
 }
 
-// Bytes the run needs on the device: both matrix buffers and the O(n) arrays.
+// Bytes one problem needs on the device: both matrix buffers and the O(n) arrays.
 int64_t bytes_needed(int64_t n) {
   const int64_t h = n / 2;
-  return 8 * (n * n + std::max<int64_t>(h * h, 1)) + n * (2 * 3 * 8 + 1 + 8 + 8 + 8 * 3) +
-         (n - 1) * 8 * 4 + 1024;
+  return 8 * (n * n + std::max<int64_t>(h * h, 1)) + n * (2 * 3 * 8 + 1 + 4 * 8 + 8) +
+         std::max<int64_t>(n - 1, 1) * 8 * 4 + 1024;
 }
 
-void check_memory(int64_t n, const at::Device& dev, const char* op) {
+void check_memory(int64_t need, int64_t n, const at::Device& dev, const char* op) {
   size_t free_b = 0, total_b = 0;
   C10_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
   // Memory the caching allocator holds but does not use is available to it as well.
@@ -378,12 +394,100 @@ void check_memory(int64_t n, const at::Device& dev, const char* op) {
   const int64_t cached =
       stats.reserved_bytes[0].current - stats.allocated_bytes[0].current;  // 0 = aggregate
   const int64_t avail = static_cast<int64_t>(free_b) + std::max<int64_t>(cached, 0);
-  const int64_t need = bytes_needed(n);
   TORCH_CHECK_WITH(OutOfMemoryError, need <= avail, op, ": n = ", n, " needs ", need,
                    " bytes of GPU memory (fp64 square matrix 8 n^2 plus a compaction buffer of a "
                    "quarter of it), but only ",
                    avail, " bytes are free on ", dev);
 }
+
+// The device buffers of one problem (tensors keep them alive) and the State that points into them.
+struct Problem {
+  at::Tensor S0, S1, slots, state, aux, ph, log, eff, ctrl;
+  State st{};
+
+  Problem(int64_t n, const at::TensorOptions& opts) {
+    const auto f64 = opts.dtype(at::kDouble);
+    const auto i64 = opts.dtype(at::kLong);
+    const int64_t h = n / 2;
+    S0 = at::empty({n * n}, f64);
+    S1 = at::empty({std::max<int64_t>(h * h, 1)}, f64);
+    slots = at::empty({6, n}, i64);  // rep, size, last (x2: ping-pong)
+    state = at::empty({n}, opts.dtype(at::kChar));
+    aux = at::empty({4, n}, i64);  // nn, keep, pi, pj
+    ph = at::empty({n}, f64);
+    log = at::empty({n - 1, 3}, f64);
+    eff = at::empty({n - 1}, f64);
+    ctrl = at::zeros({static_cast<int64_t>(sizeof(Ctrl) / 8)}, i64);
+    st.S[0] = S0.data_ptr<double>();
+    st.S[1] = S1.data_ptr<double>();
+    int64_t* sp = slots.data_ptr<int64_t>();
+    for (int b = 0; b < 2; ++b) {
+      st.rep[b] = sp + (3 * b + 0) * n;
+      st.size[b] = sp + (3 * b + 1) * n;
+      st.last[b] = sp + (3 * b + 2) * n;
+    }
+    st.state = state.data_ptr<int8_t>();
+    int64_t* ap = aux.data_ptr<int64_t>();
+    st.nn = ap;
+    st.keep = ap + n;
+    st.pi = ap + 2 * n;
+    st.pj = ap + 3 * n;
+    st.ph = ph.data_ptr<double>();
+    st.log = log.data_ptr<double>();
+    st.eff = eff.data_ptr<double>();
+    st.ctrl = reinterpret_cast<Ctrl*>(ctrl.data_ptr<int64_t>());
+    st.n = n;
+  }
+
+  // The square matrix from the condensed vector d (offset into a packed one) and the slot arrays.
+  void init(const at::Tensor& d, int64_t offset, cudaStream_t stream) {
+    const int64_t n = st.n;
+    const int64_t sq_blocks = std::min<int64_t>((n * n + 255) / 256, 65535 * 8);
+    if (d.scalar_type() == at::kDouble) {
+      square_kernel<double><<<sq_blocks, 256, 0, stream>>>(d.data_ptr<double>() + offset, st.S[0],
+                                                           n);
+    } else {
+      square_kernel<float><<<sq_blocks, 256, 0, stream>>>(d.data_ptr<float>() + offset, st.S[0],
+                                                          n);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    init_slots_kernel<<<(n + 255) / 256, 256, 0, stream>>>(st.rep[0], st.size[0], st.last[0],
+                                                           st.state, n);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  // The merge log to the host, stable sort by (effective height, discovery order), scipy's label().
+  // Writes Z (host, (n-1) x 4) and the statistics.
+  void finish(double* z, int64_t* stats, const char* op) const {
+    const int64_t n = st.n;
+    const at::Tensor ctrl_h = ctrl.cpu();
+    const Ctrl* c = reinterpret_cast<const Ctrl*>(ctrl_h.data_ptr<int64_t>());
+    TORCH_CHECK(c->error == 0 && c->merges == n - 1, op, ": a round found no reciprocal pair after ",
+                c->merges, " merges (non-finite distances after an update?)");
+    const at::Tensor log_h = log.cpu();
+    const at::Tensor eff_h = eff.cpu();
+    const double* lg = log_h.data_ptr<double>();
+    const double* key = eff_h.data_ptr<double>();
+    std::vector<int64_t> order(n - 1);
+    std::iota(order.begin(), order.end(), int64_t{0});
+    // NaN keys (only from non-Euclidean input to ward) sort last, as in numpy.
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+      return key[a] < key[b] || (!std::isnan(key[a]) && std::isnan(key[b]));
+    });
+    for (int64_t r = 0; r < n - 1; ++r) {
+      const int64_t s = order[r];
+      z[4 * r + 0] = lg[3 * s + 0];
+      z[4 * r + 1] = lg[3 * s + 1];
+      z[4 * r + 2] = lg[3 * s + 2];
+      z[4 * r + 3] = 0.0;
+    }
+    std::vector<int64_t> parent(2 * n - 1), sz(2 * n - 1);
+    label(z, n, parent.data(), sz.data());
+    stats[0] = c->rounds;
+    stats[1] = c->compactions;
+    stats[2] = c->widest;
+  }
+};
 
 template <int M>
 void launch_rounds(State& st, cudaStream_t stream, int device) {
@@ -403,6 +507,36 @@ void launch_rounds(State& st, cudaStream_t stream, int device) {
                                              dim3(blocks), dim3(kThreads), args, 0, stream));
 }
 
+template <int M>
+void launch_grouped(const State* states, int64_t groups, cudaStream_t stream) {
+  grouped_rounds_kernel<M><<<static_cast<unsigned>(groups), kThreads, 0, stream>>>(states);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <template <int> class F, typename... A>
+void dispatch(int meth, A&&... a) {
+  switch (meth) {
+    case kSingle:
+      return F<kSingle>::run(std::forward<A>(a)...);
+    case kComplete:
+      return F<kComplete>::run(std::forward<A>(a)...);
+    case kAverage:
+      return F<kAverage>::run(std::forward<A>(a)...);
+    case kWeighted:
+      return F<kWeighted>::run(std::forward<A>(a)...);
+    default:
+      return F<kWard>::run(std::forward<A>(a)...);
+  }
+}
+template <int M>
+struct LaunchOne {
+  static void run(State& st, cudaStream_t s, int dev) { launch_rounds<M>(st, s, dev); }
+};
+template <int M>
+struct LaunchGrouped {
+  static void run(const State* st, int64_t g, cudaStream_t s) { launch_grouped<M>(st, g, s); }
+};
+
 std::tuple<at::Tensor, at::Tensor> linkage_rounds_cuda(const at::Tensor& d_in,
                                                        const std::string& method) {
   const char* op = "simprune::linkage_cuda";
@@ -411,101 +545,15 @@ std::tuple<at::Tensor, at::Tensor> linkage_rounds_cuda(const at::Tensor& d_in,
   const c10::cuda::CUDAGuard guard(d_in.device());
   at::Tensor stats = at::zeros({3}, at::TensorOptions().dtype(at::kLong));
   if (n < 2) return {at::empty({0, 4}, d_in.options().dtype(at::kDouble)), stats.to(d_in.device())};
-  check_memory(n, d_in.device(), op);
+  check_memory(bytes_needed(n), n, d_in.device(), op);
   check_values(d_in, op);
   const at::Tensor d = d_in.contiguous();
-  const auto f64 = d.options().dtype(at::kDouble);
-  const auto i64 = d.options().dtype(at::kLong);
-  const int64_t h = n / 2;
-  at::Tensor S0 = at::empty({n * n}, f64);
-  at::Tensor S1 = at::empty({std::max<int64_t>(h * h, 1)}, f64);
-  at::Tensor slots = at::empty({6, n}, i64);  // rep, size, last (x2: ping-pong)
-  at::Tensor state = at::empty({n}, d.options().dtype(at::kChar));
-  at::Tensor aux = at::empty({4, n}, i64);  // nn, keep, pi, pj
-  at::Tensor ph = at::empty({n}, f64);
-  at::Tensor log = at::empty({n - 1, 3}, f64);
-  at::Tensor eff = at::empty({n - 1}, f64);
-  at::Tensor ctrl = at::zeros({static_cast<int64_t>(sizeof(Ctrl) / 8)}, i64);
-
-  State st{};
-  st.S[0] = S0.data_ptr<double>();
-  st.S[1] = S1.data_ptr<double>();
-  int64_t* sp = slots.data_ptr<int64_t>();
-  for (int b = 0; b < 2; ++b) {
-    st.rep[b] = sp + (3 * b + 0) * n;
-    st.size[b] = sp + (3 * b + 1) * n;
-    st.last[b] = sp + (3 * b + 2) * n;
-  }
-  st.state = state.data_ptr<int8_t>();
-  int64_t* ap = aux.data_ptr<int64_t>();
-  st.nn = ap;
-  st.keep = ap + n;
-  st.pi = ap + 2 * n;
-  st.pj = ap + 3 * n;
-  st.ph = ph.data_ptr<double>();
-  st.log = log.data_ptr<double>();
-  st.eff = eff.data_ptr<double>();
-  st.ctrl = reinterpret_cast<Ctrl*>(ctrl.data_ptr<int64_t>());
-  st.n = n;
-
   auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t sq_blocks = std::min<int64_t>((n * n + 255) / 256, 65535 * 8);
-  if (d.scalar_type() == at::kDouble) {
-    square_kernel<double><<<sq_blocks, 256, 0, stream>>>(d.data_ptr<double>(), st.S[0], n);
-  } else {
-    square_kernel<float><<<sq_blocks, 256, 0, stream>>>(d.data_ptr<float>(), st.S[0], n);
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  init_slots_kernel<<<(n + 255) / 256, 256, 0, stream>>>(st.rep[0], st.size[0], st.last[0],
-                                                         st.state, n);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const int device = d.device().index();
-  switch (meth) {
-    case kSingle:
-      launch_rounds<kSingle>(st, stream, device);
-      break;
-    case kComplete:
-      launch_rounds<kComplete>(st, stream, device);
-      break;
-    case kAverage:
-      launch_rounds<kAverage>(st, stream, device);
-      break;
-    case kWeighted:
-      launch_rounds<kWeighted>(st, stream, device);
-      break;
-    default:
-      launch_rounds<kWard>(st, stream, device);
-  }
-
-  // ---- sort + relabel on the host (O(n log n); the log is 24 (n-1) bytes)
-  const at::Tensor ctrl_h = ctrl.cpu();
-  const Ctrl* c = reinterpret_cast<const Ctrl*>(ctrl_h.data_ptr<int64_t>());
-  TORCH_CHECK(c->error == 0 && c->merges == n - 1, op,
-              ": a round found no reciprocal pair after ", c->merges,
-              " merges (non-finite distances after an update?)");
-  const at::Tensor log_h = log.cpu();
-  const at::Tensor eff_h = eff.cpu();
-  const double* lg = log_h.data_ptr<double>();
-  const double* key = eff_h.data_ptr<double>();
-  std::vector<int64_t> order(n - 1);
-  std::iota(order.begin(), order.end(), int64_t{0});
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    return key[a] < key[b] || (!std::isnan(key[a]) && std::isnan(key[b]));
-  });
+  Problem prob(n, d.options());
+  prob.init(d, 0, stream);
+  dispatch<LaunchOne>(meth, prob.st, stream.stream(), static_cast<int>(d.device().index()));
   at::Tensor Z = at::empty({n - 1, 4}, at::TensorOptions().dtype(at::kDouble));
-  double* z = Z.data_ptr<double>();
-  for (int64_t r = 0; r < n - 1; ++r) {
-    const int64_t s = order[r];
-    z[4 * r + 0] = lg[3 * s + 0];
-    z[4 * r + 1] = lg[3 * s + 1];
-    z[4 * r + 2] = lg[3 * s + 2];
-    z[4 * r + 3] = 0.0;
-  }
-  std::vector<int64_t> parent(2 * n - 1), sz(2 * n - 1);
-  label(z, n, parent.data(), sz.data());
-  stats[0] = c->rounds;
-  stats[1] = c->compactions;
-  stats[2] = c->widest;
+  prob.finish(Z.data_ptr<double>(), stats.data_ptr<int64_t>(), op);
   return {Z.to(d_in.device()), stats.to(d_in.device())};
 }
 
@@ -518,6 +566,61 @@ at::Tensor linkage_cuda(const at::Tensor& d, const std::string& method, const st
   return std::get<0>(linkage_rounds_cuda(d, method));
 }
 
+// Many independent problems (e.g. every layer of a CNN) in one launch, one block each. d is the
+// concatenation of the condensed vectors; the result the concatenation of the Z matrices.
+at::Tensor linkage_batched_cuda(const at::Tensor& d, at::IntArrayRef sizes,
+                                const std::string& method) {
+  const char* op = "simprune::linkage_batched_cuda";
+  const int meth = parse_method_cuda(method, op);
+  TORCH_CHECK_VALUE(d.dim() == 1, op, ": expected the 1-D concatenation of condensed vectors");
+  TORCH_CHECK_TYPE(d.scalar_type() == at::kFloat || d.scalar_type() == at::kDouble, op,
+                   ": distances must be float32 or float64, got ", d.scalar_type());
+  TORCH_CHECK(d.is_cuda(), op, ": the cuda backend needs a CUDA tensor, got one on ", d.device());
+  int64_t total = 0, rows = 0, need = 0, biggest = 0;
+  for (const int64_t n : sizes) {
+    TORCH_CHECK_VALUE(n >= 1, op, ": every problem needs n >= 1 observations, got ", n);
+    total += n * (n - 1) / 2;
+    rows += n - 1;
+    if (n >= 2) need += bytes_needed(n);
+    biggest = std::max(biggest, n);
+  }
+  TORCH_CHECK_VALUE(total == d.numel(), op, ": the sizes need ", total,
+                    " condensed distances in all, got ", d.numel());
+  const c10::cuda::CUDAGuard guard(d.device());
+  at::Tensor Z = at::empty({rows, 4}, at::TensorOptions().dtype(at::kDouble));
+  if (rows == 0) return Z.to(d.device());
+  check_memory(need, biggest, d.device(), op);
+  check_values(d, op);
+  const at::Tensor dc = d.contiguous();
+  auto stream = at::cuda::getCurrentCUDAStream();
+  std::vector<Problem> probs;
+  std::vector<int64_t> zrow;
+  probs.reserve(sizes.size());
+  int64_t off = 0, zr = 0;
+  for (const int64_t n : sizes) {
+    if (n >= 2) {
+      probs.emplace_back(n, dc.options());
+      probs.back().init(dc, off, stream);
+      zrow.push_back(zr);
+    }
+    off += n * (n - 1) / 2;
+    zr += n - 1;
+  }
+  // The States go to the device in one copy (the kernel reads states[blockIdx.x]).
+  const int64_t g = static_cast<int64_t>(probs.size());
+  at::Tensor host = at::empty({g * static_cast<int64_t>(sizeof(State))},
+                              at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  State* hs = reinterpret_cast<State*>(host.data_ptr<uint8_t>());
+  for (int64_t i = 0; i < g; ++i) hs[i] = probs[i].st;
+  const at::Tensor dev_states = host.to(d.device(), /*non_blocking=*/true);
+  dispatch<LaunchGrouped>(meth, reinterpret_cast<const State*>(dev_states.data_ptr<uint8_t>()), g,
+                          stream.stream());
+  int64_t stats[3];
+  for (int64_t i = 0; i < g; ++i)
+    probs[i].finish(Z.data_ptr<double>() + 4 * zrow[i], stats, op);
+  return Z.to(d.device());
+}
+
 }  // namespace
 }  // namespace linkage
 }  // namespace simprune
@@ -525,6 +628,7 @@ at::Tensor linkage_cuda(const at::Tensor& d, const std::string& method, const st
 TORCH_LIBRARY_IMPL(simprune, CUDA, m) {
   m.impl("linkage_cuda", &simprune::linkage::linkage_cuda);
   m.impl("linkage_rounds_cuda", &simprune::linkage::linkage_rounds_cuda);
+  m.impl("linkage_batched_cuda", &simprune::linkage::linkage_batched_cuda);
 }
 
 #else
