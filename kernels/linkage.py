@@ -253,6 +253,34 @@ def _compact_kernel(s_ptr, m, keep_ptr, t_ptr, a, B: tl.constexpr):
     tl.store(t_ptr + r[:, None] * a + c[None, :], v, mask=mask)
 
 
+@triton.jit
+def _boruvka_rowmin_kernel(s_ptr, comp_ptr, w_ptr, u_ptr, n, BR: tl.constexpr, BC: tl.constexpr):
+    """Single linkage (Boruvka): the lightest edge from each vertex to another component.
+
+    For a fixed vertex v, ordering its edges by (w, u) is the same as the global edge order
+    (w, min(u, v), max(u, v)), so the smallest index wins ties here as well."""
+    rows = (tl.program_id(0) * BR + tl.arange(0, BR)).to(tl.int64)
+    rmask = rows < n
+    cr = tl.load(comp_ptr + rows, mask=rmask, other=-1)
+    best = tl.full([BR], float("inf"), tl.float64)
+    arg = tl.full([BR], -1, tl.int64)
+    for c0 in range(0, n, BC):
+        cols = c0 + tl.arange(0, BC).to(tl.int64)
+        cm = cols < n
+        cc = tl.load(comp_ptr + cols, mask=cm, other=-2)
+        mask = rmask[:, None] & cm[None, :] & (cc[None, :] != cr[:, None])
+        v = tl.load(s_ptr + rows[:, None] * n + cols[None, :], mask=mask, other=float("inf"))
+        v = v.to(tl.float64)
+        tmin = tl.min(v, axis=1)
+        big = tl.full([BR, BC], 9223372036854775807, tl.int64)
+        targ = tl.min(tl.where(v == tmin[:, None], cols[None, :] + 0 * rows[:, None], big), axis=1)
+        better = tmin < best
+        best = tl.where(better, tmin, best)
+        arg = tl.where(better, targ, arg)
+    tl.store(w_ptr + rows, best, mask=rmask)
+    tl.store(u_ptr + rows, arg, mask=rmask)
+
+
 # --------------------------------------------------------------------------------------------------
 # host side
 # --------------------------------------------------------------------------------------------------
@@ -438,6 +466,78 @@ def linkage_rounds_triton(d: torch.Tensor, method: str) -> tuple[torch.Tensor, t
     return torch.from_numpy(z).to(dev), stats
 
 
+def linkage_boruvka_triton(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Single linkage as a minimum spanning tree (Boruvka), then sort + relabel; returns (Z, stats).
+
+    Each iteration: the lightest edge from every vertex to another component (the Triton kernel,
+    one pass over the matrix), then per component the lightest of those under the total order
+    (w, min id, max id) -- which makes the choice graph a forest, so no cycles -- then the components
+    are merged by pointer jumping. At most ceil(log2 n) iterations. Edges are logged per iteration
+    in increasing component order; the final stable sort by height therefore breaks ties by
+    (iteration, component). Heights are input distances, so they are bit-identical to scipy's (the
+    MST weight multiset is unique); on tie-free data Z equals scipy's. stats = (iterations, 0, most
+    edges added in one iteration)."""
+    op = "simprune::linkage_triton"
+    n = check_input(d, "single", op)
+    dev = d.device
+    stats = torch.zeros(3, dtype=torch.int64)
+    if n < 2:
+        return torch.empty((0, 4), dtype=torch.float64, device=dev), stats
+    d = d.contiguous()
+    s = torch.empty(n * n, dtype=torch.float64, device=dev)
+    _square_kernel[(_cdiv(n, SQ_B), _cdiv(n, SQ_B))](d, s, n, B=SQ_B, **_LAUNCH)
+    i64 = dict(dtype=torch.int64, device=dev)
+    ids = torch.arange(n, **i64)
+    comp = ids.clone()  # component label = one of its vertices (that vertex's own label)
+    w = torch.empty(n, dtype=torch.float64, device=dev)
+    u = torch.empty(n, **i64)
+    log = torch.empty((n - 1, 3), dtype=torch.float64, device=dev)
+    none = torch.iinfo(torch.int64).max
+    k = iters = widest = 0
+    while k < n - 1:
+        iters += 1
+        _boruvka_rowmin_kernel[(_cdiv(n, ARGMIN_BR),)](
+            s, comp, w, u, n, BR=ARGMIN_BR, BC=ARGMIN_BC, **_LAUNCH
+        )
+        valid = u >= 0
+        a = torch.minimum(ids, u)
+        b = torch.maximum(ids, u)
+        # Per component: the lightest weight, then the smallest (min id, max id) at that weight.
+        cw = torch.full((n,), float("inf"), dtype=torch.float64, device=dev)
+        cw.scatter_reduce_(0, comp[valid], w[valid], "amin")
+        at_min = valid & (w == cw[comp])
+        ck = torch.full((n,), none, **i64)
+        ck.scatter_reduce_(0, comp[at_min], (a * n + b)[at_min], "amin")
+        roots = torch.nonzero((comp == ids) & (ck != none)).flatten()  # increasing order
+        if roots.numel() == 0:
+            raise RuntimeError(f"{op}: Boruvka found no edge with {n - k} components left")
+        key = ck[roots]
+        ea, eb = key // n, key % n
+        other = torch.where(comp[ea] == roots, comp[eb], comp[ea])
+        mutual = ck[other] == key
+        keep_self = mutual & (roots < other)
+        rec = ~mutual | keep_self  # a mutual choice is one edge: logged by the smaller root
+        ra, rb = ea[rec], eb[rec]
+        cnt = ra.numel()
+        log[k : k + cnt, 0] = ra.to(torch.float64)
+        log[k : k + cnt, 1] = rb.to(torch.float64)
+        log[k : k + cnt, 2] = s[ra * n + rb]
+        k += cnt
+        widest = max(widest, cnt)
+        parent = ids.clone()
+        parent[roots] = torch.where(keep_self, roots, other)
+        while True:  # pointer jumping to the surviving root
+            nxt = parent[parent]
+            if bool((nxt == parent).all()):
+                break
+            parent = nxt
+        comp = parent[comp]
+    logc = log.cpu().numpy()
+    z = sort_and_label(logc, logc[:, 2].copy(), n)
+    stats[0], stats[2] = iters, widest
+    return torch.from_numpy(z).to(dev), stats
+
+
 def linkage_triton(d: torch.Tensor, method: str, mode: str = "exact") -> torch.Tensor:
     """Triton implementation of ``simprune::linkage_triton`` (exact mode only)."""
     if mode == "strict":
@@ -449,6 +549,8 @@ def linkage_triton(d: torch.Tensor, method: str, mode: str = "exact") -> torch.T
         raise ValueError(
             f"simprune::linkage_triton: unknown mode {mode!r}; expected 'exact' or 'strict'"
         )
+    if method == "single":
+        return linkage_boruvka_triton(d)[0]
     return linkage_rounds_triton(d, method)[0]
 
 
@@ -554,6 +656,23 @@ def _aot_specs() -> list[dict]:
                 "BC": "constexpr",
             },
             constexprs=dict(BP=PAIR_BP, BC=PAIR_BC),
+            num_warps=NUM_WARPS,
+        )
+    )
+    specs.append(
+        dict(
+            name=f"boruvka_rowmin_br{ARGMIN_BR}_bc{ARGMIN_BC}",
+            fn=_boruvka_rowmin_kernel,
+            signature={
+                "s_ptr": f64,
+                "comp_ptr": i64,
+                "w_ptr": f64,
+                "u_ptr": i64,
+                "n": "i64",
+                "BR": "constexpr",
+                "BC": "constexpr",
+            },
+            constexprs=dict(BR=ARGMIN_BR, BC=ARGMIN_BC),
             num_warps=NUM_WARPS,
         )
     )

@@ -230,3 +230,47 @@ def test_no_fma_in_the_lance_williams_kernels():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "FMA: []" in out.stdout, out.stdout
+
+
+# ---------------------------------------------------------------------------------------------------
+# Single linkage: Boruvka MST (what backend="triton" runs for method="single").
+
+BORUVKA_CASES = [
+    (name, n)
+    for name in ("gaussian", "mixture", "channel_like", "chain_1d")
+    for n in (2, 3, 31, 150, 300)
+]
+
+
+@pytest.mark.parametrize("name,n", BORUVKA_CASES)
+def test_boruvka_tie_free_is_scipy_bitwise(name, n):
+    z, stats = kl.linkage_boruvka_triton(torch.from_numpy(data(name, n)))
+    assert_bitwise(z.numpy(), scipy_z(name, n, "single"))
+    iters = stats.tolist()[0]
+    assert 1 <= iters <= max(1, int(np.ceil(np.log2(n))))  # Boruvka: at most log2 n passes
+
+
+@pytest.mark.parametrize(
+    "name,n", [("dead_duplicate", 10), ("dead_duplicate", 300), ("quantised", 150)]
+)
+def test_boruvka_ties_same_heights_and_partitions(name, n):
+    d = data(name, n)
+    z, _ = kl.linkage_boruvka_triton(torch.from_numpy(d))
+    z = z.numpy()
+    zs = scipy_z(name, n, "single")
+    np.testing.assert_array_equal(np.sort(z[:, 2]), np.sort(zs[:, 2]))  # the MST weights are unique
+    assert_same_partitions(z, zs)  # single-linkage partitions are unique (graph components)
+    assert_valid_hac(z, d, "single")
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=condensed())
+def test_property_boruvka_valid_and_same_heights(case):
+    d, _ = case
+    z, _ = kl.linkage_boruvka_triton(torch.from_numpy(d))
+    z = z.numpy()
+    accepted_by_scipy(z, z.shape[0] + 1)
+    assert_valid_hac(z, d, "single")
+    import scipy.cluster.hierarchy as sch
+
+    np.testing.assert_array_equal(np.sort(z[:, 2]), np.sort(sch.linkage(d, "single")[:, 2]))
