@@ -75,6 +75,9 @@ CONFIGS = {
 REPAIR_BP, REPAIR_BK = 64, 32
 # Initial capacity of the near-pair list: max(MIN_REPAIR_CAP, 8 * rows).
 MIN_REPAIR_CAP = 4096
+# What the last launch did (kernel mode, tile launches, pairs flagged for repair): for tests and
+# benchmarks (how much of the matrix the exact repair touched). Not thread-safe; diagnostics only.
+LAST_RUN: dict[str, int] = {}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -543,7 +546,9 @@ def _run(
     # Room for a few near pairs per row: enough for near-duplicate sets; clustered data may overflow
     # once (then the launch is repeated with the exact count).
     cap = 0 if mode == MODE_DIRECT else max(MIN_REPAIR_CAP, 8 * total_rows)
+    LAST_RUN.update(mode=mode, launches=0, flagged=0)
     for _ in range(2):
+        LAST_RUN["launches"] += 1
         near = torch.empty((max(cap, 1), 3), dtype=torch.int32, device=dev)
         count = torch.zeros(1, dtype=torch.int32, device=dev)
         _distance_kernel[(grid,)](
@@ -556,6 +561,7 @@ def _run(
         if mode == MODE_DIRECT:
             return out
         flagged = int(count.item())
+        LAST_RUN["flagged"] = flagged
         if flagged <= cap:
             break
         cap = flagged  # rare (e.g. strongly clustered data): rerun with room for every pair

@@ -117,6 +117,7 @@ def test_near_duplicate_accuracy_fp32(d, metric):
     x = torch.tensor(datasets.channel_like(300, d, seed=d), dtype=torch.float32)
     ref = pairwise_distance_ref(x, None, metric, True, torch.float64)
     out = simprune.pairwise_distance(x, metric=metric, condensed=True, backend="triton")
+    assert kd.LAST_RUN["mode"] == kd.MODE_EXPAND and kd.LAST_RUN["flagged"] >= 15  # the repair ran
     assert out.dtype == torch.float32
     assert _rel_err(out, ref) <= 1e-6
     # A float64 result of fp32 input computes in fp64: float64 accuracy.
@@ -151,6 +152,7 @@ def test_repair_list_overflow_retries(monkeypatch):
     out = kd.pairwise_distance_triton(
         x, None, "sqeuclidean", False, None, out=_poisoned((130, 130), torch.float32)
     )
+    assert kd.LAST_RUN["launches"] == 2 and kd.LAST_RUN["flagged"] > 8 * 130  # it did overflow
     _check_square(out, ref, 1e-6)
 
 
