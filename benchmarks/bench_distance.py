@@ -16,7 +16,8 @@ near-copies at noise 1e-3). Columns:
   the card's datasheet bandwidth and the compute floor = n^2 d flops (upper triangle) at the peak of
   the precision the kernel uses (3xTF32: TF32 peak / 3; fp32 CUDA cores for direct differences);
 * ``max_rel_err``: max relative error against the float64 reference over the pairs with a non-zero
-  distance; ``exact_0``: whether every exact zero (the diagonal) came out exactly zero.
+  distance; ``exact_0``: whether every exact zero (the diagonal) came out exactly zero;
+* ``repaired`` (Triton): pairs recomputed exactly by the repair kernel.
   Speed is never asserted: this script only reports.
 """
 
@@ -138,6 +139,11 @@ def run(ns, ds, device: str, with_interpreter: bool, scipy_budget: float) -> lis
                     rows.append({"impl": name, "n": n, "d": d, "ms": "skipped (size)"})
                     continue
                 out = fn(x)
+                repaired = None
+                if name.startswith("simprune[triton]"):
+                    from simprune.kernels.distance import LAST_RUN
+
+                    repaired = LAST_RUN.get("flagged")
                 if cond:
                     if iu is None:
                         iu = torch.triu_indices(n, n, offset=1, device=device)
@@ -156,6 +162,7 @@ def run(ns, ds, device: str, with_interpreter: bool, scipy_budget: float) -> lis
                     "GFLOP/s": float(f"{2 * n * n * d / t / 1e9:.4g}"),
                     "max_rel_err": float(f"{err:.3g}"),
                     "exact_0": "yes" if zeros_ok else "no",
+                    "repaired": "" if repaired is None else repaired,
                 }
                 if name == "torch.cdist":
                     cdist_t = t
@@ -215,6 +222,7 @@ def main(argv=None) -> int:
     cols = ["impl", "n", "d", "ms", "x_cdist", "GB/s", "GFLOP/s", "max_rel_err", "exact_0"]
     if args.device == "cuda":
         cols.insert(7, "roof%")
+        cols.append("repaired")
     print_table(rows, cols, title=f"pairwise distance, fp32, channel-like data ({args.device})")
     print("conditions:", json.dumps(info))
     if args.json:
