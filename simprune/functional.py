@@ -92,7 +92,14 @@ def height_scale(v: torch.Tensor, metric: str) -> float:
     """
     if linkage_distance(metric) == "cosine":
         return 1.0
-    e = float((v.detach().to(torch.float64) ** 2).sum(1).mean())
+    return _scale_from_energy((v.detach().to(torch.float64) ** 2).sum(1), metric)
+
+
+def _scale_from_energy(energy: torch.Tensor, metric: str) -> float:
+    """:func:`height_scale` from the channel energies (squared descriptor norms)."""
+    if linkage_distance(metric) == "cosine":
+        return 1.0
+    e = float(energy.mean())
     return math.sqrt(e) if e > 0 else 1.0
 
 

@@ -123,6 +123,12 @@ def test_scores_have_root_length_and_order(scored18):
         n_groups += 1
     assert n_groups > 5
     assert imp.passes == 1  # every group came from the one batched pass
+    # The classifier's group is left out of the batch (its classes reach the output) and scored
+    # on demand.
+    fc = dg.get_pruning_group(model.fc, tp.prune_linear_out_channels, list(range(1000)))
+    assert imp(fc).shape == (1000,) and imp.passes == 2
+    imp(fc)
+    assert imp.passes == 2
 
 
 def test_scores_match_functional_api_on_a_plain_group(scored18):
@@ -135,6 +141,7 @@ def test_scores_match_functional_api_on_a_plain_group(scored18):
         blk.conv1.weight.double(), gamma=blk.bn1.weight, beta=blk.bn1.bias
     )
     torch.testing.assert_close(imp(g), ref, rtol=1e-5, atol=1e-7)
+    passes = imp.passes
     # The default normaliser divides by the RMS descriptor norm: scale-free heights.
     scaled = copy.copy(imp)
     scaled.normalizer = "energy"
@@ -142,7 +149,7 @@ def test_scores_match_functional_api_on_a_plain_group(scored18):
         blk.conv1.weight.double(), gamma=blk.bn1.weight, beta=blk.bn1.bias, normalize=True
     )
     torch.testing.assert_close(scaled(g), ref_n, rtol=1e-5, atol=1e-7)
-    assert imp.passes == 1
+    assert scaled.passes == passes  # the copy reused the cache
 
 
 NORMALIZERS = [None, "mean", "max", "sum", "gaussian", "lamp", "standarization", "sentinel_0.5",
@@ -153,6 +160,7 @@ def test_normalizers_keep_the_order_within_a_group(scored18):
     model, dg, imp = scored18
     g = dg.get_pruning_group(model.layer3[0].conv1, tp.prune_conv_out_channels, list(range(256)))
     raw = imp(g)
+    passes = imp.passes
     fin = torch.isfinite(raw)
     order = torch.argsort(raw[fin], stable=True)
     for normalizer in NORMALIZERS:
@@ -162,7 +170,7 @@ def test_normalizers_keep_the_order_within_a_group(scored18):
         assert torch.equal(torch.isfinite(s), fin), normalizer  # the survivor stays +inf
         assert bool((s[fin][order].diff() >= 0).all()), normalizer
         assert not torch.equal(s, raw) or normalizer is None, normalizer
-    assert imp.passes == 1
+        assert other.passes == passes  # normalising reuses the cached dendrograms
 
 
 def test_bad_arguments():
@@ -192,15 +200,16 @@ def test_local_pruning_removes_the_cut_resnet18(resnet18):
     assert model(EX).shape == (1, 1000)
 
 
-def test_global_pruning_ranks_scale_free_heights(resnet18):
-    model = copy.deepcopy(resnet18)
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_global_pruning_ranks_scale_free_heights(request, name):
+    model = copy.deepcopy(request.getfixturevalue(name))
     imp = SimilarityImportance()
     pr = tp.pruner.MetaPruner(
-        model, EX, imp, pruning_ratio=0.4, global_pruning=True, ignored_layers=[model.fc]
+        model, EX, imp, pruning_ratio=0.4, global_pruning=True, ignored_layers=[_head(model)]
     )
     scores = {}
     names = {m: n for n, m in model.named_modules()}
-    for g in pr.DG.get_all_groups(ignored_layers=[model.fc]):
+    for g in pr.DG.get_all_groups(ignored_layers=[_head(model)]):
         scores[names[g[0].dep.target.module]] = imp(g)
     removed = _step_checked(pr, model, imp)
     # One threshold for the whole network: every removed score <= every kept score.
@@ -212,6 +221,8 @@ def test_global_pruning_ranks_scale_free_heights(resnet18):
         ]
     )
     assert float(rem.max()) <= float(kept.min())
+    total = sum(len(s) for s in scores.values())
+    assert len(rem) == total - int(total * (1 - 0.4))
     widths = [len(s) - len(removed.get(r, [])) for r, s in scores.items()]
     assert len(set(w / len(s) for w, s in zip(widths, scores.values(), strict=True))) > 1
     model(EX)

@@ -39,10 +39,16 @@ import torch_pruning as tp
 from torch import nn
 
 from ..cut import redundancy_scores
-from ..functional import _dendrograms, height_scale
+from ..functional import _dendrograms, _scale_from_energy
 from ..linkage import METHODS
 from ..prune.descriptors import METRICS, group_descriptors
-from ..prune.groups import ChannelGroup, _following_norms, _module_names, members_of
+from ..prune.groups import (
+    ChannelGroup,
+    _following_norms,
+    _module_names,
+    _reaches_output,
+    members_of,
+)
 from ..prune.merge import MERGE_MODES, apply_merges, assign, expand_units
 
 __all__ = ["SimilarityImportance", "representatives_of_removed"]
@@ -271,7 +277,7 @@ class SimilarityImportance(tp.importance.Importance):
                 s = redundancy_scores(torch.from_numpy(z), energy)
             else:
                 s = torch.full((1,), math.inf, dtype=torch.float64)
-            out.append(_Entry(grp, vc, z, energy, s, height_scale(vc, self.metric)))
+            out.append(_Entry(grp, vc, z, energy, s, _scale_from_energy(energy, self.metric)))
         return out
 
     def _refresh(self, dg: Any) -> None:
@@ -282,6 +288,10 @@ class SimilarityImportance(tp.importance.Importance):
         names = _module_names(dg.model)
         built = []
         for g in dg.get_all_groups(root_module_types=list(self.root_module_types)):
+            if any(_reaches_output(it) for it in g):
+                # A classifier's classes: pruners ignore these layers in practice, so they are
+                # left out of the batch and scored on demand (by _entry) if ever asked for.
+                continue
             grp = self._build(dg, g, names)
             if grp is not None:
                 built.append((_group_key(dg, g), grp))
