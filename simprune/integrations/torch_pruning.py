@@ -62,7 +62,7 @@ class _Entry:
     """One group's engine results at scoring time."""
 
     group: ChannelGroup
-    v: torch.Tensor  # (n_units, d) descriptors, CPU
+    v: torch.Tensor  # (n_units, d) descriptors, on the weights' device
     z: np.ndarray  # (n_units - 1, 4) linkage
     energy: torch.Tensor  # (n_units,) float64 priority
     scores: torch.Tensor  # (n_units,) float64 raw heights, +inf for the survivor
@@ -271,8 +271,9 @@ class SimilarityImportance(tp.importance.Importance):
         self.passes += 1
         out = []
         for grp, v, z in zip(groups, vs, zs, strict=True):
-            vc = v.detach().cpu()
-            energy = (vc.to(torch.float64) ** 2).sum(1)
+            # Descriptors stay where they were computed (copied to the host only by merge()).
+            vc = v.detach()
+            energy = (vc.to(torch.float64) ** 2).sum(1).cpu()
             if z.shape[0]:
                 s = redundancy_scores(torch.from_numpy(z), energy)
             else:
@@ -416,7 +417,7 @@ class SimilarityImportance(tp.importance.Importance):
         is_kept = torch.ones(gs, dtype=torch.bool)
         is_kept[torch.as_tensor(units)] = False
         kept = torch.nonzero(is_kept).flatten()
-        unit_merges = assign(entry.v.to(torch.float64), labels, kept, self.merge_mode)
+        unit_merges = assign(entry.v.cpu().to(torch.float64), labels, kept, self.merge_mode)
         return apply_merges(grp, expand_units(grp, unit_merges))
 
 
