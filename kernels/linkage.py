@@ -17,6 +17,10 @@ round:
 6. ``_compact_kernel``: when the active count has halved, the live rows and columns are gathered
    into a smaller matrix, stably (slot order, hence tie-breaking, is kept).
 
+Single linkage (``linkage_triton(..., "single")``) runs a Boruvka MST instead
+(``_boruvka_rowmin_kernel``: at most ceil(log2 n) passes over the matrix, where the rounds would need
+hundreds to thousands; ``linkage_rounds_triton`` still accepts "single", for comparison with the twin).
+
 The merge log (representative leaves, height, effective height = the monotone guard of linkage.md 1.3)
 and the final stable sort + relabel (scipy's ``label()``) run on the host. The round loop runs on the
 host too (one synchronisation per round, to read the pair count): this path is the portable and

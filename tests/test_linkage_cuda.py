@@ -193,3 +193,30 @@ def test_cuda_batched_same_as_twin(name, method):
     # The raw op: sizes must match the packed length.
     with pytest.raises(ValueError, match="condensed distances"):
         torch.ops.simprune.linkage_batched_cuda(torch.zeros(4, device="cuda"), [3], method)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Single linkage on the GPU: Boruvka (what linkage_cuda runs for method="single").
+
+
+@needs_cuda_kernel
+@pytest.mark.parametrize(
+    "name,n",
+    [(s, n) for s in ("gaussian", "mixture", "chain_1d") for n in (2, 3, 31, 513, 1000)]
+    + [("gaussian", 4097), ("dead_duplicate", 1000), ("quantised", 300)],
+)
+def test_cuda_single_boruvka(name, n):
+    d = data(name, n)
+    z = torch.ops.simprune.linkage_cuda(torch.from_numpy(d).cuda(), "single", "exact")
+    z = z.cpu().numpy()
+    zs = scipy_z(name, n, "single")
+    if name in ("dead_duplicate", "quantised"):  # ties: the MST weights and partitions are unique
+        np.testing.assert_array_equal(np.sort(z[:, 2]), np.sort(zs[:, 2]))
+        assert_same_partitions(z, zs)
+    else:
+        assert_bitwise(z, zs)
+    if ON_GPU:  # the Triton Boruvka follows the same rules and log order: the same Z bit for bit
+        from simprune.kernels.linkage import linkage_boruvka_triton
+
+        zt, _ = linkage_boruvka_triton(torch.from_numpy(d).cuda())
+        assert_bitwise(z, zt.cpu().numpy())

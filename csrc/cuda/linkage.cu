@@ -22,8 +22,10 @@
 // latency-bound and L2-resident, linkage.md 7.3 step 7). The merge log is then copied to the host,
 // sorted stably by (effective height, discovery order) and relabelled as scipy's label().
 //
-// Single linkage runs through the same rounds (exact: the MST is unique up to ties, and the twin does
-// the same); a Boruvka MST path is future work (many more rounds than the reducible methods).
+// Single linkage (linkage_cuda with method "single") is a Boruvka MST instead (the rounds would need
+// hundreds to thousands of rounds there): at most ceil(log2 n) host-looped iterations of a few plain
+// kernels, with the same rules and log order as the Triton Boruvka. linkage_rounds_cuda and the
+// batched kernel still run single through the rounds (exact as well; the twin does the same).
 // Memory: refused up front with the needed and free bytes. All indices are int64 (n^2 > 2^31 at
 // n = 46,341).
 #if __cplusplus >= 202002L  // torch >= 2.10 ATen headers need C++20
@@ -330,6 +332,136 @@ __global__ void init_slots_kernel(int64_t* rep, int64_t* size, int64_t* last, in
   }
 }
 
+// ---- single linkage: Boruvka MST on the square matrix -------------------------------------------------
+// The same steps, tie rules and log order as linkage_boruvka_triton (kernels/linkage.py), so both give
+// the same Z bit for bit. Host-looped: at most ceil(log2 n) iterations, one synchronisation each.
+constexpr unsigned long long kNoKey = 0x7fffffffffffffffull;
+
+// -0.0 and +0.0 compare equal as doubles; as bit patterns (the atomic min below) they must be one.
+__device__ inline unsigned long long weight_bits(double w) {
+  return static_cast<unsigned long long>(__double_as_longlong(__dadd_rn(w, 0.0)));
+}
+
+// The lightest edge from every vertex to another component (one warp per vertex, smallest index
+// wins ties: for a fixed vertex that is the global order (w, min id, max id)).
+__global__ void boruvka_rowmin_kernel(const double* S, const int64_t* comp, double* w, int64_t* u,
+                                      int64_t n) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warp = (int64_t{blockIdx.x} * blockDim.x + threadIdx.x) >> 5;
+  const int64_t warps = (int64_t{gridDim.x} * blockDim.x) >> 5;
+  for (int64_t v = warp; v < n; v += warps) {
+    const int64_t cv = comp[v];
+    const double* row = S + v * n;
+    double bv = INFINITY;
+    int64_t bi = INT64_MAX;
+    for (int64_t c = lane; c < n; c += 32) {
+      if (comp[c] == cv) continue;
+      const double x = row[c];
+      if (nn_better(x, c, bv, bi)) {
+        bv = x;
+        bi = c;
+      }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      const double x = __shfl_down_sync(0xffffffffu, bv, o);
+      const int64_t i = __shfl_down_sync(0xffffffffu, bi, o);
+      if (nn_better(x, i, bv, bi)) {
+        bv = x;
+        bi = i;
+      }
+    }
+    if (lane == 0) {
+      w[v] = bv;
+      u[v] = bv < INFINITY ? bi : -1;
+    }
+  }
+}
+
+__global__ void boruvka_reset_kernel(unsigned long long* cw, unsigned long long* ck, int64_t n) {
+  for (int64_t t = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; t < n;
+       t += int64_t{gridDim.x} * blockDim.x) {
+    cw[t] = ~0ull;
+    ck[t] = kNoKey;
+  }
+}
+
+// Per component: the lightest weight (step 1), then the smallest (min id, max id) at it (step 2).
+__global__ void boruvka_component_kernel(const int64_t* comp, const double* w, const int64_t* u,
+                                         unsigned long long* cw, unsigned long long* ck, int64_t n,
+                                         int step) {
+  for (int64_t v = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; v < n;
+       v += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t x = u[v];
+    if (x < 0) continue;
+    const unsigned long long bits = weight_bits(w[v]);
+    if (step == 1) {
+      atomicMin(cw + comp[v], bits);
+    } else if (bits == cw[comp[v]]) {
+      const int64_t a = v < x ? v : x, b = v < x ? x : v;
+      atomicMin(ck + comp[v], static_cast<unsigned long long>(a * n + b));
+    }
+  }
+}
+
+// One block: every root (comp[c] == c) with an edge hooks onto the other component; a mutual
+// choice is one edge, logged by the smaller root, which stays a root. Edges are logged in
+// increasing root order after the k already logged (ctrl[0]).
+__global__ void __launch_bounds__(kThreads)
+    boruvka_hook_kernel(const double* S, const int64_t* comp, const unsigned long long* ck,
+                        int64_t* parent, double* log, int64_t* ctrl, int64_t n) {
+  __shared__ int64_t warp_sums[kWarps + 1];
+  const int64_t k = ctrl[0];
+  int64_t base = 0;
+  for (int64_t c0 = 0; c0 < n; c0 += kThreads) {
+    const int64_t c = c0 + threadIdx.x;
+    int rec = 0;
+    int64_t ea = 0, eb = 0;
+    if (c < n) {
+      int64_t p = c;
+      if (comp[c] == c && ck[c] != kNoKey) {
+        const int64_t key = static_cast<int64_t>(ck[c]);
+        ea = key / n;
+        eb = key - ea * n;
+        const int64_t other = comp[ea] == c ? comp[eb] : comp[ea];
+        const bool mutual = ck[other] == ck[c];
+        const bool keep_self = mutual && c < other;
+        rec = !mutual || keep_self;
+        p = keep_self ? c : other;
+      }
+      parent[c] = p;
+    }
+    int64_t total;
+    const int64_t off = block_exclusive_scan(rec, &total, warp_sums);
+    if (rec) {
+      const int64_t q = k + base + off;
+      log[3 * q + 0] = static_cast<double>(ea);
+      log[3 * q + 1] = static_cast<double>(eb);
+      log[3 * q + 2] = S[ea * n + eb];
+    }
+    base += total;
+  }
+  if (threadIdx.x == 0) {
+    ctrl[0] = k + base;
+    ctrl[1] = base > ctrl[1] ? base : ctrl[1];  // the most edges in one iteration
+  }
+}
+
+// Every label follows its parent chain to the surviving root (the choice graph is a forest).
+__global__ void boruvka_jump_kernel(const int64_t* parent, int64_t* label, int64_t n) {
+  for (int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; c < n;
+       c += int64_t{gridDim.x} * blockDim.x) {
+    int64_t r = c;
+    while (parent[r] != r) r = parent[r];
+    label[c] = r;
+  }
+}
+
+__global__ void boruvka_relabel_kernel(int64_t* comp, const int64_t* label, int64_t n) {
+  for (int64_t v = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; v < n;
+       v += int64_t{gridDim.x} * blockDim.x)
+    comp[v] = label[comp[v]];
+}
+
 // ---- host side ---------------------------------------------------------------------------------------
 int parse_method_cuda(const std::string& method, const char* op) {
   if (method == "single") return kSingle;
@@ -557,12 +689,91 @@ std::tuple<at::Tensor, at::Tensor> linkage_rounds_cuda(const at::Tensor& d_in,
   return {Z.to(d_in.device()), stats.to(d_in.device())};
 }
 
+// Single linkage: Boruvka, then the stable sort by height and scipy's label(). stats = (iterations,
+// 0, most edges in one iteration).
+std::tuple<at::Tensor, at::Tensor> linkage_boruvka_cuda(const at::Tensor& d_in) {
+  const char* op = "simprune::linkage_cuda";
+  const int64_t n = check_input(d_in, op);
+  const c10::cuda::CUDAGuard guard(d_in.device());
+  at::Tensor stats = at::zeros({3}, at::TensorOptions().dtype(at::kLong));
+  if (n < 2) return {at::empty({0, 4}, d_in.options().dtype(at::kDouble)), stats.to(d_in.device())};
+  check_memory(8 * n * n + 96 * n + 1024, n, d_in.device(), op);
+  check_values(d_in, op);
+  const at::Tensor d = d_in.contiguous();
+  const auto f64 = d.options().dtype(at::kDouble);
+  const auto i64 = d.options().dtype(at::kLong);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor S = at::empty({n * n}, f64);
+  const int64_t sq_blocks = std::min<int64_t>((n * n + 255) / 256, 65535 * 8);
+  if (d.scalar_type() == at::kDouble) {
+    square_kernel<double><<<sq_blocks, 256, 0, stream>>>(d.data_ptr<double>(), S.data_ptr<double>(),
+                                                         n);
+  } else {
+    square_kernel<float><<<sq_blocks, 256, 0, stream>>>(d.data_ptr<float>(), S.data_ptr<double>(), n);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  at::Tensor comp = at::arange(n, i64);
+  at::Tensor iv = at::empty({4, n}, i64);  // u, parent, label, ck
+  at::Tensor w = at::empty({n}, f64);
+  at::Tensor cw = at::empty({n}, i64);
+  at::Tensor log = at::empty({n - 1, 3}, f64);
+  at::Tensor ctrl = at::zeros({2}, i64);  // edges logged, most in one iteration
+  int64_t* u = iv.data_ptr<int64_t>();
+  int64_t* parent = u + n;
+  int64_t* root = u + 2 * n;
+  auto* ck = reinterpret_cast<unsigned long long*>(u + 3 * n);
+  auto* cwp = reinterpret_cast<unsigned long long*>(cw.data_ptr<int64_t>());
+  const unsigned rows_blocks = static_cast<unsigned>(std::min<int64_t>((n * 32 + 255) / 256, 65535));
+  const unsigned lin_blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65535));
+  int64_t k = 0, iters = 0;
+  while (k < n - 1) {
+    ++iters;
+    boruvka_rowmin_kernel<<<rows_blocks, 256, 0, stream>>>(
+        S.data_ptr<double>(), comp.data_ptr<int64_t>(), w.data_ptr<double>(), u, n);
+    boruvka_reset_kernel<<<lin_blocks, 256, 0, stream>>>(cwp, ck, n);
+    boruvka_component_kernel<<<lin_blocks, 256, 0, stream>>>(
+        comp.data_ptr<int64_t>(), w.data_ptr<double>(), u, cwp, ck, n, 1);
+    boruvka_component_kernel<<<lin_blocks, 256, 0, stream>>>(
+        comp.data_ptr<int64_t>(), w.data_ptr<double>(), u, cwp, ck, n, 2);
+    boruvka_hook_kernel<<<1, kThreads, 0, stream>>>(S.data_ptr<double>(), comp.data_ptr<int64_t>(),
+                                                    ck, parent, log.data_ptr<double>(),
+                                                    ctrl.data_ptr<int64_t>(), n);
+    boruvka_jump_kernel<<<lin_blocks, 256, 0, stream>>>(parent, root, n);
+    boruvka_relabel_kernel<<<lin_blocks, 256, 0, stream>>>(comp.data_ptr<int64_t>(), root, n);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int64_t k_new = ctrl[0].item<int64_t>();  // one synchronisation per iteration
+    TORCH_CHECK(k_new > k, op, ": Boruvka found no edge with ", n - k, " components left");
+    k = k_new;
+  }
+  const at::Tensor log_h = log.cpu();
+  const double* lg = log_h.data_ptr<double>();
+  std::vector<int64_t> order(n - 1);
+  std::iota(order.begin(), order.end(), int64_t{0});
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return lg[3 * a + 2] < lg[3 * b + 2]; });
+  at::Tensor Z = at::empty({n - 1, 4}, at::TensorOptions().dtype(at::kDouble));
+  double* z = Z.data_ptr<double>();
+  for (int64_t r = 0; r < n - 1; ++r) {
+    const int64_t s = order[r];
+    z[4 * r + 0] = lg[3 * s + 0];
+    z[4 * r + 1] = lg[3 * s + 1];
+    z[4 * r + 2] = lg[3 * s + 2];
+    z[4 * r + 3] = 0.0;
+  }
+  std::vector<int64_t> par(2 * n - 1), sz(2 * n - 1);
+  label(z, n, par.data(), sz.data());
+  stats[0] = iters;
+  stats[2] = ctrl[1].item<int64_t>();
+  return {Z.to(d_in.device()), stats.to(d_in.device())};
+}
+
 at::Tensor linkage_cuda(const at::Tensor& d, const std::string& method, const std::string& mode) {
   TORCH_CHECK_VALUE(mode == "exact" || mode == "strict", "simprune::linkage_cuda: unknown mode '",
                     mode, "'; expected 'exact' or 'strict'");
   TORCH_CHECK_NOT_IMPLEMENTED(mode == "exact",
                               "simprune::linkage_cuda: mode='strict' (bitwise scipy under ties) is "
                               "not implemented by the cuda backend; use backend='cpu' or 'torch'");
+  if (method == "single") return std::get<0>(linkage_boruvka_cuda(d));
   return std::get<0>(linkage_rounds_cuda(d, method));
 }
 
