@@ -16,7 +16,7 @@ Columns:
   relabel, Z back on the device); median of a few runs after a warm-up; the host-looped Triton
   path runs up to ``--triton-max-n``;
 * ``R``, ``widest``, ``mean_pr``: rounds, the most merges in one round and the mean merges per round
-  (CUDA path's statistics);
+  (CUDA path's statistics; "MST" for single, which runs Boruvka);
 * ``same_Z``: Z[:, [0, 1, 3]] equal to scipy's (where scipy ran) -- a benchmark of a wrong answer is
   void; ``twin``: bitwise equal to the CPU twin of the algorithm (n <= ``--twin-max-n``);
 * ``scipy_s``, ``fc_s``, ``cpu_s``: scipy 1.17, fastcluster and simprune's C++ CPU backend (all
@@ -121,10 +121,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 except (RuntimeError, torch.OutOfMemoryError) as e:
                     row[f"{b}_s"] = f"error: {str(e)[:60]}"
                     continue
-                if b == "cuda":
+                if b == "cuda" and method == "single":
+                    row["R"] = "MST"  # single runs Boruvka (<= log2 n passes), not the rounds
+                elif b == "cuda":
                     _, st = torch.ops.simprune.linkage_rounds_cuda(d, method)
                     r, _, widest = st.cpu().tolist()
                     row.update(R=r, widest=widest, mean_pr=(n - 1) / r)
+                if b == "cuda":
                     if zs is not None:
                         row["same_Z"] = bool(np.array_equal(z[:, [0, 1, 3]], zs[:, [0, 1, 3]]))
                     if n <= args.twin_max_n and d_np is not None:
