@@ -163,11 +163,18 @@ def _dendrograms(
     ds = pairwise_distance_batched(
         [vs[k] for k in multi], metric=linkage_distance(metric), condensed=True, backend=backend
     )
-    # A batched linkage (one launch for every layer) is used when the engine provides one. (The
-    # package attribute ``simprune.linkage`` is the function, so look the module up by name.)
+    # On a GPU all layers' linkages run in one launch (linkage_batched); on the CPU each layer
+    # goes to the backend asked for (the C++ kernel under "auto"). (The package attribute
+    # ``simprune.linkage`` is the function, so the module is looked up by name.)
     linkage_mod = importlib.import_module(f"{__package__}.linkage")
     batched = getattr(linkage_mod, "linkage_batched", None)
-    if batched is not None:
+    on_gpu = ds[0].device.type == "cuda"
+    if (
+        batched is not None
+        and on_gpu
+        and backend in ("auto", "cuda")
+        and method not in ("centroid", "median")
+    ):
         zl = batched(ds, method, backend=backend)
     else:
         zl = [linkage(d, method, backend=backend) for d in ds]

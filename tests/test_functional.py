@@ -172,6 +172,9 @@ def test_float32_input_and_backend_names():
     torch.testing.assert_close(s32, s64, rtol=1e-5, atol=1e-6)
     with pytest.raises(simprune.BackendUnavailableError):
         F.redundancy_scores(x, backend="cuda")
+    if simprune.has_c_extension():
+        s_cpu = F.redundancy_scores([x, x[:5]], metric="euclidean", backend="cpu")
+        torch.testing.assert_close(s_cpu[0], s32)
 
 
 @settings(max_examples=25, deadline=None)
