@@ -55,7 +55,46 @@ def build_parser() -> argparse.ArgumentParser:
     from .prune.cli import add_parser as add_prune_parser
 
     add_prune_parser(sub)
+    _add_bench_parser(sub)
     return p
+
+
+def _benchmarks_report():  # -> the benchmarks.report module, or None outside a source checkout
+    import importlib
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isfile(os.path.join(root, "benchmarks", "report.py")) and root not in sys.path:
+        sys.path.insert(0, root)  # the suites live beside the package, in the source checkout
+    try:
+        return importlib.import_module("benchmarks.report")
+    except ImportError:
+        return None
+
+
+def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser(
+        "bench",
+        help="run the benchmark suites and print ratio tables (python -m benchmarks.report)",
+        description="Distance, linkage, whole-model plan, pruned-model latency and very-wide "
+        "benchmarks against their peers in the same run; results appended to "
+        "benchmarks/results/. Needs the source checkout (benchmarks/ is not installed).",
+    )
+    report = _benchmarks_report()
+    if report is not None:
+        report.add_arguments(b)
+
+    def run(args: argparse.Namespace) -> int:
+        if report is None:
+            print(
+                "error: simprune bench needs the benchmarks/ folder of a source checkout "
+                "(pip install -e . from the repository)",
+                file=sys.stderr,
+            )
+            return 2
+        return int(report.run_from_args(args))
+
+    b.set_defaults(func=run)
 
 
 def main(argv: list[str] | None = None) -> int:
