@@ -289,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-tp-step", action="store_true", help="skip MetaPruner+step (slow)")
     ap.add_argument("--quick", action="store_true", help="ResNet-50, 64x64, 1 run, no TP step")
     ap.add_argument("--json", help="write rows + conditions as JSON")
+    ap.add_argument("--markdown", help="write the table as Markdown")
     args = ap.parse_args(argv)
     if args.quick:
         args.models, args.size, args.repeat, args.no_tp_step = ["resnet50"], 64, 1, True
@@ -309,6 +310,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"conditions": info, "rows": rows}, f, indent=1)
+    if args.markdown:
+        from benchmarks.report import markdown_table
+
+        with open(args.markdown, "w") as f:
+            f.write(
+                f"# Whole-model plan time ({args.device})\n\n"
+                + ", ".join(f"{k}={v}" for k, v in info.items())
+            )
+            f.write("\n\n" + markdown_table(rows, COLUMNS))
     return 0
 
 

@@ -39,21 +39,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import machine_info, print_table, sync  # noqa: E402
 
-# Up to this many neurons per layer, all layers go through one linkage_batched call.
+# Up to this many neurons per layer, all layers go through one linkage_batched call on CUDA.
 BATCHED_MAX_H = 4096
 COLUMNS = ["x_simprune", "impl", "layers", "d", "h", "s", "stages", "note"]
 
 
 def make_stack(layers: int, d: int, h: int, device: str, seed: int = 0) -> list[torch.nn.Linear]:
     """The first Linear (d -> h) of each block: the layers whose neurons are clustered."""
-    g = torch.Generator().manual_seed(seed)
+    # Drawn on the device itself: the GPU stack holds 1.9 G weights, slow to draw on the host.
+    g = torch.Generator(device=device).manual_seed(seed)
     fcs = []
-    for _ in range(layers):
-        fc = torch.nn.Linear(d, h)
-        with torch.no_grad():
-            fc.weight.copy_(torch.randn(h, d, generator=g) / d**0.5)
-            fc.bias.copy_(0.02 * torch.randn(h, generator=g))
-        fcs.append(fc.to(device))
+    with torch.no_grad():
+        for _ in range(layers):
+            fc = torch.nn.Linear(d, h, device="meta").to_empty(device=device)
+            fc.weight.normal_(0.0, d**-0.5, generator=g)
+            fc.bias.normal_(0.0, 0.02, generator=g)
+            fcs.append(fc)
     return fcs
 
 
@@ -75,11 +76,12 @@ def simprune_cluster(
     sync(dev)
     t["distances"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    if max(v.shape[0] for v in vs) <= BATCHED_MAX_H:
+    if dev.type == "cuda" and max(v.shape[0] for v in vs) <= BATCHED_MAX_H:
         zs = simprune.linkage_batched(ds, "average", backend=backend)
     else:
-        # Very wide layers: one full-device linkage each (the batched GPU kernel gives a problem one
-        # thread block, meant for many small layers) -- and no packed copy of every matrix at once.
+        # As simprune.prune does: linkage_batched has no CPU kernel (a loop reaches the C++ one),
+        # and on the GPU it gives each problem one thread block, meant for many small layers --
+        # very wide layers get one full-device linkage each (and no packed copy of every matrix).
         zs = [simprune.linkage(d, "average", backend=backend) for d in ds]
     sync(dev)
     t["linkage"] = time.perf_counter() - t0
