@@ -15,7 +15,7 @@ from torch import nn
 
 from ..cut import cut_n_clusters
 from ..distance import pairwise_distance_batched
-from ..linkage import METHODS, linkage
+from ..linkage import METHODS, linkage, linkage_batched
 from .cut import CutResult, GroupCurve, make_curve, solve_global, solve_uniform
 from .descriptors import METRICS, check_finite_model, group_descriptors
 from .groups import ChannelGroup, build_dependency_graph, check_connected, collect_groups
@@ -74,11 +74,10 @@ def _target(
 
 
 def _linkages(ds: list[torch.Tensor], method: str, backend: str) -> list[np.ndarray]:
-    from .. import linkage as linkage_mod
-
-    batched = getattr(linkage_mod, "linkage_batched", None)
-    if batched is not None:
-        zs = batched(ds, method, backend=backend)
+    """Every group's Z. On CUDA one batched launch (one block per group); on the CPU a loop over the
+    per-group op, which reaches the C++ kernels (``linkage_batched`` has no CPU kernel)."""
+    if ds and ds[0].is_cuda and backend in ("auto", "cuda"):
+        zs = linkage_batched(ds, method, backend=backend)
     else:
         zs = [linkage(d, method, backend=backend) for d in ds]
     return [z.detach().cpu().numpy() for z in zs]
