@@ -12,7 +12,7 @@ SHELL := /bin/bash
 # pip lists every local index it skips; keep real messages only.
 QUIET := sed '/^WARNING: Location/d'
 
-.PHONY: venv build test test-py aot lint demo bench clean
+.PHONY: venv build test test-py aot lint demo bench clean gpu-check
 
 $(STAMP): requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -50,3 +50,8 @@ bench: build
 
 clean:
 	rm -rf build *.egg-info simprune/_C*.so .pytest_cache .benchmarks
+
+# On a machine with a CUDA GPU: build for it, run the GPU tests and benchmarks, results under $(OUT).
+OUT ?= out
+gpu-check:
+	OUT=$(OUT) PYTHON=$(PYTHON) scripts/gpu_check.sh
