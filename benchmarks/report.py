@@ -5,6 +5,7 @@
     python -m benchmarks.report --suites distance linkage --device cpu
     simprune bench [--quick]                      # the same command
     python -m benchmarks.report --readme-only    # regenerate results/README_table.md from the history
+    python -m benchmarks.report --from-gpu-check OUT   # record a scripts/gpu_check.sh run's tables
 
 Suites (each a public ``suite(device, quick)`` or ``run(...)`` of its own script, peers measured in the
 same run):
@@ -52,6 +53,13 @@ SUITES = ("distance", "linkage", "model", "latency", "wide")
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 Table = dict[str, Any]  # name, title, columns, rows (+ readme: columns for the README block)
+# The README block's columns per suite (the history keeps every column).
+README_COLUMNS = {
+    "model": ["x_plan", "model", "pipeline", "s", "macs_red"],
+    "latency": ["speedup", "macs_x", "model", "target", "round_to", "batch", "orig_ms"],
+    "wide": ["x_simprune", "impl", "layers", "d", "h", "s", "note"],
+    "linkage_gpu": ["x_scipy", "x_fc", "n", "method", "cuda_s", "R", "mean_pr", "extrap"],
+}
 
 
 # ---- the suites ---------------------------------------------------------------------------------
@@ -98,7 +106,7 @@ def linkage_suite(device: str, quick: bool, big: bool = False) -> list[Table]:
             "GPU linkage, fp64 condensed distances (x_* = peer time / cuda time; R = rounds, "
             "mean_pr = merges per round; extrap '~': scipy/fastcluster extrapolated as n^2)"
         )
-        readme = ["x_scipy", "x_fc", "n", "method", "cuda_s", "R", "mean_pr", "extrap"]
+        readme = README_COLUMNS["linkage_gpu"]
     else:
         ns = [512] if quick else [1024, 4096] + ([8192, 16384] if big else [])
         rows = bench_linkage.run(ns, methods, threads=torch.get_num_threads(), rounds_max_n=0)
@@ -116,7 +124,7 @@ def model_suite(device: str, quick: bool) -> list[Table]:
 
     tables = bench_model.suite(device, quick)
     for t in tables:
-        t["readme"] = ["x_plan", "model", "pipeline", "s", "macs_red"]
+        t["readme"] = README_COLUMNS["model"]
     return tables
 
 
@@ -125,7 +133,7 @@ def latency_suite(device: str, quick: bool) -> list[Table]:
 
     tables = bench_latency.suite(device, quick)
     for t in tables:
-        t["readme"] = ["speedup", "macs_x", "model", "target", "round_to", "batch", "orig_ms"]
+        t["readme"] = README_COLUMNS["latency"]
     return tables
 
 
@@ -134,7 +142,7 @@ def wide_suite(device: str, quick: bool) -> list[Table]:
 
     tables = bench_wide.suite(device, quick)
     for t in tables:
-        t["readme"] = ["x_simprune", "impl", "layers", "d", "h", "s", "note"]
+        t["readme"] = README_COLUMNS["wide"]
     return tables
 
 
@@ -251,6 +259,55 @@ def readme_block(results_dir: str = RESULTS) -> str:
     return "\n".join(lines) + "\n"
 
 
+def import_gpu_check(out_dir: str) -> dict[str, Any]:
+    """A run record from the ``$OUT`` of ``scripts/gpu_check.sh`` (env.json + bench_<name>.json)."""
+    from benchmarks import bench_latency, bench_model, bench_wide
+
+    with open(os.path.join(out_dir, "env.json")) as f:
+        env = json.load(f)
+    known = {
+        "distance": ["x_cdist", "roof%", "impl", "n", "d", "ms", "GB/s", "GFLOP/s", "max_rel_err"],
+        "linkage": ["x_scipy", "x_fc", "x_cpu", "n", "method", "cuda_s", "triton_s", "R"]
+        + ["mean_pr", "widest", "same_Z", "twin", "scipy_s", "fc_s", "extrap"],
+        "model": bench_model.COLUMNS,
+        "latency": bench_latency.COLUMNS,
+        "wide": bench_wide.COLUMNS,
+    }
+    readme = {**README_COLUMNS, "distance": known["distance"][:6] + ["max_rel_err"]}
+    readme["linkage"] = README_COLUMNS["linkage_gpu"]
+    info: dict[str, Any] = {}
+    tables: list[Table] = []
+    for path in sorted(glob.glob(os.path.join(out_dir, "bench_*.json"))):
+        name = os.path.basename(path)[len("bench_") : -len(".json")]
+        with open(path) as f:
+            data = json.load(f)
+        rows = data.get("rows", []) if isinstance(data, dict) else []
+        for k, v in (data.get("info") or data.get("conditions") or {}).items():
+            info.setdefault(k, v)
+        key = next((k for k in known if name.startswith(k)), None)
+        cols = known[key] if key else (list(rows[0]) if rows else [])
+        cols = [c for c in cols if any(c in r for r in rows)]
+        tables.append(
+            {
+                "name": name,
+                "title": f"{name} ({env.get('gpu', 'GPU')}, scripts/gpu_check.sh)",
+                "columns": cols,
+                "rows": rows,
+                "readme": [c for c in readme.get(key or "", cols) if c in cols],
+            }
+        )
+    info.update({k: v for k, v in env.items() if v is not None})
+    mtime = os.path.getmtime(os.path.join(out_dir, "env.json"))
+    return {
+        "date": datetime.datetime.fromtimestamp(mtime, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": str(env.get("gpu", "cuda")),
+        "quick": False,
+        "source": "scripts/gpu_check.sh",
+        "info": info,
+        "tables": tables,
+    }
+
+
 # ---- command -------------------------------------------------------------------------------------
 
 
@@ -344,10 +401,18 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--no-save", action="store_true", help="print only")
     ap.add_argument("--results-dir", default=RESULTS, help="where <machine>.json/.md go")
     ap.add_argument("--readme-only", action="store_true", help="only regenerate README_table.md")
+    ap.add_argument(
+        "--from-gpu-check",
+        metavar="OUT",
+        help="record the benchmarks of a scripts/gpu_check.sh run (its $OUT) instead of running",
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    if args.readme_only:
+    if args.from_gpu_check:
+        jpath, mpath = save(import_gpu_check(args.from_gpu_check), args.results_dir)
+        print(f"[report] appended to {jpath} and {mpath}")
+    if args.readme_only or args.from_gpu_check:
         path = os.path.join(args.results_dir, "README_table.md")
         with open(path, "w") as f:
             f.write(readme_block(args.results_dir))
