@@ -6,7 +6,12 @@
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#define SIMPRUNE_CPU_RELAX() _mm_pause()
+#else
+#define SIMPRUNE_CPU_RELAX() ((void)0)
+#endif
 #include <sched.h>
 #include <sys/mman.h>
 
@@ -192,7 +197,7 @@ class Team {
       const auto spin_until = clock::now() + std::chrono::microseconds(20);
       for (unsigned i = 1; gen_.load(std::memory_order_acquire) == g; ++i) {
         if ((i & 63) != 0 || clock::now() < spin_until) {
-          _mm_pause();
+          SIMPRUNE_CPU_RELAX();
         } else {
           sched_yield();
         }
