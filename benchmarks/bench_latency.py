@@ -136,7 +136,7 @@ def suite(device: str = "cpu", quick: bool = False) -> list[dict[str, Any]]:
             ["resnet50"], size=64, reductions=(0.3,), batches=(1, 8), repeat=3, device=device
         )
     else:
-        rows = run(list(MODELS), size=224, repeat=7 if device == "cpu" else 30, device=device)
+        rows = run(list(MODELS), size=224, repeat=5 if device == "cpu" else 30, device=device)
     size = rows[0]["size"] if rows else "?"
     return [
         {
