@@ -36,8 +36,10 @@ def dead_duplicate(n: int, d: int, seed: int = 0) -> np.ndarray:
     k = max(1, n // 10)
     idx = rng.permutation(n)
     x[idx[:k]] = 0.0
+    if n < 2 * k + 1:  # too small for copies of distinct rows (n <= 2): the zero rows are the ties
+        return x
     for i in idx[k : 2 * k]:
-        x[i] = x[idx[2 * k + rng.integers(0, max(1, n - 2 * k))] % n]
+        x[i] = x[idx[2 * k + rng.integers(0, n - 2 * k)]]
     return x
 
 
