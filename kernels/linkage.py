@@ -530,11 +530,13 @@ def linkage_boruvka_triton(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
         widest = max(widest, cnt)
         parent = ids.clone()
         parent[roots] = torch.where(keep_self, roots, other)
-        while True:  # pointer jumping to the surviving root
+        for _ in range(64):  # pointer jumping to the surviving root (2^64 > any chain)
             nxt = parent[parent]
             if bool((nxt == parent).all()):
                 break
             parent = nxt
+        else:
+            raise RuntimeError(f"{op}: Boruvka's choice graph has a cycle (internal error)")
         comp = parent[comp]
     logc = log.cpu().numpy()
     z = sort_and_label(logc, logc[:, 2].copy(), n)

@@ -450,8 +450,10 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void boruvka_jump_kernel(const int64_t* parent, int64_t* label, int64_t n) {
   for (int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; c < n;
        c += int64_t{gridDim.x} * blockDim.x) {
+    // The choice graph is a forest, so a chain is shorter than n; the bound only guards against a
+    // hang should that ever be violated (the host then sees no progress and raises).
     int64_t r = c;
-    while (parent[r] != r) r = parent[r];
+    for (int64_t s = 0; parent[r] != r && s < n; ++s) r = parent[r];
     label[c] = r;
   }
 }
