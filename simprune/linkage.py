@@ -205,13 +205,19 @@ def linkage(
     return fn(d.contiguous(), method, mode)
 
 
+# Largest problem the batched CUDA kernel takes (one thread block each, linkage.md 7.5); wider ones
+# run through the whole-GPU kernel.
+BATCHED_MAX_N = 2048
+
+
 def linkage_batched(
     ds: list[torch.Tensor], method: str = "average", *, backend: str = "auto"
 ) -> list[torch.Tensor]:
     """Cluster many independent condensed distance vectors in one call (e.g. every layer of a CNN).
 
-    With ``backend="cuda"`` (the default on CUDA tensors when the extension has it) all problems run
-    in one kernel launch, one thread block each (linkage.md 7.5), in "exact" mode.
+    With ``backend="cuda"`` (the default on CUDA tensors when the extension has it) all problems of
+    at most ``BATCHED_MAX_N`` observations run in one kernel launch, one thread block each
+    (linkage.md 7.5), and wider ones through the whole-GPU kernel; "exact" mode.
 
     Parameters
     ----------
@@ -259,6 +265,21 @@ def linkage_batched(
         check_finite(packed, "distances")
         if bool((packed < 0).any()):
             raise ValueError(f"distances must be non-negative; found {int((packed < 0).sum())}")
+    if name == "cuda" and max(sizes) > BATCHED_MAX_N:
+        # One block per problem suits small layers; a wide one would leave the rest of the GPU idle
+        # for a long time: those go through the whole-GPU kernel one by one, the rest in one launch.
+        out: list[torch.Tensor | None] = [None] * len(ds)
+        small = [g for g, n in enumerate(sizes) if n <= BATCHED_MAX_N]
+        for g, n in enumerate(sizes):
+            if n > BATCHED_MAX_N:
+                out[g] = ops.get("linkage", "cuda")(ds[g].to(dtype).contiguous(), method, "exact")
+        if small:
+            part = fn(
+                torch.cat([ds[g].to(dtype) for g in small]), [sizes[g] for g in small], method
+            )
+            for g, z in zip(small, torch.split(part, [sizes[g] - 1 for g in small]), strict=True):
+                out[g] = z
+        return [z for z in out if z is not None]
     z = fn(packed.contiguous(), sizes, method)
     return list(torch.split(z, [n - 1 for n in sizes]))
 

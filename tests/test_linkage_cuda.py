@@ -18,7 +18,7 @@ import torch
 
 import simprune
 from simprune.backends import has_kernel
-from simprune.linkage import _linkage_rounds
+from simprune.linkage import BATCHED_MAX_N, _linkage_rounds
 from tests.test_linkage_cpu import (
     REDUCIBLE,
     accepted_by_scipy,
@@ -220,3 +220,18 @@ def test_cuda_single_boruvka(name, n):
 
         zt, _ = linkage_boruvka_triton(torch.from_numpy(d).cuda())
         assert_bitwise(z, zt.cpu().numpy())
+
+
+@needs_cuda_kernel
+@pytest.mark.parametrize("method", ["single", "average"])
+def test_cuda_batched_wide_problem_goes_through_the_whole_gpu_kernel(method):
+    n_wide = BATCHED_MAX_N + 52
+    ds = [torch.from_numpy(data("gaussian", n)) for n in (31, n_wide, 100)]
+    zs = simprune.linkage_batched([d.cuda() for d in ds], method, backend="cuda")
+    assert [z.shape[0] for z in zs] == [30, n_wide - 1, 99]
+    for d, z in zip(ds, zs, strict=True):
+        n = z.shape[0] + 1
+        assert_bitwise(
+            z.cpu().numpy(),
+            scipy_z("gaussian", n, method) if method == "single" else twin(d.numpy(), method)[0],
+        )
