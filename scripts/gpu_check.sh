@@ -28,6 +28,7 @@ START=$(date +%s)
 
 BENCHES=(
   "distance|$PY benchmarks/bench_distance.py --device cuda --n 1024 4096 16384 --d 2 64 1024 --json $OUT/bench_distance.json --markdown $OUT/bench_distance.md"
+  "linkage_gpu|$PY benchmarks/bench_linkage_gpu.py --n 1024 4096 16384 --layers --json $OUT/bench_linkage_gpu.json --markdown $OUT/bench_linkage_gpu.md"
   "wide|$PY -m benchmarks.bench_wide --device cuda --repeat 2 --json $OUT/bench_wide.json --markdown $OUT/bench_wide.md"
   "model|$PY -m benchmarks.bench_model --device cuda --models resnet50 vit_b_16_mlp --repeat 2 --no-tp-step --json $OUT/bench_model.json --markdown $OUT/bench_model.md"
   "latency|$PY -m benchmarks.bench_latency --device cuda --repeat 30 --json $OUT/bench_latency.json --markdown $OUT/bench_latency.md"
