@@ -77,11 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--finetune-images",
         type=int,
-        default=1000,
-        help="fine-tune on one pass over this many training images (0: a full epoch of 4000)",
+        default=0,
+        help="fine-tune on one pass over this many training images (default 0: one full epoch "
+        "of the 4000)",
     )
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    d.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1 is fastest for this model)"
+    )
     d.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     d.add_argument("--quiet", action="store_true", help="no progress lines")
     d.add_argument(

@@ -202,7 +202,7 @@ def test_cli_demo_parses_and_engine_flag_is_kept():
     from simprune.cli import build_parser
 
     a = build_parser().parse_args(["demo"])
-    assert not a.engine and a.macs == [0.3, 0.5] and a.finetune_images == 1000
+    assert not a.engine and a.macs == [0.3, 0.5] and a.finetune_images == 0 and a.threads == 1
     b = build_parser().parse_args(["demo", "--engine", "--max-layers", "2"])
     assert b.engine and b.max_layers == 2
     with pytest.raises(SystemExit):
