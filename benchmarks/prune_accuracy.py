@@ -7,6 +7,10 @@ MetaPruner with FPGMImportance and MagnitudeImportance (L2) at a uniform channel
 bisection to the same MACs. Test accuracy on the shipped 1000-image MNIST test split. One trained
 model, no fine-tuning, no seeds to vary: indicative only (metric.md section 5 asks for the full
 study).
+
+Superseded by ``scripts/run_ablation.py`` / docs/results.md: without BatchNorm recalibration these
+accuracies mostly measure stale running statistics (every criterion is near chance at -50 % MACs
+and recovers to 62-93 % after recalibration), so they do not rank the criteria.
 """
 
 from __future__ import annotations
