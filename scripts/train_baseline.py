@@ -21,24 +21,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from simprune.datasets import load_mnist5k  # noqa: E402
+from simprune.experiments import random_shift  # noqa: E402  (the augmentation, shared with fine-tuning)
 from simprune.zoo import BASELINE_META, BASELINE_WEIGHTS, MnistResNet, evaluate  # noqa: E402
-
-
-def random_shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 2) -> torch.Tensor:
-    """Translate each image by up to ``max_shift`` pixels (zero padding = background after
-    normalisation is a constant; pad with the normalised background value)."""
-    n = x.shape[0]
-    pad = F.pad(x, (max_shift,) * 4, value=float(x.min()))
-    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=g)
-    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=g)
-    rows = (dy[:, None] + torch.arange(28)[None, :])[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(28)[None, :])[:, None, None, :]
-    return pad[
-        torch.arange(n)[:, None, None, None],
-        torch.zeros(1, dtype=torch.long)[:, None, None],
-        rows,
-        cols,
-    ]
 
 
 def main() -> int:
