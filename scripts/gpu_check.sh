@@ -12,6 +12,7 @@
 #   pytest_gpu.log/.xml   pytest -m gpu (SIMPRUNE_TEST_ON_GPU=1: Triton compiles for real, no interpreter)
 #   bench_<name>.log/.json/.md   one set per benchmark in BENCHES below
 #   results.md, results.json     the summary: every step's status and seconds, then every benchmark table
+#   results/<gpu>.json|md, results/README_table.md   the same tables in benchmarks/results/ format
 #
 # Extending: append "name|command" to BENCHES (the command may use $OUT and $PY; it should write
 # $OUT/bench_<name>.json and $OUT/bench_<name>.md). Each step runs under `timeout`, clipped to the time
@@ -42,7 +43,7 @@ step() {
   local name="$1" limit="$2" log="$3"
   shift 3
   local l
-  l=$(left)
+  l=$(($(left) - ${STEP_RESERVE_S:-0}))  # seconds kept back for the steps after this one
   if ((l < 10)); then
     echo "[gpu_check] $name: skipped (budget spent)" | tee "$log"
     STEPS_JSON+=("{\"step\": \"$name\", \"status\": \"skipped (budget)\", \"seconds\": 0}")
@@ -117,10 +118,17 @@ step pytest_gpu 200 "$OUT/pytest_gpu.log" env SIMPRUNE_TEST_ON_GPU=1 "$PY" -m py
 for b in "${BENCHES[@]}"; do
   name="${b%%|*}"
   cmd="${b#*|}"
-  step "bench_$name" 150 "$OUT/bench_$name.log" env SIMPRUNE_TEST_ON_GPU=1 bash -c "$cmd"
+  STEP_RESERVE_S=30 step "bench_$name" 150 "$OUT/bench_$name.log" env SIMPRUNE_TEST_ON_GPU=1 \
+    bash -c "$cmd"
 done
 
-# ---- 4. summary ----
+# ---- 4. the benchmark tables in the results-history format (python -m benchmarks.report) ----
+# $OUT/results/<gpu>.json|md and README_table.md: copy the first two into benchmarks/results/ and
+# run `python -m benchmarks.report --readme-only` there (or --from-gpu-check $OUT) to commit them.
+step record 60 "$OUT/record.log" "$PY" -m benchmarks.report --from-gpu-check "$OUT" \
+  --results-dir "$OUT/results"
+
+# ---- 5. summary ----
 {
   printf '{"env": %s, "steps": [' "$(cat "$OUT/env.json")"
   (IFS=,; printf '%s' "${STEPS_JSON[*]}")
