@@ -22,6 +22,7 @@ from simprune.functional import channel_dendrogram
 from simprune.integrations.torch_pruning import SimilarityImportance, representatives_of_removed
 from simprune.prune.descriptors import group_descriptors
 from simprune.prune.groups import collect_groups
+from tests.test_prune_exact import _dup
 
 EX = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -345,8 +346,8 @@ def test_grouped_conv_interactive_merge_is_exact():
     torch.manual_seed(8)
     model = _randomise_bns(GroupedNet(), 9).double()
     pairs = [(2 + 4 * k, 4 * k) for k in range(4)] + [(3 + 4 * k, 1 + 4 * k) for k in range(4)]
-    _dup_out(model.conv1, model.bn1, pairs)
-    _dup_out(model.conv2, model.bn2, pairs)
+    _dup(model.conv1, model.bn1, pairs)
+    _dup(model.conv2, model.bn2, pairs)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     y0 = model(x)
     imp = SimilarityImportance()
@@ -382,17 +383,6 @@ def test_cuda_model_gives_the_cpu_scores(resnet18):
 
 
 # ---------------------------------------------------------------- interactive merge exactness
-
-
-@torch.no_grad()
-def _dup_out(layer: nn.Module, bn: nn.Module | None, pairs) -> None:
-    for j, r in pairs:
-        layer.weight[j] = layer.weight[r]
-        if getattr(layer, "bias", None) is not None:
-            layer.bias[j] = layer.bias[r]
-        if bn is not None:
-            for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
-                t[j] = t[r]
 
 
 class DupChain(nn.Module):
@@ -434,20 +424,20 @@ def _dup_chain() -> tuple[nn.Module, torch.Tensor]:
             bn.running_mean.uniform_(-0.2, 0.2)
             bn.running_var.uniform_(0.5, 1.5)
     half = [(j, j - 6) for j in range(6, 12)]
-    _dup_out(m.conv1, m.bn1, half)
-    _dup_out(m.conv2, m.bn2, half)
+    _dup(m.conv1, m.bn1, half)
+    _dup(m.conv2, m.bn2, half)
     # conv2 reads its input twice (channels j and j-6 are equal): its weights must not depend on
     # which copy they read for the residual duplicates to stay duplicates -- they need not: the
     # input copies are equal, so any weights give equal outputs for equal *output* rows.
-    _dup_out(m.conv3, m.bn3, [(j, j - 5) for j in range(5, 10)])
+    _dup(m.conv3, m.bn3, [(j, j - 5) for j in range(5, 10)])
     return m, torch.randn(2, 3, 8, 8, dtype=torch.float64)
 
 
 def _dup_mlp() -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(7)
     m = DupMLP().double()
-    _dup_out(m.l1, None, [(j, j - 8) for j in range(8, 16)])
-    _dup_out(m.l2, None, [(j, j - 6) for j in range(6, 12)])
+    _dup(m.l1, None, [(j, j - 8) for j in range(8, 16)])
+    _dup(m.l2, None, [(j, j - 6) for j in range(6, 12)])
     return m, torch.randn(4, 10, dtype=torch.float64)
 
 
