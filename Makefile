@@ -12,7 +12,7 @@ SHELL := /bin/bash
 # pip lists every local index it skips; keep real messages only.
 QUIET := sed '/^WARNING: Location/d'
 
-.PHONY: venv build test test-py aot lint demo bench clean gpu-check
+.PHONY: venv build test test-py aot lint demo bench bench-smoke clean gpu-check
 
 $(STAMP): requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,11 @@ aot: build
 test-py: build
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test: build lint aot test-py
+# The benchmark suites at small sizes: they check their results (never their speed), so they stay runnable.
+bench-smoke: build
+	$(PY) -m pytest benchmarks --benchmark-only -q
+
+test: build lint aot bench-smoke test-py
 
 demo: build
 	$(PY) -m simprune demo
