@@ -32,7 +32,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import machine_info, median_time, print_table  # noqa: E402
+from benchmarks.common import machine_info, median_time, print_table, write_results  # noqa: E402
 
 MODELS = ("resnet50", "mobilenet_v2")
 COLUMNS = [
@@ -183,18 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         rows, COLUMNS, title=f"Pruned-model latency ({args.device}, {args.size}x{args.size})"
     )
     print("conditions:", json.dumps(info))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"conditions": info, "rows": rows}, f, indent=1)
-    if args.markdown:
-        from benchmarks.report import markdown_table
-
-        with open(args.markdown, "w") as f:
-            f.write(
-                f"# Pruned-model latency ({args.device})\n\n"
-                + ", ".join(f"{k}={v}" for k, v in info.items())
-            )
-            f.write("\n\n" + markdown_table(rows, COLUMNS))
+    write_results(
+        rows,
+        COLUMNS,
+        info,
+        f"Pruned-model latency ({args.device})",
+        json_path=args.json,
+        markdown_path=args.markdown,
+    )
     return 0
 
 

@@ -25,7 +25,6 @@ asserted: this script only reports.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
@@ -35,7 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import machine_info, median_time, print_table  # noqa: E402
+from benchmarks.common import machine_info, median_time, print_table, write_results  # noqa: E402
 from tests import datasets  # noqa: E402
 
 METHODS = ("single", "complete", "average", "weighted", "ward")
@@ -103,20 +102,6 @@ def run(
     return rows
 
 
-def _markdown(rows: list[dict[str, Any]], columns: list[str], info: dict[str, Any]) -> str:
-    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-    body = "".join(
-        "| "
-        + " | ".join(
-            f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns
-        )
-        + " |\n"
-        for r in rows
-    )
-    conds = ", ".join(f"{k}={v}" for k, v in info.items())
-    return f"# CPU linkage benchmark\n\n{conds}\n\n{head}{body}"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n", type=int, nargs="+", default=[1024, 4096])
@@ -143,12 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     columns += ["scipy_s", "fc_s", "x_scipy", "x_fc"]
     print("\n" + ", ".join(f"{k}={v}" for k, v in info.items()))
     print_table(rows, columns, title=f"CPU linkage, {args.threads} threads (times: median seconds)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"conditions": info, "rows": rows}, f, indent=1)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(_markdown(rows, columns, info))
+    write_results(
+        rows,
+        columns,
+        info,
+        "CPU linkage benchmark",
+        json_path=args.json,
+        markdown_path=args.markdown,
+    )
     return 0
 
 

@@ -32,7 +32,6 @@ yet: this row measures the per-call path.) Speed is never asserted: this script 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
@@ -42,7 +41,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import machine_info, median_time, print_table  # noqa: E402
+from benchmarks.common import machine_info, markdown_table, median_time, print_table, write_results  # noqa: E402
 from tests import datasets  # noqa: E402
 
 METHODS = ("single", "complete", "average", "weighted", "ward")
@@ -170,20 +169,6 @@ def run_layers(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _markdown(rows: list[dict[str, Any]], columns: list[str], info: dict[str, Any]) -> str:
-    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-    body = "".join(
-        "| "
-        + " | ".join(
-            f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns
-        )
-        + " |\n"
-        for r in rows
-    )
-    conds = ", ".join(f"{k}={v}" for k, v in info.items())
-    return f"# GPU linkage benchmark\n\n{conds}\n\n{head}{body}"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n", type=int, nargs="+", default=[1024, 4096, 16384])
@@ -215,14 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     layers = run_layers(args) if args.layers else None
     if layers:
         print_table([layers], list(layers), title="ResNet-50-like layers, one call per layer")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"conditions": info, "rows": rows, "layers": layers}, f, indent=1)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(_markdown(rows, columns, info))
-            if layers:
-                f.write("\n" + _markdown([layers], list(layers), {}).split("\n", 3)[3])
+    write_results(
+        rows,
+        columns,
+        info,
+        "GPU linkage benchmark",
+        json_path=args.json,
+        markdown_path=args.markdown,
+        extra={"layers": layers},
+        extra_markdown="\n" + markdown_table([layers], list(layers)) if layers else "",
+    )
     return 0
 
 

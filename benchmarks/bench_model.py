@@ -49,7 +49,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_prune import PLAN_STAGES  # noqa: E402
-from benchmarks.common import machine_info, print_table  # noqa: E402
+from benchmarks.common import machine_info, print_table, write_results  # noqa: E402
 
 MODELS = ("resnet50", "wide_resnet101_2", "vit_b_16_mlp")
 COLUMNS = ["x_plan", "model", "pipeline", "s", "stages", "groups", "channels", "macs_red"]
@@ -309,18 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     info["loadavg_1min"] = round(os.getloadavg()[0], 2)
     print_table(rows, COLUMNS, title=f"Whole-model plan time ({args.device}), median seconds")
     print("conditions:", json.dumps(info))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"conditions": info, "rows": rows}, f, indent=1)
-    if args.markdown:
-        from benchmarks.report import markdown_table
-
-        with open(args.markdown, "w") as f:
-            f.write(
-                f"# Whole-model plan time ({args.device})\n\n"
-                + ", ".join(f"{k}={v}" for k, v in info.items())
-            )
-            f.write("\n\n" + markdown_table(rows, COLUMNS))
+    write_results(
+        rows,
+        COLUMNS,
+        info,
+        f"Whole-model plan time ({args.device})",
+        json_path=args.json,
+        markdown_path=args.markdown,
+    )
     return 0
 
 

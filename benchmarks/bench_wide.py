@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import machine_info, print_table, sync  # noqa: E402
+from benchmarks.common import machine_info, print_table, sync, write_results  # noqa: E402
 
 # Up to this many neurons per layer, all layers go through one linkage_batched call on CUDA.
 BATCHED_MAX_H = 4096
@@ -255,16 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     info["loadavg_1min"] = round(os.getloadavg()[0], 2)
     print_table(rows, COLUMNS, title=f"Very wide MLP stack ({args.device}), median seconds")
     print("conditions:", json.dumps(info))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"conditions": info, "rows": rows}, f, indent=1)
-    if args.markdown:
-        from benchmarks.report import markdown_table
-
-        with open(args.markdown, "w") as f:
-            f.write(f"# Very wide MLP stack ({args.device})\n\n")
-            f.write(", ".join(f"{k}={v}" for k, v in info.items()) + "\n\n")
-            f.write(markdown_table(rows, COLUMNS))
+    write_results(
+        rows,
+        COLUMNS,
+        info,
+        f"Very wide MLP stack ({args.device})",
+        json_path=args.json,
+        markdown_path=args.markdown,
+    )
     return 0
 
 

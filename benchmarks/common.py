@@ -3,6 +3,8 @@ with their conditions)."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import platform
 import statistics
@@ -117,3 +119,45 @@ def _fmt(v: Any) -> str:
             return f"{v:.4g}"
         return f"{v:.3e}"
     return str(v)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if v == 0 or 1e-3 <= abs(v) < 1e5:
+            return f"{v:.4g}"
+        return f"{v:.3e}"
+    return str(v)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A GitHub Markdown table of ``rows`` (missing cells empty)."""
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        out.append("| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |")
+    return "\n".join(out) + "\n"
+
+
+def write_results(
+    rows: list[dict[str, Any]],
+    columns: list[str],
+    info: dict[str, Any],
+    title: str,
+    *,
+    json_path: str | None = None,
+    markdown_path: str | None = None,
+    extra: dict[str, Any] | None = None,
+    extra_markdown: str = "",
+) -> None:
+    """Every benchmark's output files: JSON ``{"conditions", "rows", **extra}`` and a Markdown page
+    (title, conditions, table, then ``extra_markdown``). Either path may be None."""
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"conditions": info, "rows": rows, **(extra or {})}, f, indent=1)
+    if markdown_path:
+        conds = ", ".join(f"{k}={v}" for k, v in info.items())
+        with open(markdown_path, "w") as f:
+            f.write(f"# {title}\n\n{conds}\n\n{markdown_table(rows, columns)}{extra_markdown}")

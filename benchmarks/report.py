@@ -33,7 +33,6 @@ import argparse
 import datetime
 import glob
 import json
-import math
 import os
 import re
 import sys
@@ -46,7 +45,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import machine_info, print_table  # noqa: E402
+from benchmarks.common import machine_info, markdown_table, print_table  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SUITES = ("distance", "linkage", "model", "latency", "wide")
@@ -156,26 +155,6 @@ RUNNERS: dict[str, Callable[..., list[Table]]] = {
 
 
 # ---- formatting and history ----------------------------------------------------------------------
-
-
-def _cell(v: Any) -> str:
-    if isinstance(v, bool):
-        return "yes" if v else "NO"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if v == 0 or 1e-3 <= abs(v) < 1e5:
-            return f"{v:.4g}"
-        return f"{v:.3e}"
-    return str(v)
-
-
-def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """A GitHub Markdown table of ``rows`` (missing cells empty)."""
-    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for r in rows:
-        out.append("| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |")
-    return "\n".join(out) + "\n"
 
 
 def machine_key(info: dict[str, Any]) -> str:
