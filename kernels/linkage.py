@@ -110,7 +110,7 @@ def _square_kernel(d_ptr, s_ptr, n, B: tl.constexpr):
     hi = tl.maximum(r, c)
     off = lo * n - lo * (lo + 1) // 2 + (hi - lo - 1)
     v = tl.load(d_ptr + off, mask=inside & (r != c), other=float("inf")).to(tl.float64)
-    tl.store(s_ptr + r * n + c, v, mask=inside)
+    tl.store(s_ptr + r * n + c, v.to(s_ptr.dtype.element_ty), mask=inside)
 
 
 @triton.jit
@@ -292,23 +292,35 @@ def _cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
-def _check_memory(n: int, device: torch.device) -> None:
-    """Refuse up front (needed vs free bytes) rather than fail with an OOM halfway through."""
+def _check_memory(n: int, device: torch.device, elem: int = 8) -> None:
+    """Refuse up front (needed vs free bytes) rather than fail with an OOM halfway through.
+
+    ``elem``: bytes per matrix entry (8 for float64 storage, 4 for float32)."""
     if device.type != "cuda":
         return
     # The square matrix, the first compacted copy (at most a quarter) and O(n) vectors.
-    need = 8 * n * n + 8 * (n // 2) ** 2 + 64 * n
+    need = elem * n * n + elem * (n // 2) ** 2 + 64 * n
     free, _ = torch.cuda.mem_get_info(device)
     free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     if need > free:
         raise torch.OutOfMemoryError(
             f"simprune linkage (triton): n = {n} needs {need / 2**30:.2f} GiB of GPU memory "
-            f"(fp64 square matrix + one compacted copy), only {free / 2**30:.2f} GiB is free on "
-            f"{device}"
+            f"(the {'float64' if elem == 8 else 'float32'} square matrix + one compacted copy), "
+            f"only {free / 2**30:.2f} GiB is free on {device}"
+            + (" (storage=torch.float32 halves it)" if elem == 8 else "")
         )
 
 
-def check_input(d: torch.Tensor, method: str, op: str) -> int:
+def storage_dtype(storage: torch.dtype | None, op: str) -> torch.dtype:
+    """The working matrix's dtype: float64 (None, the default) or float32."""
+    if storage is None or storage == torch.float64:
+        return torch.float64
+    if storage == torch.float32:
+        return torch.float32
+    raise ValueError(f"{op}: storage must be torch.float64 or torch.float32, got {storage}")
+
+
+def check_input(d: torch.Tensor, method: str, op: str, storage: torch.dtype = torch.float64) -> int:
     """Validate a condensed distance vector for the linkage ops; returns n."""
     if method in ("centroid", "median"):
         raise NotImplementedError(
@@ -332,7 +344,8 @@ def check_input(d: torch.Tensor, method: str, op: str) -> int:
         raise ValueError(
             f"{op}: a condensed distance vector must have length n(n-1)/2 for some n; got length {m}"
         )
-    _check_memory(n, d.device)  # before the value checks, which themselves allocate O(n^2)
+    # Before the value checks, which themselves allocate O(n^2).
+    _check_memory(n, d.device, torch.finfo(storage).bits // 8)
     if m:
         n_nan = int(torch.isnan(d).sum())
         n_inf = int(torch.isinf(d).sum())
@@ -382,21 +395,26 @@ def sort_and_label(log: np.ndarray, eff: np.ndarray, n: int) -> np.ndarray:
     return z
 
 
-def linkage_rounds_triton(d: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+def linkage_rounds_triton(
+    d: torch.Tensor, method: str, storage: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Round-synchronous RNN linkage with the Triton primitives; returns (Z, stats).
 
     ``d``: condensed distances (fp32 or fp64) on a CUDA device, or on the CPU under
-    ``TRITON_INTERPRET=1``. Z is float64 (n-1, 4) on d's device; stats is int64 (3,) = (rounds,
-    compactions, largest number of merges in one round), as the CPU twin's."""
+    ``TRITON_INTERPRET=1``. ``storage``: the matrix's dtype, float64 (None) or float32 (Lance-Williams
+    still in float64, each stored value rounded to float32, as the twin's float storage). Z is float64
+    (n-1, 4) on d's device; stats is int64 (3,) = (rounds, compactions, largest number of merges in
+    one round), as the CPU twin's."""
     op = "simprune::linkage_triton"
-    n = check_input(d, method, op)
+    sdtype = storage_dtype(storage, op)
+    n = check_input(d, method, op, sdtype)
     dev = d.device
     stats = torch.zeros(3, dtype=torch.int64)
     if n < 2:
         return torch.empty((0, 4), dtype=torch.float64, device=dev), stats
     meth = METHOD_CODE[method]
     d = d.contiguous()
-    s = torch.empty(n * n, dtype=torch.float64, device=dev)
+    s = torch.empty(n * n, dtype=sdtype, device=dev)
     _square_kernel[(_cdiv(n, SQ_B), _cdiv(n, SQ_B))](d, s, n, B=SQ_B, **_LAUNCH)
 
     i64 = dict(dtype=torch.int64, device=dev)
@@ -424,7 +442,7 @@ def linkage_rounds_triton(d: torch.Tensor, method: str) -> tuple[torch.Tensor, t
             )
         widest = max(widest, npairs)
         pj = nn[pi]
-        h = s[pi * m + pj]
+        h = s[pi * m + pj].to(torch.float64)
         # ---- merge log (the union keeps slot i)
         log[k : k + npairs, 0] = rep[pi].to(torch.float64)
         log[k : k + npairs, 1] = rep[pj].to(torch.float64)
@@ -470,7 +488,9 @@ def linkage_rounds_triton(d: torch.Tensor, method: str) -> tuple[torch.Tensor, t
     return torch.from_numpy(z).to(dev), stats
 
 
-def linkage_boruvka_triton(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def linkage_boruvka_triton(
+    d: torch.Tensor, storage: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Single linkage as a minimum spanning tree (Boruvka), then sort + relabel; returns (Z, stats).
 
     Each iteration: the lightest edge from every vertex to another component (the Triton kernel,
@@ -482,13 +502,14 @@ def linkage_boruvka_triton(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     MST weight multiset is unique); on tie-free data Z equals scipy's. stats = (iterations, 0, most
     edges added in one iteration)."""
     op = "simprune::linkage_triton"
-    n = check_input(d, "single", op)
+    sdtype = storage_dtype(storage, op)
+    n = check_input(d, "single", op, sdtype)
     dev = d.device
     stats = torch.zeros(3, dtype=torch.int64)
     if n < 2:
         return torch.empty((0, 4), dtype=torch.float64, device=dev), stats
     d = d.contiguous()
-    s = torch.empty(n * n, dtype=torch.float64, device=dev)
+    s = torch.empty(n * n, dtype=sdtype, device=dev)
     _square_kernel[(_cdiv(n, SQ_B), _cdiv(n, SQ_B))](d, s, n, B=SQ_B, **_LAUNCH)
     i64 = dict(dtype=torch.int64, device=dev)
     ids = torch.arange(n, **i64)
@@ -544,7 +565,9 @@ def linkage_boruvka_triton(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return torch.from_numpy(z).to(dev), stats
 
 
-def linkage_triton(d: torch.Tensor, method: str, mode: str = "exact") -> torch.Tensor:
+def linkage_triton(
+    d: torch.Tensor, method: str, mode: str = "exact", storage: torch.dtype | None = None
+) -> torch.Tensor:
     """Triton implementation of ``simprune::linkage_triton`` (exact mode only)."""
     if mode == "strict":
         raise NotImplementedError(
@@ -556,148 +579,56 @@ def linkage_triton(d: torch.Tensor, method: str, mode: str = "exact") -> torch.T
             f"simprune::linkage_triton: unknown mode {mode!r}; expected 'exact' or 'strict'"
         )
     if method == "single":
-        return linkage_boruvka_triton(d)[0]
-    return linkage_rounds_triton(d, method)[0]
+        return linkage_boruvka_triton(d, storage)[0]
+    return linkage_rounds_triton(d, method, storage)[0]
 
 
 # --------------------------------------------------------------------------------------------------
 # AOT specs (scripts/aot_check.py): every kernel, every method of the Lance-Williams kernels.
 # --------------------------------------------------------------------------------------------------
 def _aot_specs() -> list[dict]:
+    """One entry per kernel x storage dtype (float64, float32) x Lance-Williams method."""
     specs: list[dict] = []
-    f64, i64, i8 = "*fp64", "*i64", "*i8"
-    specs.append(
-        dict(
-            name=f"square_fp32_b{SQ_B}",
-            fn=_square_kernel,
-            signature={"d_ptr": "*fp32", "s_ptr": f64, "n": "i64", "B": "constexpr"},
-            constexprs=dict(B=SQ_B),
-            num_warps=NUM_WARPS,
-        )
-    )
-    specs.append(
-        dict(
-            name=f"square_fp64_b{SQ_B}",
-            fn=_square_kernel,
-            signature={"d_ptr": f64, "s_ptr": f64, "n": "i64", "B": "constexpr"},
-            constexprs=dict(B=SQ_B),
-            num_warps=NUM_WARPS,
-        )
-    )
-    specs.append(
-        dict(
-            name=f"row_argmin_br{ARGMIN_BR}_bc{ARGMIN_BC}",
-            fn=_row_argmin_kernel,
-            signature={
-                "s_ptr": f64,
-                "nn_ptr": i64,
-                "m": "i64",
-                "BR": "constexpr",
-                "BC": "constexpr",
-            },
-            constexprs=dict(BR=ARGMIN_BR, BC=ARGMIN_BC),
-            num_warps=NUM_WARPS,
-        )
-    )
-    specs.append(
-        dict(
-            name=f"reciprocal_b{FLAG_B}",
-            fn=_reciprocal_kernel,
-            signature={"nn_ptr": i64, "flag_ptr": i8, "m": "i64", "B": "constexpr"},
-            constexprs=dict(B=FLAG_B),
-            num_warps=NUM_WARPS,
-        )
-    )
-    for method, code in METHOD_CODE.items():
+    i64, i8 = "*i64", "*i8"
+
+    def add(name: str, fn, signature: dict, **constexprs) -> None:
+        for key in constexprs:
+            signature[key] = "constexpr"
         specs.append(
             dict(
-                name=f"lw_phase1_{method}_bp{PAIR_BP}_bc{PAIR_BC}",
-                fn=_lw_phase1_kernel,
-                signature={
-                    "s_ptr": f64,
-                    "m": "i64",
-                    "pi_ptr": i64,
-                    "pj_ptr": i64,
-                    "h_ptr": f64,
-                    "size_ptr": i64,
-                    "mark_ptr": i8,
-                    "npairs": "i64",
-                    "METHOD": "constexpr",
-                    "BP": "constexpr",
-                    "BC": "constexpr",
-                },
-                constexprs=dict(METHOD=code, BP=PAIR_BP, BC=PAIR_BC),
+                name=name,
+                fn=fn,
+                signature=signature,
+                constexprs=constexprs,
                 num_warps=NUM_WARPS,
             )
         )
-        specs.append(
-            dict(
-                name=f"lw_phase2_{method}_b{PHASE2_B}",
-                fn=_lw_phase2_kernel,
-                signature={
-                    "s_ptr": f64,
-                    "m": "i64",
-                    "pi_ptr": i64,
-                    "pj_ptr": i64,
-                    "h_ptr": f64,
-                    "size_ptr": i64,
-                    "npairs": "i64",
-                    "METHOD": "constexpr",
-                    "B": "constexpr",
-                },
-                constexprs=dict(METHOD=code, B=PHASE2_B),
-                num_warps=NUM_WARPS,
-            )
-        )
-    specs.append(
-        dict(
-            name=f"kill_bp{PAIR_BP}_bc{PAIR_BC}",
-            fn=_kill_kernel,
-            signature={
-                "s_ptr": f64,
-                "m": "i64",
-                "pj_ptr": i64,
-                "npairs": "i64",
-                "BP": "constexpr",
-                "BC": "constexpr",
-            },
-            constexprs=dict(BP=PAIR_BP, BC=PAIR_BC),
-            num_warps=NUM_WARPS,
-        )
-    )
-    specs.append(
-        dict(
-            name=f"boruvka_rowmin_br{ARGMIN_BR}_bc{ARGMIN_BC}",
-            fn=_boruvka_rowmin_kernel,
-            signature={
-                "s_ptr": f64,
-                "comp_ptr": i64,
-                "w_ptr": f64,
-                "u_ptr": i64,
-                "n": "i64",
-                "BR": "constexpr",
-                "BC": "constexpr",
-            },
-            constexprs=dict(BR=ARGMIN_BR, BC=ARGMIN_BC),
-            num_warps=NUM_WARPS,
-        )
-    )
-    specs.append(
-        dict(
-            name=f"compact_b{SQ_B}",
-            fn=_compact_kernel,
-            signature={
-                "s_ptr": f64,
-                "m": "i64",
-                "keep_ptr": i64,
-                "t_ptr": f64,
-                "a": "i64",
-                "B": "constexpr",
-            },
-            constexprs=dict(B=SQ_B),
-            num_warps=NUM_WARPS,
-        )
-    )
+
+    for st in ("fp64", "fp32"):
+        s = f"*{st}"
+        for src in ("fp32", "fp64"):
+            add(f"square_{src}_to_{st}_b{SQ_B}", _square_kernel,
+                {"d_ptr": f"*{src}", "s_ptr": s, "n": "i64"}, B=SQ_B)  # fmt: skip
+        add(f"row_argmin_{st}_br{ARGMIN_BR}_bc{ARGMIN_BC}", _row_argmin_kernel,
+            {"s_ptr": s, "nn_ptr": i64, "m": "i64"}, BR=ARGMIN_BR, BC=ARGMIN_BC)  # fmt: skip
+        for method, code in METHOD_CODE.items():
+            add(f"lw_phase1_{method}_{st}_bp{PAIR_BP}_bc{PAIR_BC}", _lw_phase1_kernel,
+                {"s_ptr": s, "m": "i64", "pi_ptr": i64, "pj_ptr": i64, "h_ptr": "*fp64",
+                 "size_ptr": i64, "mark_ptr": i8, "npairs": "i64"},
+                METHOD=code, BP=PAIR_BP, BC=PAIR_BC)  # fmt: skip
+            add(f"lw_phase2_{method}_{st}_b{PHASE2_B}", _lw_phase2_kernel,
+                {"s_ptr": s, "m": "i64", "pi_ptr": i64, "pj_ptr": i64, "h_ptr": "*fp64",
+                 "size_ptr": i64, "npairs": "i64"},
+                METHOD=code, B=PHASE2_B)  # fmt: skip
+        add(f"kill_{st}_bp{PAIR_BP}_bc{PAIR_BC}", _kill_kernel,
+            {"s_ptr": s, "m": "i64", "pj_ptr": i64, "npairs": "i64"}, BP=PAIR_BP, BC=PAIR_BC)  # fmt: skip
+        add(f"boruvka_rowmin_{st}_br{ARGMIN_BR}_bc{ARGMIN_BC}", _boruvka_rowmin_kernel,
+            {"s_ptr": s, "comp_ptr": i64, "w_ptr": "*fp64", "u_ptr": i64, "n": "i64"},
+            BR=ARGMIN_BR, BC=ARGMIN_BC)  # fmt: skip
+        add(f"compact_{st}_b{SQ_B}", _compact_kernel,
+            {"s_ptr": s, "m": "i64", "keep_ptr": i64, "t_ptr": s, "a": "i64"}, B=SQ_B)  # fmt: skip
+    add(f"reciprocal_b{FLAG_B}", _reciprocal_kernel,
+        {"nn_ptr": i64, "flag_ptr": i8, "m": "i64"}, B=FLAG_B)  # fmt: skip
     return specs
 
 

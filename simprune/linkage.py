@@ -21,6 +21,8 @@ from .backends import (
 from .distance import _on_device, pairwise_distance
 
 METHODS = ("single", "complete", "average", "weighted", "ward", "centroid", "median")
+# The working matrix's dtype (linkage(..., storage=)): float64 by default, float32 halves the memory.
+STORAGES = (torch.float64, torch.float32)
 # Methods whose Lance-Williams update assumes Euclidean distances between raw observations.
 EUCLIDEAN_ONLY = ("ward", "centroid", "median")
 MODES = ("exact", "strict")
@@ -38,7 +40,12 @@ def linkage_ref(d: torch.Tensor, method: str, mode: str = "strict") -> torch.Ten
 
 @torch.library.impl(ops.LIB, "linkage_torch", "CPU")
 @torch.library.impl(ops.LIB, "linkage_torch", "CUDA")
-def _linkage_torch_kernel(d, method, mode):
+def _linkage_torch_kernel(d, method, mode, storage=None):
+    if storage is not None and storage != torch.float64:
+        raise NotImplementedError(
+            f"simprune::linkage_torch: storage={storage} is not implemented by the reference "
+            "backend (scipy works in float64 only); use backend='cpu', 'triton' or 'cuda'"
+        )
     return linkage_ref(d, method, mode)
 
 
@@ -54,11 +61,11 @@ register(
 # Triton: kernels/linkage.py (round primitives + host loop), imported on first use only.
 @torch.library.impl(ops.LIB, "linkage_triton", "CPU")
 @torch.library.impl(ops.LIB, "linkage_triton", "CUDA")
-def _linkage_triton_kernel(d, method, mode):
+def _linkage_triton_kernel(d, method, mode, storage=None):
     from .kernels.linkage import linkage_triton
 
     with _on_device(d):
-        return linkage_triton(d, method, mode)
+        return linkage_triton(d, method, mode, storage)
 
 
 register("linkage", "triton", devices=("cuda",), available=has_triton)(ops.get("linkage", "triton"))
@@ -108,6 +115,7 @@ def linkage(
     *,
     precomputed: bool = False,
     mode: str = "exact",
+    storage: torch.dtype = torch.float64,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Agglomerative hierarchical clustering, returning scipy's linkage matrix.
@@ -125,6 +133,13 @@ def linkage(
     mode : {"exact", "strict"}
         "exact": the exact dendrogram; under tied distances a different (equally valid) tie choice than
         scipy's is allowed. "strict": bitwise scipy output, ties included.
+    storage : {torch.float64, torch.float32}
+        The working matrix's dtype. float32 halves the memory (and the traffic) of the GPU rounds:
+        Lance-Williams is still evaluated in float64 but every stored distance is rounded to float32,
+        so heights agree with scipy to about 1e-7 relative (tested at 1e-5) and trees can differ where
+        two candidate merges are within that of each other. "exact" mode only; observations are then
+        turned into float32 distances. Backends: triton, cuda (and the CPU round-synchronous twin);
+        the reference and the cpu backend compute in float64 only.
     backend : {"auto", "torch", "cpu", "triton", "cuda"}
 
     Returns
@@ -145,6 +160,13 @@ def linkage(
         raise ValueError(f"unknown linkage method {method!r}; expected one of {METHODS}")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be torch.float64 or torch.float32, got {storage!r}")
+    if storage == torch.float32 and mode == "strict":
+        raise ValueError(
+            "mode='strict' (bitwise scipy) needs float64 storage; storage=torch.float32 is an "
+            "'exact'-mode option"
+        )
     x = as_tensor(x, "x")
     check_float(x, "x")
     if x.dim() == 1:
@@ -169,7 +191,7 @@ def linkage(
             backend if backend in available_backends("pairwise_distance", x.device) else "auto"
         )
         d = pairwise_distance(
-            x, metric=metric, condensed=True, out_dtype=torch.float64, backend=dist_backend
+            x, metric=metric, condensed=True, out_dtype=storage, backend=dist_backend
         )
     else:
         raise ValueError(
@@ -196,12 +218,24 @@ def linkage(
                 f"linkage method {method!r} is implemented only by the reference backend 'torch' "
                 f"(scipy), not by {name!r}; use backend='torch' or backend='auto'"
             )
+    if storage == torch.float32 and name in ("torch", "cpu"):
+        raise BackendUnavailableError(
+            "storage=torch.float32 is a GPU option, implemented by the triton and cuda backends "
+            "(the reference and the cpu backend compute in float64); "
+            + (
+                f"none of them is available for a tensor on {d.device}"
+                if backend == "auto"
+                else "use backend='triton' or 'cuda'"
+            )
+        )
     if name != "cpu":  # the C++ op checks the values itself, in one fused pass (cheaper than these)
         check_finite(d, "distances")
         if bool((d < 0).any()):
             raise ValueError(f"distances must be non-negative; found {int((d < 0).sum())} negative")
     if d.dtype not in (torch.float32, torch.float64):
         d = d.to(torch.float32)
+    if storage == torch.float32:
+        return fn(d.contiguous(), method, mode, storage)
     return fn(d.contiguous(), method, mode)
 
 
@@ -284,7 +318,9 @@ def linkage_batched(
     return list(torch.split(z, [n - 1 for n in sizes]))
 
 
-def _linkage_rounds(d: torch.Tensor, method: str = "average") -> tuple[torch.Tensor, torch.Tensor]:
+def _linkage_rounds(
+    d: torch.Tensor, method: str = "average", storage: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Round-synchronous reciprocal-nearest-neighbour linkage (linkage.md 7.3), on the CPU.
 
     The CPU twin of the GPU algorithm (same per-element arithmetic), used by the tests and the
@@ -297,6 +333,8 @@ def _linkage_rounds(d: torch.Tensor, method: str = "average") -> tuple[torch.Ten
     d : Tensor
         Condensed distances (scipy's ``pdist`` order), float32 or float64, on the CPU.
     method : {"single", "complete", "average", "weighted", "ward"}
+    storage : {torch.float64, torch.float32}
+        The square matrix's dtype; float32 is the GPU paths' float32 storage, bit for bit.
 
     Returns
     -------
@@ -314,7 +352,7 @@ def _linkage_rounds(d: torch.Tensor, method: str = "average") -> tuple[torch.Ten
     check_float(d, "d")
     if d.dtype not in (torch.float32, torch.float64):
         d = d.to(torch.float32)
-    return torch.ops.simprune.linkage_rounds_cpu(d.contiguous(), method)
+    return torch.ops.simprune.linkage_rounds_cpu(d.contiguous(), method, storage)
 
 
 def is_valid_linkage(z: torch.Tensor) -> bool:

@@ -39,12 +39,18 @@ SCHEMAS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("torch", "triton"),
     ),
     # Hierarchical clustering of a condensed distance vector (scipy pdist order, fp32 or fp64).
-    # Returns scipy's linkage matrix Z, float64 (n-1, 4). mode: "exact" | "strict".
-    "linkage": ("(Tensor d, str method, str mode) -> Tensor", BACKENDS),
+    # Returns scipy's linkage matrix Z, float64 (n-1, 4). mode: "exact" | "strict". storage: the
+    # working matrix's dtype, float64 (None, the default) or float32 (half the memory; Lance-Williams
+    # still evaluated in float64, each stored value rounded to float32; "exact" mode only).
+    "linkage": ("(Tensor d, str method, str mode, ScalarType? storage=None) -> Tensor", BACKENDS),
     # Round-synchronous reciprocal-nearest-neighbour linkage (linkage.md 7.3), the CPU twin of the GPU
     # algorithm: returns (Z, stats) with stats int64 (3,) = (rounds, compactions, max merges per round).
     # The "cuda" variant is the GPU algorithm itself (csrc/cuda/linkage.cu), with its statistics.
-    "linkage_rounds": ("(Tensor d, str method) -> (Tensor, Tensor)", ("cpu", "cuda")),
+    # storage as for "linkage".
+    "linkage_rounds": (
+        "(Tensor d, str method, ScalarType? storage=None) -> (Tensor, Tensor)",
+        ("cpu", "cuda"),
+    ),
     # Many independent problems in one call (every layer of a CNN; linkage.md 7.5): d = the
     # concatenation of the condensed vectors of problems with sizes[g] observations; returns the
     # concatenation of their Z matrices, float64 (sum(sizes[g] - 1), 4). Exact mode.
@@ -81,12 +87,12 @@ def _fake_pairwise_distance_ragged(packed, rows, cols, metric, condensed, out_dt
     return packed.new_empty((total,), dtype=dtype)
 
 
-def _fake_linkage(d, method, mode):
+def _fake_linkage(d, method, mode, storage=None):
     n = n_from_condensed(d.shape[0])
     return d.new_empty((max(n - 1, 0), 4), dtype=torch.float64)
 
 
-def _fake_linkage_rounds(d, method):
+def _fake_linkage_rounds(d, method, storage=None):
     n = n_from_condensed(d.shape[0])
     return (
         d.new_empty((max(n - 1, 0), 4), dtype=torch.float64),

@@ -235,3 +235,59 @@ def test_cuda_batched_wide_problem_goes_through_the_whole_gpu_kernel(method):
             z.cpu().numpy(),
             scipy_z("gaussian", n, method) if method == "single" else twin(d.numpy(), method)[0],
         )
+
+
+# ---------------------------------------------------------------------------------------------------
+# float32 storage (linkage(..., storage=torch.float32)): the twin's float storage, bit for bit, and the
+# linkage.md 8.3 fp32 gate against scipy (tests/test_linkage_storage.py has the CPU side).
+
+F32_CASES = [("mixture", 1000), ("gaussian", 4097), ("dead_duplicate", 600), ("quantised", 300)]
+
+
+@needs_cuda_kernel
+@pytest.mark.parametrize("method", REDUCIBLE)
+@pytest.mark.parametrize("name,n", F32_CASES)
+def test_cuda_float32_storage_same_as_twin(name, n, method):
+    d = torch.from_numpy(data(name, n))
+    z, stats = torch.ops.simprune.linkage_rounds_cuda(d.cuda(), method, torch.float32)
+    zt, st_twin = _linkage_rounds(d, method, torch.float32)
+    assert_bitwise(z.cpu().numpy(), zt.numpy())
+    assert stats.cpu().tolist() == st_twin.tolist()
+    if method == "single":  # Boruvka on a float32 matrix: the same stored heights
+        zb = torch.ops.simprune.linkage_cuda(d.cuda(), "single", "exact", torch.float32)
+        np.testing.assert_array_equal(np.sort(zb[:, 2].cpu().numpy()), np.sort(zt[:, 2].numpy()))
+
+
+@gpu
+@pytest.mark.skipif(not ON_GPU, reason="Triton on the GPU (TRITON_INTERPRET unset)")
+@pytest.mark.parametrize("method", REDUCIBLE)
+def test_triton_on_gpu_float32_storage_same_as_twin(method):
+    from simprune.kernels.linkage import linkage_rounds_triton
+
+    d = torch.from_numpy(data("channel_like", 1000))
+    z, stats = linkage_rounds_triton(d.cuda(), method, torch.float32)
+    zt, st_twin = _linkage_rounds(d, method, torch.float32)
+    assert_bitwise(z.cpu().numpy(), zt.numpy())
+    assert stats.tolist() == st_twin.tolist()
+
+
+@gpu
+@pytest.mark.parametrize("method", REDUCIBLE)
+def test_gpu_float32_storage_gate_public_api(method):
+    """The 8.3 fp32 gate through the public API (auto backend) on the Gaussian mixture."""
+    from tests.test_linkage_storage import assert_float32_gate
+
+    d = torch.from_numpy(data("mixture", 1000)).cuda()
+    z = simprune.linkage(d, method, storage=torch.float32)
+    assert z.is_cuda and z.dtype == torch.float64
+    assert_float32_gate(z.cpu().numpy(), scipy_z("mixture", 1000, method))
+
+
+@needs_cuda_kernel
+def test_cuda_float32_storage_memory_refusal_names_the_storage():
+    n = 400_000
+    huge = torch.zeros(1, dtype=torch.float32, device="cuda").expand(n * (n - 1) // 2)
+    with pytest.raises(torch.OutOfMemoryError, match="matrix in float32, 4 n\^2 bytes"):
+        torch.ops.simprune.linkage_cuda(huge, "average", "exact", torch.float32)
+    with pytest.raises(ValueError, match="strict.*float64 storage"):
+        torch.ops.simprune.linkage_cuda(huge[:3], "average", "strict", torch.float32)

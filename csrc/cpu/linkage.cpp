@@ -262,10 +262,17 @@ void mst_single(const double* D, int64_t n, int threads, std::vector<double>& me
   }
 }
 
-at::Tensor linkage_cpu(const at::Tensor& d, const std::string& method, const std::string& mode) {
+at::Tensor linkage_cpu(const at::Tensor& d, const std::string& method, const std::string& mode,
+                       std::optional<at::ScalarType> storage) {
   const char* op = "simprune::linkage_cpu";
   const int m = parse_method(method, op);
   const bool strict = parse_mode(mode, op);
+  const bool fp32 = parse_storage(storage, op);
+  TORCH_CHECK_VALUE(!(strict && fp32), op,
+                    ": mode='strict' (bitwise scipy) needs float64 storage; storage=torch.float32 "
+                    "is an 'exact'-mode option");
+  TORCH_CHECK_NOT_IMPLEMENTED(!fp32, op, ": storage=torch.float32 is not implemented by the cpu "
+                                         "backend yet");
   const int64_t n = check_condensed(d, op);
   at::Tensor Z = at::empty({n - 1, 4}, d.options().dtype(at::kDouble));
   if (n < 2) return Z;

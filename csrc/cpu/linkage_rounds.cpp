@@ -15,7 +15,9 @@
 // only -- and relabelled as scipy's label(). Exact for the reducible methods; under ties it may pick a
 // different, equally valid, tie than scipy (it is never "strict").
 //
-// Memory: a square fp64 matrix (8 n^2 bytes), as on the GPU.
+// Memory: a square fp64 matrix (8 n^2 bytes), as on the GPU; or, with storage=float32, a float32
+// matrix (4 n^2 bytes): Lance-Williams is still evaluated in fp64 (from the stored values) and every
+// stored value is rounded to fp32 -- the GPU paths' fp32 storage, bit for bit.
 #if __cplusplus >= 202002L  // torch >= 2.10 ATen headers need C++20 (see setup.py)
 
 #include <ATen/ATen.h>
@@ -26,6 +28,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -37,7 +40,6 @@ namespace simprune {
 namespace linkage {
 namespace {
 
-constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr int64_t kColBlock = 512;
 // A loop runs in parallel when its work is at least kParallelMinN^2 elements: below that its fork/join
 // costs more than it saves (and on an oversubscribed machine a join costs a scheduler time slice).
@@ -45,8 +47,10 @@ constexpr int64_t kParallelMinN = 2048;
 
 // First index of the minimum of row[0, m) (row has +inf at dead slots and the diagonal); -1 if none
 // is finite. Two passes keep the first one vectorisable.
-inline int64_t row_argmin(const double* row, int64_t m) {
-  double mv = kInf;
+template <typename T>
+inline int64_t row_argmin(const T* row, int64_t m) {
+  constexpr T kInf = std::numeric_limits<T>::infinity();
+  T mv = kInf;
   for (int64_t c = 0; c < m; ++c) mv = row[c] < mv ? row[c] : mv;
   if (!(mv < kInf)) return -1;
   for (int64_t c = 0; c < m; ++c)
@@ -54,8 +58,10 @@ inline int64_t row_argmin(const double* row, int64_t m) {
   return -1;
 }
 
-template <int M>
+// T: the storage type (double, or float for storage=float32).
+template <int M, typename T>
 std::tuple<at::Tensor, at::Tensor> rounds(const at::Tensor& d, int64_t n) {
+  constexpr T kInf = std::numeric_limits<T>::infinity();
   at::Tensor Z = at::empty({n - 1, 4}, d.options().dtype(at::kDouble));
   at::Tensor stats = at::zeros({3}, d.options().dtype(at::kLong));
   if (n < 2) return {Z, stats};
@@ -67,15 +73,16 @@ std::tuple<at::Tensor, at::Tensor> rounds(const at::Tensor& d, int64_t n) {
 
   // ---- step 0: the square matrix, bit-symmetric, +inf on the diagonal
   int64_t m = n;  // current (compacted) width
-  Buffer S = alloc_buffer(n * n);  // huge pages: the column writes stride by 8n bytes
+  BufferOf<T> S = alloc_buffer<T>(n * n);  // huge pages: the column writes stride by 8n bytes
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 16)
   for (int64_t i = 0; i < n; ++i) {
     const int64_t off = row_offset(n, i);
-    double* row = S.get() + i * n;
+    T* row = S.get() + i * n;
     row[i] = kInf;
     for (int64_t j = i + 1; j < n; ++j) {
-      row[j] = src[off + j];
-      S[j * n + i] = src[off + j];
+      const T v = static_cast<T>(src[off + j]);
+      row[j] = v;
+      S[j * n + i] = v;
     }
   }
 
@@ -103,7 +110,7 @@ std::tuple<at::Tensor, at::Tensor> rounds(const at::Tensor& d, int64_t n) {
       if (j > i && nn[j] == i) {
         pi.push_back(i);
         pj.push_back(j);
-        ph.push_back(S[i * m + j]);
+        ph.push_back(static_cast<double>(S[i * m + j]));
         paired[i] = paired[j] = 1;
       }
     }
@@ -122,7 +129,7 @@ std::tuple<at::Tensor, at::Tensor> rounds(const at::Tensor& d, int64_t n) {
     }
 
     // ---- 3. phase 1: columns outside this round's pairs (rows i and column i; row j only read)
-    double* Sp = S.get();
+    T* Sp = S.get();
 #pragma omp parallel for num_threads(threads) schedule(static) if (np * m >= kParallelMinWork)
     for (int64_t cb = 0; cb < m; cb += kColBlock) {
       const int64_t ce = std::min(m, cb + kColBlock);
@@ -130,11 +137,11 @@ std::tuple<at::Tensor, at::Tensor> rounds(const at::Tensor& d, int64_t n) {
         const int64_t i = pi[p], j = pj[p];
         const int64_t ni = size[i], nj = size[j];
         const double h = ph[p];
-        double* ri = Sp + i * m;
-        const double* rj = Sp + j * m;
+        T* ri = Sp + i * m;
+        const T* rj = Sp + j * m;
         for (int64_t c = cb; c < ce; ++c) {
           if (!alive[c] || paired[c]) continue;
-          const double v = lance_williams<M>(ri[c], rj[c], h, ni, nj, size[c]);
+          const T v = static_cast<T>(lance_williams<M>(ri[c], rj[c], h, ni, nj, size[c]));
           ri[c] = v;
           Sp[c * m + i] = v;
         }
@@ -146,9 +153,10 @@ std::tuple<at::Tensor, at::Tensor> rounds(const at::Tensor& d, int64_t n) {
       const int64_t ip = pi[p], jp = pj[p];
       for (int64_t q = p + 1; q < np; ++q) {
         const int64_t iq = pi[q], jq = pj[q];
-        const double v = lance_williams_pair<M>(Sp[ip * m + iq], Sp[jp * m + iq], Sp[ip * m + jq],
-                                                Sp[jp * m + jq], ph[p], ph[q], size[ip], size[jp],
-                                                size[iq], size[jq]);
+        // The intermediate (merge p first) stays in fp64; only the stored value is rounded.
+        const T v = static_cast<T>(lance_williams_pair<M>(
+            Sp[ip * m + iq], Sp[jp * m + iq], Sp[ip * m + jq], Sp[jp * m + jq], ph[p], ph[q],
+            size[ip], size[jp], size[iq], size[jq]));
         Sp[ip * m + iq] = v;
         Sp[iq * m + ip] = v;
       }
@@ -173,14 +181,14 @@ std::tuple<at::Tensor, at::Tensor> rounds(const at::Tensor& d, int64_t n) {
       for (int64_t r = 0; r < m; ++r)
         if (alive[r]) keep.push_back(r);
       const int64_t a = static_cast<int64_t>(keep.size());
-      Buffer T = alloc_buffer(a * a);
+      BufferOf<T> U = alloc_buffer<T>(a * a);
 #pragma omp parallel for num_threads(threads) schedule(static) if (a * a >= kParallelMinWork)
       for (int64_t r = 0; r < a; ++r) {
-        const double* srow = Sp + keep[r] * m;
-        double* drow = T.get() + r * a;
+        const T* srow = Sp + keep[r] * m;
+        T* drow = U.get() + r * a;
         for (int64_t c = 0; c < a; ++c) drow[c] = srow[keep[c]];
       }
-      S.swap(T);
+      S.swap(U);
       for (int64_t r = 0; r < a; ++r) {
         rep[r] = rep[keep[r]];
         size[r] = size[keep[r]];
@@ -199,22 +207,29 @@ std::tuple<at::Tensor, at::Tensor> rounds(const at::Tensor& d, int64_t n) {
   return {Z, stats};
 }
 
-std::tuple<at::Tensor, at::Tensor> linkage_rounds_cpu(const at::Tensor& d, const std::string& method) {
-  const char* op = "simprune::linkage_rounds_cpu";
-  const int meth = parse_method(method, op);
-  const int64_t n = check_condensed(d, op);
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> rounds_for(int meth, const at::Tensor& d, int64_t n) {
   switch (meth) {
     case kSingle:
-      return rounds<kSingle>(d, n);
+      return rounds<kSingle, T>(d, n);
     case kComplete:
-      return rounds<kComplete>(d, n);
+      return rounds<kComplete, T>(d, n);
     case kAverage:
-      return rounds<kAverage>(d, n);
+      return rounds<kAverage, T>(d, n);
     case kWeighted:
-      return rounds<kWeighted>(d, n);
+      return rounds<kWeighted, T>(d, n);
     default:
-      return rounds<kWard>(d, n);
+      return rounds<kWard, T>(d, n);
   }
+}
+
+std::tuple<at::Tensor, at::Tensor> linkage_rounds_cpu(const at::Tensor& d, const std::string& method,
+                                                      std::optional<at::ScalarType> storage) {
+  const char* op = "simprune::linkage_rounds_cpu";
+  const int meth = parse_method(method, op);
+  const bool fp32 = parse_storage(storage, op);
+  const int64_t n = check_condensed(d, op);
+  return fp32 ? rounds_for<float>(meth, d, n) : rounds_for<double>(meth, d, n);
 }
 
 }  // namespace

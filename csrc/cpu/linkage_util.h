@@ -24,6 +24,7 @@
 #include <limits>
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -106,13 +107,16 @@ inline void report_values(int64_t n_nan, int64_t n_inf, int64_t n_neg, const cha
 // with small pages nearly every access is also a TLB miss. Huge pages make the whole matrix fit the
 // TLB. This machine's THP mode is "madvise", hence the explicit advice.
 struct FreeDeleter {
-  void operator()(double* p) const { std::free(p); }
+  void operator()(void* p) const { std::free(p); }
 };
-using Buffer = std::unique_ptr<double[], FreeDeleter>;
+template <typename T>
+using BufferOf = std::unique_ptr<T[], FreeDeleter>;
+using Buffer = BufferOf<double>;
 
-inline Buffer alloc_buffer(int64_t count) {
+template <typename T = double>
+inline BufferOf<T> alloc_buffer(int64_t count) {
   constexpr size_t kHuge = size_t{1} << 21;
-  const size_t bytes = std::max<size_t>(static_cast<size_t>(count) * sizeof(double), 64);
+  const size_t bytes = std::max<size_t>(static_cast<size_t>(count) * sizeof(T), 64);
   const bool huge = bytes >= 2 * kHuge;
   const size_t align = huge ? kHuge : 64;
   const size_t rounded = (bytes + align - 1) / align * align;
@@ -121,7 +125,7 @@ inline Buffer alloc_buffer(int64_t count) {
 #ifdef MADV_HUGEPAGE
   if (huge) madvise(p, rounded, MADV_HUGEPAGE);  // advice only: failure just means small pages
 #endif
-  return Buffer(static_cast<double*>(p));
+  return BufferOf<T>(static_cast<T*>(p));
 }
 
 // The working copy: one condensed fp64 buffer (scipy widens fp32 input to fp64 the same way), checked
@@ -146,6 +150,16 @@ inline at::Tensor checked_input(const at::Tensor& d, int threads, const char* op
   copy_and_count<double>(src.data_ptr<double>(), nullptr, src.numel(), threads, &a, &b, &c);
   report_values(a, b, c, op);
   return src;
+}
+
+// The working matrix's dtype (linkage's "storage" argument): float64 (None, the default) or float32
+// (half the memory; Lance-Williams is still evaluated in float64 and each stored value rounded).
+// Returns true for float32.
+inline bool parse_storage(const std::optional<at::ScalarType>& storage, const char* op) {
+  if (!storage.has_value() || *storage == at::kDouble) return false;
+  TORCH_CHECK_VALUE(*storage == at::kFloat, op,
+                    ": storage must be torch.float64 or torch.float32, got ", *storage);
+  return true;
 }
 
 inline bool parse_mode(const std::string& mode, const char* op) {

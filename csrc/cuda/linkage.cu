@@ -42,6 +42,7 @@
 #include <cstdint>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -69,8 +70,11 @@ struct Ctrl {
   int64_t merges;
 };
 
-struct State {
-  double* S[2];     // the square matrix and the compaction buffer (ping-pong)
+// T: the storage type of the matrix (double; float for storage=float32, where Lance-Williams is still
+// evaluated in double and each stored value rounded -- the CPU twin's float storage, bit for bit).
+template <typename T>
+struct StateT {
+  T* S[2];          // the square matrix and the compaction buffer (ping-pong)
   int64_t* rep[2];  // representative leaf per slot (ping-pong with S)
   int64_t* size[2];
   int64_t* last[2];  // the slot's latest merge, -1 for a leaf
@@ -112,8 +116,8 @@ __device__ inline int64_t block_exclusive_scan(int flag, int64_t* total, int64_t
 // The rounds of one linkage. Cooperative launch (grouped = false): the whole grid works on one
 // matrix with grid barriers, then block 0 alone below kSoloMax (a one-block grid is solo from the
 // start). Grouped launch (grouped = true, an ordinary launch): every block runs its own problem solo.
-template <int M>
-__device__ void run_rounds(const State& st, bool grouped) {
+template <int M, typename T>
+__device__ void run_rounds(const StateT<T>& st, bool grouped) {
   cg::grid_group grid = cg::this_grid();  // synchronised only in cooperative, non-solo mode
   __shared__ int64_t warp_sums[kWarps + 1];
   const int64_t n = st.n;
@@ -129,6 +133,7 @@ __device__ void run_rounds(const State& st, bool grouped) {
     }
   };
   constexpr double kInf = INFINITY;
+  const T kInfT = static_cast<T>(INFINITY);
 
   while (active > 1) {
     if (!solo && m <= kSoloMax) {  // every block takes this decision at the same point
@@ -137,7 +142,7 @@ __device__ void run_rounds(const State& st, bool grouped) {
     }
     const int64_t start = solo ? threadIdx.x : int64_t{blockIdx.x} * kThreads + threadIdx.x;
     const int64_t stride = solo ? kThreads : int64_t{gridDim.x} * kThreads;
-    double* S = st.S[buf];
+    T* S = st.S[buf];
     int64_t* rep = st.rep[buf];
     int64_t* size = st.size[buf];
     int64_t* last = st.last[buf];
@@ -147,7 +152,7 @@ __device__ void run_rounds(const State& st, bool grouped) {
     {
       const int lane = threadIdx.x & 31;
       for (int64_t r = start >> 5; r < m; r += stride >> 5) {
-        const double* row = S + r * m;
+        const T* row = S + r * m;
         double bv = kInf;
         int64_t bi = INT64_MAX;
         for (int64_t c = lane; c < m; c += 32) {
@@ -185,7 +190,7 @@ __device__ void run_rounds(const State& st, bool grouped) {
         const int64_t off = block_exclusive_scan(flag, &total, warp_sums);
         if (flag) {
           const int64_t q = base + off, kq = k + q;
-          const double h = S[i * m + j];
+          const double h = static_cast<double>(S[i * m + j]);
           st.pi[q] = i;
           st.pj[q] = j;
           st.ph[q] = h;
@@ -216,8 +221,8 @@ __device__ void run_rounds(const State& st, bool grouped) {
       const int64_t p = t / m, c = t - p * m;
       if (st.state[c] != 0) continue;
       const int64_t i = st.pi[p], j = st.pj[p];
-      const double v =
-          lance_williams<M>(S[i * m + c], S[j * m + c], st.ph[p], size[i], size[j], size[c]);
+      const T v = static_cast<T>(
+          lance_williams<M>(S[i * m + c], S[j * m + c], st.ph[p], size[i], size[j], size[c]));
       S[i * m + c] = v;
       S[c * m + i] = v;
     }
@@ -225,9 +230,11 @@ __device__ void run_rounds(const State& st, bool grouped) {
       const int64_t p = t / np, q = t - p * np;
       if (q <= p) continue;
       const int64_t ip = st.pi[p], jp = st.pj[p], iq = st.pi[q], jq = st.pj[q];
-      const double v = lance_williams_pair<M>(S[ip * m + iq], S[jp * m + iq], S[ip * m + jq],
-                                              S[jp * m + jq], st.ph[p], st.ph[q], size[ip],
-                                              size[jp], size[iq], size[jq]);
+      // The intermediate (merge p first) stays in double; only the stored value is rounded.
+      const T v = static_cast<T>(lance_williams_pair<M>(S[ip * m + iq], S[jp * m + iq],
+                                                        S[ip * m + jq], S[jp * m + jq], st.ph[p],
+                                                        st.ph[q], size[ip], size[jp], size[iq],
+                                                        size[jq]));
       S[ip * m + iq] = v;
       S[iq * m + ip] = v;
     }
@@ -244,8 +251,8 @@ __device__ void run_rounds(const State& st, bool grouped) {
     for (int64_t t = start; t < np * m; t += stride) {
       const int64_t p = t / m, c = t - p * m;
       const int64_t j = st.pj[p];
-      S[j * m + c] = kInf;
-      S[c * m + j] = kInf;
+      S[j * m + c] = kInfT;
+      S[c * m + j] = kInfT;
     }
     k += np;
     active -= np;
@@ -274,10 +281,10 @@ __device__ void run_rounds(const State& st, bool grouped) {
       }
       sync();
       const int64_t a = active;
-      double* T = st.S[nb];
+      T* dst = st.S[nb];
       for (int64_t t = start; t < a * a; t += stride) {
         const int64_t x = t / a, y = t - x * a;
-        T[t] = S[st.keep[x] * m + st.keep[y]];
+        dst[t] = S[st.keep[x] * m + st.keep[y]];
       }
       for (int64_t t = start; t < a; t += stride) st.state[t] = 0;
       buf = nb;
@@ -293,30 +300,30 @@ __device__ void run_rounds(const State& st, bool grouped) {
   }
 }
 
-template <int M>
-__global__ void __launch_bounds__(kThreads) rounds_kernel(State st) {
-  run_rounds<M>(st, false);
+template <int M, typename T>
+__global__ void __launch_bounds__(kThreads) rounds_kernel(StateT<T> st) {
+  run_rounds<M, T>(st, false);
 }
 
 // Batched small layers (linkage.md 7.5): one block per problem, all problems in one launch.
 template <int M>
-__global__ void __launch_bounds__(kThreads) grouped_rounds_kernel(const State* states) {
-  run_rounds<M>(states[blockIdx.x], true);
+__global__ void __launch_bounds__(kThreads) grouped_rounds_kernel(const StateT<double>* states) {
+  run_rounds<M, double>(states[blockIdx.x], true);
 }
 
-// Condensed (scipy pdist order) -> square fp64, +inf diagonal; (r, c) and (c, r) read the same
-// element, so the matrix is bit-symmetric.
-template <typename T>
-__global__ void square_kernel(const T* __restrict__ d, double* __restrict__ S, int64_t n) {
+// Condensed (scipy pdist order) -> square matrix of the storage type, +inf diagonal; (r, c) and (c, r)
+// read the same element, so the matrix is bit-symmetric.
+template <typename Tin, typename T>
+__global__ void square_kernel(const Tin* __restrict__ d, T* __restrict__ S, int64_t n) {
   const int64_t total = n * n;
   for (int64_t t = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; t < total;
        t += int64_t{gridDim.x} * blockDim.x) {
     const int64_t r = t / n, c = t - r * n;
     if (r == c) {
-      S[t] = INFINITY;
+      S[t] = static_cast<T>(INFINITY);
     } else {
       const int64_t lo = r < c ? r : c, hi = r < c ? c : r;
-      S[t] = static_cast<double>(d[row_offset(n, lo) + hi]);
+      S[t] = static_cast<T>(d[row_offset(n, lo) + hi]);
     }
   }
 }
@@ -344,14 +351,15 @@ __device__ inline unsigned long long weight_bits(double w) {
 
 // The lightest edge from every vertex to another component (one warp per vertex, smallest index
 // wins ties: for a fixed vertex that is the global order (w, min id, max id)).
-__global__ void boruvka_rowmin_kernel(const double* S, const int64_t* comp, double* w, int64_t* u,
+template <typename T>
+__global__ void boruvka_rowmin_kernel(const T* S, const int64_t* comp, double* w, int64_t* u,
                                       int64_t n) {
   const int lane = threadIdx.x & 31;
   const int64_t warp = (int64_t{blockIdx.x} * blockDim.x + threadIdx.x) >> 5;
   const int64_t warps = (int64_t{gridDim.x} * blockDim.x) >> 5;
   for (int64_t v = warp; v < n; v += warps) {
     const int64_t cv = comp[v];
-    const double* row = S + v * n;
+    const T* row = S + v * n;
     double bv = INFINITY;
     int64_t bi = INT64_MAX;
     for (int64_t c = lane; c < n; c += 32) {
@@ -406,8 +414,9 @@ __global__ void boruvka_component_kernel(const int64_t* comp, const double* w, c
 // One block: every root (comp[c] == c) with an edge hooks onto the other component; a mutual
 // choice is one edge, logged by the smaller root, which stays a root. Edges are logged in
 // increasing root order after the k already logged (ctrl[0]).
+template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    boruvka_hook_kernel(const double* S, const int64_t* comp, const unsigned long long* ck,
+    boruvka_hook_kernel(const T* S, const int64_t* comp, const unsigned long long* ck,
                         int64_t* parent, double* log, int64_t* ctrl, int64_t n) {
   __shared__ int64_t warp_sums[kWarps + 1];
   const int64_t k = ctrl[0];
@@ -436,7 +445,7 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t q = k + base + off;
       log[3 * q + 0] = static_cast<double>(ea);
       log[3 * q + 1] = static_cast<double>(eb);
-      log[3 * q + 2] = S[ea * n + eb];
+      log[3 * q + 2] = static_cast<double>(S[ea * n + eb]);
     }
     base += total;
   }
@@ -513,14 +522,25 @@ void check_values(const at::Tensor& d, const char* op) {
   }
 }
 
-// Bytes one problem needs on the device: both matrix buffers and the O(n) arrays.
-int64_t bytes_needed(int64_t n) {
+// The working matrix's dtype: float64 (None, the default) or float32. Returns true for float32.
+bool parse_storage_cuda(const std::optional<at::ScalarType>& storage, const char* op) {
+  if (!storage.has_value() || *storage == at::kDouble) return false;
+  TORCH_CHECK_VALUE(*storage == at::kFloat, op,
+                    ": storage must be torch.float64 or torch.float32, got ", *storage);
+  return true;
+}
+
+// Bytes one problem needs on the device: both matrix buffers (elem bytes per entry) and the O(n)
+// arrays.
+int64_t bytes_needed(int64_t n, int64_t elem = 8) {
   const int64_t h = n / 2;
-  return 8 * (n * n + std::max<int64_t>(h * h, 1)) + n * (2 * 3 * 8 + 1 + 4 * 8 + 8) +
+  return elem * (n * n + std::max<int64_t>(h * h, 1)) + n * (2 * 3 * 8 + 1 + 4 * 8 + 8) +
          std::max<int64_t>(n - 1, 1) * 8 * 4 + 1024;
 }
 
-void check_memory(int64_t need, int64_t n, const at::Device& dev, const char* op) {
+// elem: bytes per matrix entry (8: float64 storage, 4: float32), for the message.
+void check_memory(int64_t need, int64_t n, const at::Device& dev, const char* op,
+                  int64_t elem = 8) {
   size_t free_b = 0, total_b = 0;
   C10_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
   // Memory the caching allocator holds but does not use is available to it as well.
@@ -529,22 +549,25 @@ void check_memory(int64_t need, int64_t n, const at::Device& dev, const char* op
       stats.reserved_bytes[0].current - stats.allocated_bytes[0].current;  // 0 = aggregate
   const int64_t avail = static_cast<int64_t>(free_b) + std::max<int64_t>(cached, 0);
   TORCH_CHECK_WITH(OutOfMemoryError, need <= avail, op, ": n = ", n, " needs ", need,
-                   " bytes of GPU memory (fp64 square matrix 8 n^2 plus a compaction buffer of a "
-                   "quarter of it), but only ",
-                   avail, " bytes are free on ", dev);
+                   " bytes of GPU memory (the square matrix in ", elem == 8 ? "float64" : "float32",
+                   ", ", elem, " n^2 bytes, plus a compaction buffer of a quarter of it), but only ",
+                   avail, " bytes are free on ", dev,
+                   elem == 8 ? " (storage=torch.float32 would halve it)" : "");
 }
 
 // The device buffers of one problem (tensors keep them alive) and the State that points into them.
-struct Problem {
+template <typename T>
+struct ProblemT {
   at::Tensor S0, S1, slots, state, aux, ph, log, eff, ctrl;
-  State st{};
+  StateT<T> st{};
 
-  Problem(int64_t n, const at::TensorOptions& opts) {
+  ProblemT(int64_t n, const at::TensorOptions& opts) {
     const auto f64 = opts.dtype(at::kDouble);
     const auto i64 = opts.dtype(at::kLong);
+    const auto ft = opts.dtype(c10::CppTypeToScalarType<T>::value);
     const int64_t h = n / 2;
-    S0 = at::empty({n * n}, f64);
-    S1 = at::empty({std::max<int64_t>(h * h, 1)}, f64);
+    S0 = at::empty({n * n}, ft);
+    S1 = at::empty({std::max<int64_t>(h * h, 1)}, ft);
     slots = at::empty({6, n}, i64);  // rep, size, last (x2: ping-pong)
     state = at::empty({n}, opts.dtype(at::kChar));
     aux = at::empty({4, n}, i64);  // nn, keep, pi, pj
@@ -552,8 +575,8 @@ struct Problem {
     log = at::empty({n - 1, 3}, f64);
     eff = at::empty({n - 1}, f64);
     ctrl = at::zeros({static_cast<int64_t>(sizeof(Ctrl) / 8)}, i64);
-    st.S[0] = S0.data_ptr<double>();
-    st.S[1] = S1.data_ptr<double>();
+    st.S[0] = S0.data_ptr<T>();
+    st.S[1] = S1.data_ptr<T>();
     int64_t* sp = slots.data_ptr<int64_t>();
     for (int b = 0; b < 2; ++b) {
       st.rep[b] = sp + (3 * b + 0) * n;
@@ -578,11 +601,10 @@ struct Problem {
     const int64_t n = st.n;
     const int64_t sq_blocks = std::min<int64_t>((n * n + 255) / 256, 65535 * 8);
     if (d.scalar_type() == at::kDouble) {
-      square_kernel<double><<<sq_blocks, 256, 0, stream>>>(d.data_ptr<double>() + offset, st.S[0],
-                                                           n);
+      square_kernel<double, T>
+          <<<sq_blocks, 256, 0, stream>>>(d.data_ptr<double>() + offset, st.S[0], n);
     } else {
-      square_kernel<float><<<sq_blocks, 256, 0, stream>>>(d.data_ptr<float>() + offset, st.S[0],
-                                                          n);
+      square_kernel<float, T><<<sq_blocks, 256, 0, stream>>>(d.data_ptr<float>() + offset, st.S[0], n);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     init_slots_kernel<<<(n + 255) / 256, 256, 0, stream>>>(st.rep[0], st.size[0], st.last[0],
@@ -623,26 +645,26 @@ struct Problem {
   }
 };
 
-template <int M>
-void launch_rounds(State& st, cudaStream_t stream, int device) {
+template <int M, typename T>
+void launch_rounds(StateT<T>& st, cudaStream_t stream, int device) {
   int sms = 0, per_sm = 0, coop = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
   TORCH_CHECK(coop, "simprune::linkage_cuda: the device does not support cooperative launches");
   C10_CUDA_CHECK(
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, rounds_kernel<M>, kThreads, 0));
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, rounds_kernel<M, T>, kThreads, 0));
   TORCH_CHECK(per_sm > 0, "simprune::linkage_cuda: the rounds kernel cannot be resident");
   // Enough blocks for one warp per row of the first pass, at most what is co-resident.
   const int64_t want = (st.n * 32 + kThreads - 1) / kThreads;
   const int blocks =
       st.n <= kSoloMax ? 1 : static_cast<int>(std::min<int64_t>(int64_t{sms} * per_sm, want));
   void* args[] = {&st};
-  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(rounds_kernel<M>),
+  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(rounds_kernel<M, T>),
                                              dim3(blocks), dim3(kThreads), args, 0, stream));
 }
 
 template <int M>
-void launch_grouped(const State* states, int64_t groups, cudaStream_t stream) {
+void launch_grouped(const StateT<double>* states, int64_t groups, cudaStream_t stream) {
   grouped_rounds_kernel<M><<<static_cast<unsigned>(groups), kThreads, 0, stream>>>(states);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -664,26 +686,29 @@ void dispatch(int meth, A&&... a) {
 }
 template <int M>
 struct LaunchOne {
-  static void run(State& st, cudaStream_t s, int dev) { launch_rounds<M>(st, s, dev); }
+  template <typename T>
+  static void run(StateT<T>& st, cudaStream_t s, int dev) {
+    launch_rounds<M, T>(st, s, dev);
+  }
 };
 template <int M>
 struct LaunchGrouped {
-  static void run(const State* st, int64_t g, cudaStream_t s) { launch_grouped<M>(st, g, s); }
+  static void run(const StateT<double>* st, int64_t g, cudaStream_t s) {
+    launch_grouped<M>(st, g, s);
+  }
 };
 
-std::tuple<at::Tensor, at::Tensor> linkage_rounds_cuda(const at::Tensor& d_in,
-                                                       const std::string& method) {
-  const char* op = "simprune::linkage_cuda";
-  const int meth = parse_method_cuda(method, op);
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> rounds_cuda(const at::Tensor& d_in, int meth, const char* op) {
   const int64_t n = check_input(d_in, op);
   const c10::cuda::CUDAGuard guard(d_in.device());
   at::Tensor stats = at::zeros({3}, at::TensorOptions().dtype(at::kLong));
   if (n < 2) return {at::empty({0, 4}, d_in.options().dtype(at::kDouble)), stats.to(d_in.device())};
-  check_memory(bytes_needed(n), n, d_in.device(), op);
+  check_memory(bytes_needed(n, sizeof(T)), n, d_in.device(), op, sizeof(T));
   check_values(d_in, op);
   const at::Tensor d = d_in.contiguous();
   auto stream = at::cuda::getCurrentCUDAStream();
-  Problem prob(n, d.options());
+  ProblemT<T> prob(n, d.options());
   prob.init(d, 0, stream);
   dispatch<LaunchOne>(meth, prob.st, stream.stream(), static_cast<int>(d.device().index()));
   at::Tensor Z = at::empty({n - 1, 4}, at::TensorOptions().dtype(at::kDouble));
@@ -691,27 +716,37 @@ std::tuple<at::Tensor, at::Tensor> linkage_rounds_cuda(const at::Tensor& d_in,
   return {Z.to(d_in.device()), stats.to(d_in.device())};
 }
 
+std::tuple<at::Tensor, at::Tensor> linkage_rounds_cuda(const at::Tensor& d_in,
+                                                       const std::string& method,
+                                                       std::optional<at::ScalarType> storage) {
+  const char* op = "simprune::linkage_cuda";
+  const int meth = parse_method_cuda(method, op);
+  return parse_storage_cuda(storage, op) ? rounds_cuda<float>(d_in, meth, op)
+                                         : rounds_cuda<double>(d_in, meth, op);
+}
+
 // Single linkage: Boruvka, then the stable sort by height and scipy's label(). stats = (iterations,
-// 0, most edges in one iteration).
+// 0, most edges in one iteration). T: the storage type of the square matrix.
+template <typename T>
 std::tuple<at::Tensor, at::Tensor> linkage_boruvka_cuda(const at::Tensor& d_in) {
   const char* op = "simprune::linkage_cuda";
   const int64_t n = check_input(d_in, op);
   const c10::cuda::CUDAGuard guard(d_in.device());
   at::Tensor stats = at::zeros({3}, at::TensorOptions().dtype(at::kLong));
   if (n < 2) return {at::empty({0, 4}, d_in.options().dtype(at::kDouble)), stats.to(d_in.device())};
-  check_memory(8 * n * n + 96 * n + 1024, n, d_in.device(), op);
+  check_memory(static_cast<int64_t>(sizeof(T)) * n * n + 96 * n + 1024, n, d_in.device(), op,
+               sizeof(T));
   check_values(d_in, op);
   const at::Tensor d = d_in.contiguous();
   const auto f64 = d.options().dtype(at::kDouble);
   const auto i64 = d.options().dtype(at::kLong);
   auto stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor S = at::empty({n * n}, f64);
+  at::Tensor S = at::empty({n * n}, d.options().dtype(c10::CppTypeToScalarType<T>::value));
   const int64_t sq_blocks = std::min<int64_t>((n * n + 255) / 256, 65535 * 8);
   if (d.scalar_type() == at::kDouble) {
-    square_kernel<double><<<sq_blocks, 256, 0, stream>>>(d.data_ptr<double>(), S.data_ptr<double>(),
-                                                         n);
+    square_kernel<double, T><<<sq_blocks, 256, 0, stream>>>(d.data_ptr<double>(), S.data_ptr<T>(), n);
   } else {
-    square_kernel<float><<<sq_blocks, 256, 0, stream>>>(d.data_ptr<float>(), S.data_ptr<double>(), n);
+    square_kernel<float, T><<<sq_blocks, 256, 0, stream>>>(d.data_ptr<float>(), S.data_ptr<T>(), n);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   at::Tensor comp = at::arange(n, i64);
@@ -730,14 +765,14 @@ std::tuple<at::Tensor, at::Tensor> linkage_boruvka_cuda(const at::Tensor& d_in) 
   int64_t k = 0, iters = 0;
   while (k < n - 1) {
     ++iters;
-    boruvka_rowmin_kernel<<<rows_blocks, 256, 0, stream>>>(
-        S.data_ptr<double>(), comp.data_ptr<int64_t>(), w.data_ptr<double>(), u, n);
+    boruvka_rowmin_kernel<T><<<rows_blocks, 256, 0, stream>>>(
+        S.data_ptr<T>(), comp.data_ptr<int64_t>(), w.data_ptr<double>(), u, n);
     boruvka_reset_kernel<<<lin_blocks, 256, 0, stream>>>(cwp, ck, n);
     boruvka_component_kernel<<<lin_blocks, 256, 0, stream>>>(
         comp.data_ptr<int64_t>(), w.data_ptr<double>(), u, cwp, ck, n, 1);
     boruvka_component_kernel<<<lin_blocks, 256, 0, stream>>>(
         comp.data_ptr<int64_t>(), w.data_ptr<double>(), u, cwp, ck, n, 2);
-    boruvka_hook_kernel<<<1, kThreads, 0, stream>>>(S.data_ptr<double>(), comp.data_ptr<int64_t>(),
+    boruvka_hook_kernel<T><<<1, kThreads, 0, stream>>>(S.data_ptr<T>(), comp.data_ptr<int64_t>(),
                                                     ck, parent, log.data_ptr<double>(),
                                                     ctrl.data_ptr<int64_t>(), n);
     boruvka_jump_kernel<<<lin_blocks, 256, 0, stream>>>(parent, root, n);
@@ -769,14 +804,21 @@ std::tuple<at::Tensor, at::Tensor> linkage_boruvka_cuda(const at::Tensor& d_in) 
   return {Z.to(d_in.device()), stats.to(d_in.device())};
 }
 
-at::Tensor linkage_cuda(const at::Tensor& d, const std::string& method, const std::string& mode) {
+at::Tensor linkage_cuda(const at::Tensor& d, const std::string& method, const std::string& mode,
+                        std::optional<at::ScalarType> storage) {
   TORCH_CHECK_VALUE(mode == "exact" || mode == "strict", "simprune::linkage_cuda: unknown mode '",
                     mode, "'; expected 'exact' or 'strict'");
+  const bool fp32 = parse_storage_cuda(storage, "simprune::linkage_cuda");
+  TORCH_CHECK_VALUE(!(mode == "strict" && fp32),
+                    "simprune::linkage_cuda: mode='strict' (bitwise scipy) needs float64 storage; "
+                    "storage=torch.float32 is an 'exact'-mode option");
   TORCH_CHECK_NOT_IMPLEMENTED(mode == "exact",
                               "simprune::linkage_cuda: mode='strict' (bitwise scipy under ties) is "
                               "not implemented by the cuda backend; use backend='cpu' or 'torch'");
-  if (method == "single") return std::get<0>(linkage_boruvka_cuda(d));
-  return std::get<0>(linkage_rounds_cuda(d, method));
+  if (method == "single") {
+    return std::get<0>(fp32 ? linkage_boruvka_cuda<float>(d) : linkage_boruvka_cuda<double>(d));
+  }
+  return std::get<0>(linkage_rounds_cuda(d, method, storage));
 }
 
 // Many independent problems (e.g. every layer of a CNN) in one launch, one block each. d is the
@@ -806,7 +848,7 @@ at::Tensor linkage_batched_cuda(const at::Tensor& d, at::IntArrayRef sizes,
   check_values(d, op);
   const at::Tensor dc = d.contiguous();
   auto stream = at::cuda::getCurrentCUDAStream();
-  std::vector<Problem> probs;
+  std::vector<ProblemT<double>> probs;
   std::vector<int64_t> zrow;
   probs.reserve(sizes.size());
   int64_t off = 0, zr = 0;
@@ -821,6 +863,7 @@ at::Tensor linkage_batched_cuda(const at::Tensor& d, at::IntArrayRef sizes,
   }
   // The States go to the device in one copy (the kernel reads states[blockIdx.x]).
   const int64_t g = static_cast<int64_t>(probs.size());
+  using State = StateT<double>;
   at::Tensor host = at::empty({g * static_cast<int64_t>(sizeof(State))},
                               at::TensorOptions().dtype(at::kByte).pinned_memory(true));
   State* hs = reinterpret_cast<State*>(host.data_ptr<uint8_t>());
