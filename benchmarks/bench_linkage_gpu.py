@@ -15,6 +15,10 @@ Columns:
   included (input checks, the square matrix, the rounds, the merge log's copy to the host, sort and
   relabel, Z back on the device); median of a few runs after a warm-up; the host-looped Triton
   path runs up to ``--triton-max-n``;
+* ``cuda_f32_s``, ``f32_same_Z``, ``f32_rel``: the CUDA path with ``storage=torch.float32`` (half the
+  memory and traffic), whether its Z[:, [0, 1, 3]] still equals scipy's (it may legitimately differ
+  where two merges are within float32 rounding) and its largest relative height error against scipy
+  (sorted heights);
 * ``R``, ``widest``, ``mean_pr``: rounds, the most merges in one round and the mean merges per round
   (CUDA path's statistics; "MST" for single, which runs Boruvka);
 * ``same_Z``: Z[:, [0, 1, 3]] equal to scipy's (where scipy ran) -- a benchmark of a wrong answer is
@@ -24,9 +28,10 @@ Columns:
   t(n) = t(n0) (n / n0)^2 from the largest measured n0 (NN-chain is Theta(n^2)) and marked ``~``;
 * ``x_scipy``, ``x_fc``, ``x_cpu``: speed-ups of the CUDA path (> 1: the GPU is faster).
 
-With ``--layers``: the ResNet-50-like set (53 layers, 64 to 2048 channels each) clustered one call per
-layer on the GPU, against the loop of scipy calls. (A grouped one-launch kernel is not implemented
-yet: this row measures the per-call path.) Speed is never asserted: this script only reports.
+With ``--layers``: the ResNet-50-like set (53 layers, 64 to 2048 channels each): ``batched_s`` is
+``simprune.linkage_batched`` (one launch, one thread block per layer), ``<backend>_s`` one
+``simprune.linkage`` call per layer, ``scipy_s`` the loop of scipy calls (``x_scipy`` = scipy_s /
+batched_s). Speed is never asserted: this script only reports.
 """
 
 from __future__ import annotations
@@ -127,6 +132,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     r, _, widest = st.cpu().tolist()
                     row.update(R=r, widest=widest, mean_pr=(n - 1) / r)
                 if b == "cuda":
+                    _float32_storage(row, d, method, zs, rep)
                     if zs is not None:
                         row["same_Z"] = bool(np.array_equal(z[:, [0, 1, 3]], zs[:, [0, 1, 3]]))
                     if n <= args.twin_max_n and d_np is not None:
@@ -144,6 +150,27 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def _float32_storage(row: dict[str, Any], d: torch.Tensor, method: str, zs, rep: int) -> None:
+    """The CUDA path with float32 storage: time, and agreement with scipy where scipy ran."""
+    import simprune
+
+    f32 = torch.float32
+    try:
+        z = simprune.linkage(d, method, storage=f32, backend="cuda").cpu().numpy()
+        row["cuda_f32_s"] = median_time(
+            lambda: simprune.linkage(d, method, storage=f32, backend="cuda"),
+            repeat=rep,
+            device="cuda",
+        )
+    except (RuntimeError, torch.OutOfMemoryError) as e:
+        row["cuda_f32_s"] = f"error: {str(e)[:60]}"
+        return
+    if zs is not None:
+        row["f32_same_Z"] = bool(np.array_equal(z[:, [0, 1, 3]], zs[:, [0, 1, 3]]))
+        hs, h = np.sort(zs[:, 2]), np.sort(z[:, 2])
+        row["f32_rel"] = float(np.max(np.abs(h - hs) / np.maximum(hs, 1e-300)))
+
+
 def run_layers(args: argparse.Namespace) -> dict[str, Any]:
     import scipy.cluster.hierarchy as sch
 
@@ -158,14 +185,25 @@ def run_layers(args: argparse.Namespace) -> dict[str, Any]:
         for d in ds:
             simprune.linkage(d, "average", backend=b)
 
+    try:
+        zb = simprune.linkage_batched(ds, "average", backend="cuda")
+        out["batched_s"] = median_time(
+            lambda: simprune.linkage_batched(ds, "average", backend="cuda"), repeat=3, device="cuda"
+        )
+        out["batched_same_Z"] = all(
+            np.array_equal(z.cpu().numpy()[:, [0, 1, 3]], sch.linkage(x, "average")[:, [0, 1, 3]])
+            for z, x in zip(zb, ds_np, strict=True)
+        )
+    except Exception as e:  # noqa: BLE001 - report, don't abort the run
+        out["batched_s"] = f"error: {str(e)[:60]}"
     for b in args.backends:
         try:
             out[f"{b}_s"] = median_time(lambda bb=b: gpu_loop(bb), repeat=3, device="cuda")
         except Exception as e:  # noqa: BLE001 - report, don't abort the run
             out[f"{b}_s"] = f"error: {str(e)[:60]}"
     out["scipy_s"] = median_time(lambda: [sch.linkage(x, "average") for x in ds_np], repeat=3)
-    if isinstance(out.get("cuda_s"), float):
-        out["x_scipy"] = out["scipy_s"] / out["cuda_s"]
+    if isinstance(out.get("batched_s"), float):
+        out["x_scipy"] = out["scipy_s"] / out["batched_s"]
     return out
 
 
@@ -194,12 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(args)
     columns = ["n", "method", "same_Z", "twin", "R", "widest", "mean_pr"]
     columns += [f"{b}_s" for b in args.backends]
+    if "cuda" in args.backends:
+        columns += ["cuda_f32_s", "f32_same_Z", "f32_rel"]
     columns += ["cpu_s", "scipy_s", "fc_s", "extrap", "x_scipy", "x_fc", "x_cpu"]
     print("\n" + ", ".join(f"{k}={v}" for k, v in info.items()))
     print_table(rows, columns, title="GPU linkage (times: median seconds; ~ = extrapolated)")
     layers = run_layers(args) if args.layers else None
     if layers:
-        print_table([layers], list(layers), title="ResNet-50-like layers, one call per layer")
+        print_table([layers], list(layers), title="ResNet-50-like layers (average linkage)")
     write_results(
         rows,
         columns,

@@ -57,7 +57,17 @@ README_COLUMNS = {
     "model": ["x_plan", "model", "pipeline", "s", "macs_red"],
     "latency": ["speedup", "macs_x", "model", "target", "round_to", "batch", "orig_ms"],
     "wide": ["x_simprune", "impl", "layers", "d", "h", "s", "note"],
-    "linkage_gpu": ["x_scipy", "x_fc", "n", "method", "cuda_s", "R", "mean_pr", "extrap"],
+    "linkage_gpu": [
+        "x_scipy",
+        "x_fc",
+        "n",
+        "method",
+        "cuda_s",
+        "cuda_f32_s",
+        "R",
+        "mean_pr",
+        "extrap",
+    ],
 }
 
 
@@ -100,6 +110,7 @@ def linkage_suite(device: str, quick: bool, big: bool = False) -> list[Table]:
         )  # fmt: skip
         rows = bench_linkage_gpu.run(args)
         cols = ["x_scipy", "x_fc", "x_cpu", "n", "method", "cuda_s", "triton_s", "R", "mean_pr"]
+        cols += ["cuda_f32_s", "f32_same_Z", "f32_rel"]
         cols += ["widest", "same_Z", "twin", "scipy_s", "fc_s", "extrap"]
         title = (
             "GPU linkage, fp64 condensed distances (x_* = peer time / cuda time; R = rounds, "

@@ -6,10 +6,17 @@
 #   OUT=/path/to/results scripts/gpu_check.sh          # from the repository root
 #   PYTHON=/opt/venv/bin/python scripts/gpu_check.sh   # pick the interpreter (default: python3)
 #
+# The build is the longest step. With ninja it compiles the sources in parallel (MAX_JOBS = all cores);
+# without it, one file after the other. A machine without ninja can use the dev venv's binary (a
+# self-contained ELF from the `ninja` wheel): carry `.venv/bin/ninja` along (the device tool's
+# carry=[".venv/bin/ninja"]) and this script puts it on PATH (NINJA=/path/to/ninja to point elsewhere).
+#
 # Output ($OUT, default ./out):
 #   env.json              card, capability, driver, torch/triton/CUDA versions, commit
 #   build.log             the extension build
-#   pytest_gpu.log/.xml   pytest -m gpu (SIMPRUNE_TEST_ON_GPU=1: Triton compiles for real, no interpreter)
+#   pytest_linkage.log/.xml   pytest -m gpu on the linkage tests first (the kernels least verified:
+#                         the cooperative CUDA rounds kernel, Boruvka, batched, float32 storage, strict)
+#   pytest_gpu.log/.xml   pytest -m gpu on the rest (SIMPRUNE_TEST_ON_GPU=1: Triton compiles for real)
 #   bench_<name>.log/.json/.md   one set per benchmark in BENCHES below
 #   results.md, results.json     the summary: every step's status and seconds, then every benchmark table
 #   results/<gpu>.json|md, results/README_table.md   the same tables in benchmarks/results/ format
@@ -75,6 +82,15 @@ fi
 ARCH=$($PY -c "import torch; c = torch.cuda.get_device_capability(0); print(f'{c[0]}.{c[1]}')" 2>/dev/null)
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-${ARCH:-9.0}}"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+if ! command -v ninja >/dev/null; then
+  NINJA="${NINJA:-.venv/bin/ninja}"
+  if [[ -x "$NINJA" ]] && "$NINJA" --version >/dev/null 2>&1; then
+    mkdir -p /tmp/simprune-gpu-bin
+    ln -sf "$(cd "$(dirname "$NINJA")" && pwd)/$(basename "$NINJA")" /tmp/simprune-gpu-bin/ninja
+    export PATH="/tmp/simprune-gpu-bin:$PATH"
+  fi
+fi
+echo "[gpu_check] ninja: $(command -v ninja || echo 'not found: the build compiles one file at a time')"
 echo "[gpu_check] python=$PY CUDA_HOME=${CUDA_HOME:-?} TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST OUT=$OUT"
 
 $PY - >"$OUT/env.json" <<'EOF'
@@ -110,9 +126,14 @@ BUILD_CMD="$PY -m pip install --no-build-isolation --no-deps -e . || $PY setup.p
 $PY -c \"import simprune; i = simprune.backend_info(); print(i); assert i['cuda_extension'], 'no CUDA in _C'\""
 step build 300 "$OUT/build.log" bash -c "$BUILD_CMD"
 
-# ---- 2. GPU tests (Triton compiles for the real GPU: no interpreter) ----
-step pytest_gpu 200 "$OUT/pytest_gpu.log" env SIMPRUNE_TEST_ON_GPU=1 "$PY" -m pytest -m gpu -q -rs \
-  --junitxml="$OUT/pytest_gpu.xml" -p no:cacheprovider tests
+# ---- 2. GPU tests (Triton compiles for the real GPU: no interpreter); linkage first ----
+LINKAGE_TESTS=(tests/test_linkage_*.py)
+step pytest_linkage 150 "$OUT/pytest_linkage.log" env SIMPRUNE_TEST_ON_GPU=1 "$PY" -m pytest -m gpu \
+  -q -rs --junitxml="$OUT/pytest_linkage.xml" -p no:cacheprovider "${LINKAGE_TESTS[@]}"
+IGNORE=()
+for f in "${LINKAGE_TESTS[@]}"; do IGNORE+=(--ignore="$f"); done
+step pytest_gpu 150 "$OUT/pytest_gpu.log" env SIMPRUNE_TEST_ON_GPU=1 "$PY" -m pytest -m gpu -q -rs \
+  --junitxml="$OUT/pytest_gpu.xml" -p no:cacheprovider "${IGNORE[@]}" tests
 
 # ---- 3. benchmarks ----
 for b in "${BENCHES[@]}"; do
@@ -147,7 +168,10 @@ step record 60 "$OUT/record.log" "$PY" -m benchmarks.report --from-gpu-check "$O
     echo "$s" | "$PY" -c "import json,sys; s=json.load(sys.stdin); print(f\"| {s['step']} | {s['status']} | {s['seconds']} |\")"
   done
   echo
-  echo "pytest -m gpu: $(grep -E "passed|failed|error|skipped" "$OUT/pytest_gpu.log" | tail -1)"
+  for t in pytest_linkage pytest_gpu; do
+    echo "$t (-m gpu): $(grep -E "passed|failed|error|skipped" "$OUT/$t.log" 2>/dev/null | tail -1)"
+    echo
+  done
   for b in "${BENCHES[@]}"; do
     name="${b%%|*}"
     echo
