@@ -291,3 +291,25 @@ def test_cuda_float32_storage_memory_refusal_names_the_storage():
         torch.ops.simprune.linkage_cuda(huge, "average", "exact", torch.float32)
     with pytest.raises(ValueError, match="strict.*float64 storage"):
         torch.ops.simprune.linkage_cuda(huge[:3], "average", "strict", torch.float32)
+
+
+@needs_cuda_kernel
+def test_cuda_past_the_int32_index_boundary():
+    """n = 46,341: n^2 > 2^31, so any 32-bit index in the kernels would wrap (linkage.md 8.2). The
+    oracle is the C++ CPU backend (scipy would take minutes here); complete linkage does no arithmetic,
+    so the tree and the heights must match exactly on this tie-free data. Kept last in this file: it is
+    the slowest test (about 17 GB of GPU memory, seconds of CPU time for the oracle)."""
+    n = 46_341
+    x = torch.from_numpy(np.random.default_rng(7).standard_normal((n, 16))).cuda()
+    d = torch.pdist(x)
+    del x
+    z = simprune.linkage(d, "complete", backend="cuda").cpu().numpy()
+    z32 = simprune.linkage(d, "complete", backend="cuda", storage=torch.float32).cpu().numpy()
+    d_cpu = d.cpu()
+    del d
+    torch.cuda.empty_cache()
+    zc = simprune.linkage(d_cpu, "complete", backend="cpu").numpy()
+    assert_same_tree(z, zc, "complete")
+    # float32 storage (8.6 GB here): a valid tree with the 8.3 fp32 height gate.
+    sch.is_valid_linkage(z32, throw=True)
+    np.testing.assert_allclose(np.sort(z32[:, 2]), np.sort(zc[:, 2]), rtol=1e-5, atol=0)
