@@ -568,12 +568,20 @@ def linkage_boruvka_triton(
 def linkage_triton(
     d: torch.Tensor, method: str, mode: str = "exact", storage: torch.dtype | None = None
 ) -> torch.Tensor:
-    """Triton implementation of ``simprune::linkage_triton`` (exact mode only)."""
+    """Triton implementation of ``simprune::linkage_triton``.
+
+    mode="exact": the round-synchronous RNN rounds (Boruvka for single) of this module.
+    mode="strict": scipy's own sequential NN-chain / Prim replayed in one CTA, bitwise scipy, ties
+    included (kernels/linkage_strict.py; latency-bound); float64 storage only."""
     if mode == "strict":
-        raise NotImplementedError(
-            "simprune::linkage_triton: mode='strict' (bitwise scipy under ties) is not implemented "
-            "by the triton backend; use backend='cpu' or backend='torch'"
-        )
+        if storage is not None and storage != torch.float64:
+            raise ValueError(
+                "simprune::linkage_triton: mode='strict' (bitwise scipy) needs float64 storage; "
+                f"storage={storage} is an 'exact'-mode option"
+            )
+        from .linkage_strict import linkage_strict_triton  # imports this module: load it lazily
+
+        return linkage_strict_triton(d, method)
     if mode != "exact":
         raise ValueError(
             f"simprune::linkage_triton: unknown mode {mode!r}; expected 'exact' or 'strict'"
