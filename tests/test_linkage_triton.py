@@ -135,8 +135,11 @@ def test_small_and_bad_input():
         op(torch.tensor([1.0, 1.0, 2.0]), "nope", "exact")
     with pytest.raises(NotImplementedError, match="median"):
         op(torch.tensor([1.0, 1.0, 2.0]), "median", "exact")
-    with pytest.raises(NotImplementedError, match="strict"):
-        op(torch.tensor([1.0, 1.0, 2.0]), "average", "strict")
+    # Strict mode (kernels/linkage_strict.py) on a tie: scipy's choice (tests/test_linkage_strict_triton.py).
+    zs = op(torch.tensor([1.0, 1.0, 2.0], dtype=torch.float64), "average", "strict")
+    assert zs.tolist() == [[0.0, 1.0, 1.0, 2.0], [2.0, 3.0, 1.5, 3.0]]
+    with pytest.raises(ValueError, match="unknown mode"):
+        op(torch.tensor([1.0, 1.0, 2.0]), "average", "loose")
     with pytest.raises(TypeError, match="float32 or float64"):
         op(torch.tensor([1, 1, 2]), "average", "exact")
 
