@@ -24,7 +24,7 @@ from .backends import (
 from .cut import cut_maxclust, cut_n_clusters, cut_threshold, redundancy_scores, representatives
 from .distance import pairwise_distance, pairwise_distance_batched, pairwise_distance_ref
 from .linkage import is_valid_linkage, linkage, linkage_batched, linkage_ref
-from .prune import PruningPlan, apply_plan, prune
+from .prune import PruningPlan, apply_plan, prune, recalibrate_bn
 from .similarity import channel_descriptors, channel_energy, distance_metric, layer_descriptors
 
 __version__ = "0.1.0"
@@ -53,6 +53,7 @@ __all__ = [
     "pairwise_distance_batched",
     "pairwise_distance_ref",
     "prune",
+    "recalibrate_bn",
     "redundancy_scores",
     "representatives",
 ]

@@ -35,6 +35,7 @@ from torch import nn
 
 from .datasets import load_mnist5k
 from .prune import PruningPlan, apply_plan, prune
+from .prune.calibrate import recalibrate_bn as _recalibrate_bn
 from .prune.groups import ChannelGroup, build_dependency_graph, group_at
 from .prune.macs import CostModel
 from .prune.plan import GroupPlan, describe_inputs
@@ -84,28 +85,10 @@ def random_shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 2) -> tor
 # BatchNorm recalibration and fine-tuning
 
 
-@torch.no_grad()
 def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 250) -> nn.Module:
-    """Re-estimate every BatchNorm's running mean/variance on ``x`` (in place; returns ``model``).
-
-    Pruning and merging change what each BatchNorm sees (a merged representative's consumer adds
-    the removed channels' contributions), so the stored statistics are stale. Running the model in
-    train mode with ``momentum=None`` (a cumulative average) and no gradient replaces them with the
-    statistics of the new network; weights are untouched.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, m.training) for m in bns]
-    was_training = model.training
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    for s in range(0, len(x), batch_size):
-        model(x[s : s + batch_size])
-    for m, (mom, _) in zip(bns, saved, strict=True):
-        m.momentum = mom
-    model.train(was_training)
-    return model
+    """BatchNorm statistics re-estimated on ``x`` (in place): :func:`simprune.prune.recalibrate_bn`
+    with the experiments' batch size."""
+    return _recalibrate_bn(model, x, batch_size=batch_size)
 
 
 @dataclass

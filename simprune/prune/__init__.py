@@ -8,6 +8,7 @@
 """
 
 from .api import PruneResult, prune
+from .calibrate import recalibrate_bn
 from .groups import TracingError
 from .macs import CostModel
 from .plan import GroupPlan, PruningPlan, apply_plan
@@ -22,4 +23,5 @@ __all__ = [
     "TracingError",
     "apply_plan",
     "prune",
+    "recalibrate_bn",
 ]

@@ -16,6 +16,7 @@ from torch import nn
 from ..cut import cut_n_clusters
 from ..distance import pairwise_distance_batched
 from ..linkage import METHODS, linkage, linkage_batched
+from .calibrate import check_data_type, recalibrate_bn
 from .cut import CutResult, GroupCurve, make_curve, solve_global, solve_uniform
 from .descriptors import METRICS, check_finite_model, group_descriptors
 from .groups import ChannelGroup, build_dependency_graph, check_connected, collect_groups
@@ -114,6 +115,7 @@ def prune(
     round_to: int | None = None,
     ignored_layers: Sequence[nn.Module] | None = None,
     inplace: bool = False,
+    calibration_data: Any = None,
     backend: str = "auto",
     progress: bool = True,
 ) -> PruneResult:
@@ -159,6 +161,12 @@ def prune(
     round_to : keep a multiple of ``round_to`` channels per group (rounded up, at most all).
     ignored_layers : modules whose output channels are never pruned.
     inplace : prune ``model`` itself.
+    calibration_data : Tensor or iterable of batches, optional
+        Inputs to re-estimate every BatchNorm's running statistics on after the rewrite
+        (:func:`recalibrate_bn`: a Tensor of inputs, or batches such as a ``DataLoader`` of
+        ``(x, y)``; a few hundred to a few thousand samples). Pruning and merging make the stored
+        statistics stale; on the MNIST evidence this recovers most of the accuracy lost (-30 % MACs:
+        36.4 % -> 93.2 % test accuracy) without training. None (default): statistics are left as they are.
     backend : engine backend for distances and linkage ("auto", "torch", "cpu", "triton", "cuda").
     progress : print progress on stderr.
 
@@ -207,6 +215,8 @@ def prune(
         raise ValueError(f"round_to must be None or an int >= 1, got {round_to!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if calibration_data is not None:
+        check_data_type(calibration_data)
     check_finite_model(model)
 
     timings: dict[str, float] = {}
@@ -238,6 +248,11 @@ def prune(
         execute(work, dg, plan_groups)
         work.train(training)
         timings["rewrite"] = time.perf_counter() - t0
+        if calibration_data is not None:
+            bar.stage("recalibrating BatchNorm")
+            t0 = time.perf_counter()
+            recalibrate_bn(work, calibration_data)
+            timings["calibrate"] = time.perf_counter() - t0
         bar.stage("done")
 
     macs1, params1 = cm.measure(work)
