@@ -82,3 +82,25 @@ def test_cli_without_matplotlib_says_so(tmp_path, capsys, monkeypatch):
     rc, _ = _run(tmp_path, "torchvision:resnet18")
     assert rc == 2
     assert "pip install matplotlib" in capsys.readouterr().err
+
+
+def test_cli_calibration_data(tmp_path, capsys):
+    data = tmp_path / "calib.pt"
+    x = torch.randn(16, 3, 32, 32)
+    torch.save(x, data)
+    rc, out = _run(tmp_path, "torchvision:resnet18", "--no-plot", "--calibration-data", str(data))
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert "calibrate" in report["timings"]
+    model = torch.load(out / "pruned_model.pt", weights_only=False)
+    # The stem's BatchNorm now holds the statistics of these inputs (its conv is not pruned away).
+    with torch.no_grad():
+        z = model.conv1(x)
+    torch.testing.assert_close(model.bn1.running_mean, z.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.save({"x": x}, data)
+    rc, _ = _run(tmp_path, "torchvision:resnet18", "--no-plot", "--calibration-data", str(data))
+    assert (
+        rc == 2 and "must be a torch.save'd Tensor of inputs, got dict" in capsys.readouterr().err
+    )
+    rc, _ = _run(tmp_path, "torchvision:resnet18", "--no-plot", "--calibration-data", "nope.pt")
+    assert rc == 2 and "cannot read --calibration-data nope.pt" in capsys.readouterr().err

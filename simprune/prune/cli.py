@@ -84,6 +84,23 @@ def run(args: argparse.Namespace) -> int:
             return 2
     model = load_model(args.model, args.arch, args.weights).eval()
     x = torch.randn(*args.input_shape)
+    calib = None
+    if args.calibration_data:
+        try:
+            calib = torch.load(args.calibration_data, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file: one clear message
+            print(
+                f"error: cannot read --calibration-data {args.calibration_data}: {e}",
+                file=sys.stderr,
+            )
+            return 2
+        if not isinstance(calib, torch.Tensor):
+            print(
+                f"error: --calibration-data must be a torch.save'd Tensor of inputs, got "
+                f"{type(calib).__name__}",
+                file=sys.stderr,
+            )
+            return 2
     targets = {
         "macs_reduction": args.macs_reduction,
         "params_reduction": args.params_reduction,
@@ -107,9 +124,10 @@ def run(args: argparse.Namespace) -> int:
             round_to=args.round_to,
             backend=args.backend,
             inplace=True,
+            calibration_data=calib,
             progress=not args.no_progress,
         )
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(report.table(max_rows=None if args.all_rows else 25))
@@ -167,6 +185,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--min-keep-ratio", type=float, default=0.1)
     p.add_argument("--round-to", type=int, default=None)
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "cpu", "triton", "cuda"])
+    p.add_argument(
+        "--calibration-data",
+        metavar="FILE",
+        help="a torch.save'd Tensor of inputs (N, ...): BatchNorm statistics re-estimated on it",
+    )
     p.add_argument("--out", default="simprune_out", help="output directory")
     p.add_argument("--dendrogram", default=None, help="group root to plot (default: widest pruned)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
