@@ -78,6 +78,17 @@ _IMAX = tl.constexpr(9223372036854775807)  # int64 max: "no index" in the argmin
 
 
 @triton.jit
+def _first_min(best_v, best_i):
+    """The first minimal (value, index) over the lanes' per-lane bests: the minimum, the smallest
+    index holding it, and the value of that very entry (a min reduction may return +0.0 where the
+    first minimal entry is -0.0; scipy keeps that entry's own value, sign included)."""
+    v = tl.min(best_v, axis=0)
+    i = tl.min(tl.where(best_v == v, best_i, _IMAX), axis=0)
+    v = tl.min(tl.where(best_i == i, best_v, float("inf")), axis=0)
+    return v, i
+
+
+@triton.jit
 def _nn_chain_kernel(
     s_ptr,
     size_ptr,
@@ -136,10 +147,7 @@ def _nn_chain_kernel(
             better = v < best_v  # NaN never wins, as with scipy's '<'
             best_v = tl.where(better, v, best_v)
             best_i = tl.where(better, cols, best_i)
-        row_min = tl.min(best_v, axis=0)
-        row_arg = tl.min(tl.where(best_v == row_min, best_i, _IMAX), axis=0)
-        # The value of that very entry (a reduction may return +0.0 where -0.0 came first).
-        row_min = tl.min(tl.where(best_i == row_arg, best_v, float("inf")), axis=0)
+        row_min, row_arg = _first_min(best_v, best_i)
         if row_min < cur:
             cur = row_min
             y = row_arg
@@ -215,10 +223,7 @@ def _mst_single_kernel(s_ptr, dmin_ptr, merged_ptr, log_ptr, n, BLOCK: tl.conste
             better = dm < best_v  # scipy: if D[i] < current_min (first index wins ties)
             best_v = tl.where(better, dm, best_v)
             best_i = tl.where(better, cols, best_i)
-        cur = tl.min(best_v, axis=0)
-        arg = tl.min(tl.where(best_v == cur, best_i, _IMAX), axis=0)
-        # scipy's current_min is D[y] itself: keep the sign of a zero (the first minimal entry's).
-        cur = tl.min(tl.where(best_i == arg, best_v, float("inf")), axis=0)
+        cur, arg = _first_min(best_v, best_i)  # scipy's current_min is D[y] itself
         if cur < float("inf"):
             y = arg
         tl.store(log_ptr + 3 * k, x.to(tl.float64))
