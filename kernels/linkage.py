@@ -348,11 +348,21 @@ def check_input(d: torch.Tensor, method: str, op: str, storage: torch.dtype = to
     _check_memory(n, d.device, torch.finfo(storage).bits // 8)
     if m:
         n_nan = int(torch.isnan(d).sum())
-        n_inf = int(torch.isinf(d).sum())
+        if storage == torch.float32 and d.dtype == torch.float64:
+            # Inf, and the values that would become Inf in the float32 matrix.
+            n_inf = int((d.abs() > torch.finfo(torch.float32).max).sum())
+        else:
+            n_inf = int(torch.isinf(d).sum())
         if n_nan or n_inf:
             raise ValueError(
                 f"{op}: distances contain {n_nan} NaN and {n_inf} Inf value(s); linkage needs "
                 "finite distances"
+                + (
+                    " (with storage=torch.float32, values beyond float32's range, 3.4e38, count "
+                    "as Inf)"
+                    if storage == torch.float32
+                    else ""
+                )
             )
         n_neg = int((d < 0).sum())
         if n_neg:

@@ -134,12 +134,12 @@ def linkage(
         "exact": the exact dendrogram; under tied distances a different (equally valid) tie choice than
         scipy's is allowed. "strict": bitwise scipy output, ties included.
     storage : {torch.float64, torch.float32}
-        The working matrix's dtype. float32 halves the memory (and the traffic) of the GPU rounds:
-        Lance-Williams is still evaluated in float64 but every stored distance is rounded to float32,
-        so heights agree with scipy to about 1e-7 relative (tested at 1e-5) and trees can differ where
-        two candidate merges are within that of each other. "exact" mode only; observations are then
-        turned into float32 distances. Backends: triton, cuda (and the CPU round-synchronous twin);
-        the reference and the cpu backend compute in float64 only.
+        The working matrix's dtype. float32 halves the memory (and the traffic): Lance-Williams is
+        still evaluated in float64 but every stored distance is rounded to float32, so heights agree
+        with scipy to about 1e-7 relative (tested at 1e-5) and trees can differ where two candidate
+        merges are within that of each other. "exact" mode only; observations are then turned into
+        float32 distances (a float64 distance beyond float32's range is refused as Inf). Backends:
+        cpu, triton, cuda; the reference (scipy) computes in float64 only.
     backend : {"auto", "torch", "cpu", "triton", "cuda"}
 
     Returns
@@ -218,14 +218,14 @@ def linkage(
                 f"linkage method {method!r} is implemented only by the reference backend 'torch' "
                 f"(scipy), not by {name!r}; use backend='torch' or backend='auto'"
             )
-    if storage == torch.float32 and name in ("torch", "cpu"):
+    if storage == torch.float32 and name == "torch":
         raise BackendUnavailableError(
-            "storage=torch.float32 is a GPU option, implemented by the triton and cuda backends "
-            "(the reference and the cpu backend compute in float64); "
+            "storage=torch.float32 is implemented by the cpu, triton and cuda backends (the "
+            "reference, scipy, computes in float64 only); "
             + (
                 f"none of them is available for a tensor on {d.device}"
                 if backend == "auto"
-                else "use backend='triton' or 'cuda'"
+                else "use backend='cpu', 'triton' or 'cuda'"
             )
         )
     if name != "cpu":  # the C++ op checks the values itself, in one fused pass (cheaper than these)

@@ -313,3 +313,11 @@ def test_cuda_past_the_int32_index_boundary():
     # float32 storage (8.6 GB here): a valid tree with the 8.3 fp32 height gate.
     sch.is_valid_linkage(z32, throw=True)
     np.testing.assert_allclose(np.sort(z32[:, 2]), np.sort(zc[:, 2]), rtol=1e-5, atol=0)
+
+
+@needs_cuda_kernel
+def test_cuda_float32_storage_refuses_values_beyond_float32():
+    d = torch.tensor([1.0, 1e300, 2.0], dtype=torch.float64, device="cuda")
+    for method in ("single", "average"):
+        with pytest.raises(ValueError, match="1 Inf.*beyond float32's range"):
+            torch.ops.simprune.linkage_cuda(d, method, "exact", torch.float32)

@@ -1,12 +1,13 @@
 """float32 storage of the linkage matrix (``linkage(..., storage=torch.float32)``, linkage.md 7.3 / 8.3).
 
 The contract: Lance-Williams is evaluated in float64 from the stored values and every stored value is
-rounded to float32, the same on every implementation -- the CPU twin (``_linkage_rounds``), the Triton
-round primitives (under the interpreter here) and the CUDA kernel (``-m gpu``, in
-tests/test_linkage_cuda.py) -- so all of them give the same Z bit for bit. Against scipy (float64):
-heights within rtol 1e-5 and identical flat clusters at k in {5, 20, 100} on the Gaussian mixture
-(the linkage.md 8.3 gate). single and complete do no arithmetic: their float32-storage Z is the
-float64 algorithm's on the float32-rounded distances, exactly.
+rounded to float32, the same on every implementation of one algorithm -- the round-synchronous CPU
+twin (``_linkage_rounds``), the Triton round primitives (under the interpreter here) and the CUDA
+kernel (``-m gpu``, in tests/test_linkage_cuda.py) give the same Z bit for bit; the cpu backend (the
+NN-chain) stores its condensed copy the same way. Against scipy (float64): heights within rtol 1e-5
+and identical flat clusters at k in {5, 20, 100} on the Gaussian mixture (the linkage.md 8.3 gate).
+single and complete do no arithmetic: their float32-storage Z is the float64 algorithm's on the
+float32-rounded distances, exactly.
 """
 
 from __future__ import annotations
@@ -95,32 +96,80 @@ def test_twin_bad_storage():
     torch.library.opcheck(torch.ops.simprune.linkage_rounds_cpu, (d, "ward", F32))
 
 
-# ---- public API --------------------------------------------------------------------------------------
+# ---- public API and the cpu backend (NN-chain / MST on a float32 condensed copy) ------------------------
 def test_api_storage_errors():
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((20, 4)))
     with pytest.raises(ValueError, match="storage must be torch.float64 or torch.float32"):
         simprune.linkage(x, "average", storage=torch.float16)
     with pytest.raises(ValueError, match="strict.*float64 storage"):
         simprune.linkage(x, "average", mode="strict", storage=F32)
-    # float32 storage is a GPU option: on a CPU tensor no backend has it, and the reference never.
-    with pytest.raises(BackendUnavailableError, match="GPU option.*none of them is available"):
-        simprune.linkage(x, "average", storage=F32)
-    with pytest.raises(BackendUnavailableError, match="use backend='triton' or 'cuda'"):
+    # The reference (scipy) has no float32 storage.
+    with pytest.raises(BackendUnavailableError, match="use backend='cpu', 'triton' or 'cuda'"):
         simprune.linkage(x, "average", storage=F32, backend="torch")
     d = torch.from_numpy(data("gaussian", 10))
     with pytest.raises(NotImplementedError, match="scipy works in float64 only"):
         torch.ops.simprune.linkage_torch(d, "average", "exact", F32)
 
 
-@pytest.mark.skipif(not has_kernel("linkage_cpu", "CPU"), reason="simprune._C not built")
+needs_cpu = pytest.mark.skipif(not has_kernel("linkage_cpu", "CPU"), reason="simprune._C not built")
+
+
+@needs_cpu
+@pytest.mark.parametrize("method", REDUCIBLE)
+def test_cpu_float32_storage_gate_on_the_mixture(method):
+    d = torch.from_numpy(data("mixture", 1000))
+    z = simprune.linkage(d, method, storage=F32).numpy()  # auto: the cpu backend
+    assert_float32_gate(z, scipy_z("mixture", 1000, method))
+    z64 = simprune.linkage(d, method, backend="cpu").numpy()
+    assert not np.array_equal(z[:, 2], z64[:, 2])  # not silently the float64 path
+
+
+@needs_cpu
+@pytest.mark.parametrize("method", ["single", "complete"])
+@pytest.mark.parametrize("name", ["gaussian", "dead_duplicate", "quantised"])
+def test_cpu_float32_storage_without_arithmetic_is_exact_on_rounded_input(name, method):
+    d = torch.from_numpy(data(name, 300))
+    z32 = simprune.linkage(d, method, storage=F32, backend="cpu").numpy()
+    z64 = simprune.linkage(d.float().double(), method, backend="cpu").numpy()
+    assert_bitwise(z32, z64)
+
+
+@needs_cpu
+@pytest.mark.parametrize("method", REDUCIBLE)
+def test_cpu_float32_storage_threads_and_inputs(method, monkeypatch):
+    """The parallel row scans (forced at small n) give the same Z as one thread; observations and
+    float32 distances go the same way."""
+    x = torch.from_numpy(np.random.default_rng(3).standard_normal((300, 8)))
+    d = torch.pdist(x)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        z1 = simprune.linkage(d, method, storage=F32, backend="cpu").numpy()
+        monkeypatch.setenv("SIMPRUNE_LINKAGE_PARALLEL_MIN_N", "64")
+        torch.set_num_threads(2)
+        z2 = simprune.linkage(d, method, storage=F32, backend="cpu").numpy()
+    finally:
+        torch.set_num_threads(before)
+    assert_bitwise(z1, z2)
+    assert_bitwise(z1, simprune.linkage(d.float(), method, storage=F32, backend="cpu").numpy())
+    zx = simprune.linkage(x, method, storage=F32, backend="cpu").numpy()  # float32 distances
+    np.testing.assert_allclose(np.sort(zx[:, 2]), np.sort(z1[:, 2]), rtol=1e-5)
+
+
+@needs_cpu
 def test_cpu_op_storage_errors():
     d = torch.from_numpy(data("gaussian", 10))
-    with pytest.raises(NotImplementedError, match="not implemented by the cpu backend"):
-        torch.ops.simprune.linkage_cpu(d, "average", "exact", F32)
     with pytest.raises(ValueError, match="strict.*float64 storage"):
         torch.ops.simprune.linkage_cpu(d, "average", "strict", F32)
     with pytest.raises(ValueError, match="storage must be"):
         torch.ops.simprune.linkage_cpu(d, "average", "exact", torch.int32)
+    # A float64 distance beyond float32's range would become Inf in float32 storage: refused.
+    big = torch.tensor([1.0, 1e300, 2.0], dtype=torch.float64)
+    for method in ("single", "average"):
+        with pytest.raises(ValueError, match="1 Inf.*beyond float32's range"):
+            torch.ops.simprune.linkage_cpu(big, method, "exact", F32)
+    torch.ops.simprune.linkage_cpu(big, "average", "exact")  # fine in float64 storage
+    torch.library.opcheck(torch.ops.simprune.linkage_cpu, (d, "ward", "exact", F32))
 
 
 # ---- Triton under the interpreter: the twin's float32 storage, bit for bit -----------------------------
@@ -156,3 +205,6 @@ def test_triton_op_float32_storage_gate():
         assert_float32_gate(z, scipy_z("mixture", 150, method), ks=(5, 20))
     with pytest.raises(ValueError, match="storage must be"):
         torch.ops.simprune.linkage_triton(d, "average", "exact", torch.float16)
+    big = torch.tensor([1.0, 1e300, 2.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="1 Inf.*beyond float32's range"):
+        torch.ops.simprune.linkage_triton(big, "average", "exact", F32)

@@ -9,7 +9,10 @@
 // scipy only when floating-point rounding makes a parent 1 ulp lower than its child -- where scipy's
 // relabelling would silently build a different tree.
 //
-// Memory: one condensed fp64 working copy (updated in place, as scipy does) plus O(n).
+// Memory: one condensed fp64 working copy (updated in place, as scipy does) plus O(n). With
+// storage=float32 the copy is float32 (half the memory): every stored distance is rounded to float32,
+// Lance-Williams still evaluated in fp64 from the stored values ("exact" mode only; heights agree with
+// scipy to ~1e-7 relative, trees can differ where two merges are that close).
 // Parallelism: one OpenMP team for the whole run; each row scan and each Lance-Williams column update is
 // split into round-robin blocks of the active-slot list, and the partial argmins are combined with the
 // shared tie rule (linkage_common.h), so the result is independent of the thread count.
@@ -24,6 +27,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -46,7 +50,9 @@ struct alignas(64) Partial {
 
 // Argmin of D(x, a) over the active slots a in act[lo, hi) (x excluded; act is sorted, x = act[px]).
 // Entries before px live in column x (strided, prefetched); entries after it in row x (contiguous).
-inline void scan_block(const double* D, const int64_t* roff, const int64_t* act, int64_t lo,
+// T: the storage type (double, or float for storage=float32); comparisons are in double.
+template <typename T>
+inline void scan_block(const T* D, const int64_t* roff, const int64_t* act, int64_t lo,
                        int64_t hi, int64_t x, int64_t px, double* best_v, int64_t* best_i) {
   double bv = *best_v;
   int64_t bi = *best_i;
@@ -54,16 +60,16 @@ inline void scan_block(const double* D, const int64_t* roff, const int64_t* act,
   for (int64_t p = lo; p < mid; ++p) {
     if (p + kPrefetch < mid) __builtin_prefetch(D + roff[act[p + kPrefetch]] + x);
     const int64_t a = act[p];
-    const double v = D[roff[a] + x];
+    const double v = static_cast<double>(D[roff[a] + x]);
     if (v < bv) {
       bv = v;
       bi = a;
     }
   }
-  const double* row = D + roff[x];
+  const T* row = D + roff[x];
   for (int64_t p = std::max(lo, px + 1); p < hi; ++p) {
     const int64_t a = act[p];
-    const double v = row[a];
+    const double v = static_cast<double>(row[a]);
     if (v < bv) {
       bv = v;
       bi = a;
@@ -73,14 +79,14 @@ inline void scan_block(const double* D, const int64_t* roff, const int64_t* act,
   *best_i = bi;
 }
 
-inline double& at_pair(double* D, const int64_t* roff, int64_t i, int64_t j) {
+template <typename T>
+inline T& at_pair(T* D, const int64_t* roff, int64_t i, int64_t j) {
   return i < j ? D[roff[i] + j] : D[roff[j] + i];
 }
 
 // nn_chain. merges[4k..4k+2] = (x, y, height) in discovery order; eff[k] the guarded height.
-template <int M>
-void nn_chain(double* D, int64_t n, int threads, std::vector<double>& merges,
-              std::vector<double>& eff) {
+template <int M, typename T>
+void nn_chain(T* D, int64_t n, int threads, std::vector<double>& merges, std::vector<double>& eff) {
   std::vector<int64_t> roff(n), act(n), size(n, 1), chain(n), last(n, -1);
   for (int64_t i = 0; i < n; ++i) {
     roff[i] = row_offset(n, i);
@@ -135,8 +141,9 @@ void nn_chain(double* D, int64_t n, int threads, std::vector<double>& merges,
         }
         const bool has_prev = chain_len > 1;
         const int64_t prev = has_prev ? chain[chain_len - 2] : -1;
-        chain_pick(has_prev, prev, has_prev ? at_pair(D, roff.data(), x, prev) : 0.0, rv, ri, &y,
-                   &current_min);
+        chain_pick(has_prev, prev,
+                   has_prev ? static_cast<double>(at_pair(D, roff.data(), x, prev)) : 0.0, rv, ri,
+                   &y, &current_min);
         merging = has_prev && y == prev;
         if (!merging) {
           chain[chain_len++] = y;
@@ -185,8 +192,8 @@ void nn_chain(double* D, int64_t n, int threads, std::vector<double>& merges,
               if (f < mx) __builtin_prefetch(D + r[f] + mx);
             }
             const double d_xi = i < mx ? D[r[i] + mx] : D[r[mx] + i];
-            double& d_yi = i < my ? D[r[i] + my] : D[r[my] + i];
-            d_yi = lance_williams<M>(d_xi, d_yi, mh, mnx, mny, size[i]);
+            T& d_yi = i < my ? D[r[i] + my] : D[r[my] + i];
+            d_yi = static_cast<T>(lance_williams<M>(d_xi, d_yi, mh, mnx, mny, size[i]));
           }
         }
         team->wait(tid);
@@ -197,7 +204,8 @@ void nn_chain(double* D, int64_t n, int threads, std::vector<double>& merges,
 }
 
 // scipy's mst_single_linkage: Prim from point 0, first index wins ties.
-void mst_single(const double* D, int64_t n, int threads, std::vector<double>& merges) {
+template <typename T>
+void mst_single(const T* D, int64_t n, int threads, std::vector<double>& merges) {
   std::vector<int64_t> roff(n), rest(n - 1);
   for (int64_t i = 0; i < n; ++i) roff[i] = row_offset(n, i);
   for (int64_t i = 1; i < n; ++i) rest[i - 1] = i;  // not yet merged, sorted
@@ -223,7 +231,7 @@ void mst_single(const double* D, int64_t n, int threads, std::vector<double>& me
           const int64_t i = rest[p];
           if (i < x && p + kPrefetch < hi && rest[p + kPrefetch] < x)
             __builtin_prefetch(D + r[rest[p + kPrefetch]] + x);
-          const double dist = i < x ? D[r[i] + x] : D[r[x] + i];
+          const double dist = static_cast<double>(i < x ? D[r[i] + x] : D[r[x] + i]);
           if (dmin[i] > dist) dmin[i] = dist;
           if (dmin[i] < bv) {
             bv = dmin[i];
@@ -262,6 +270,30 @@ void mst_single(const double* D, int64_t n, int threads, std::vector<double>& me
   }
 }
 
+// One precision of linkage_cpu: T is the storage type of the working copy.
+template <typename T>
+void run_linkage(const at::Tensor& d, int m, int64_t n, int threads, const char* op,
+                 std::vector<double>& merges, std::vector<double>& eff) {
+  if (m == kSingle) {
+    // The MST only reads: the input itself when it already has the storage type, no copy.
+    const at::Tensor input = checked_input<T>(d, threads, op);
+    mst_single<T>(input.data_ptr<T>(), n, threads, merges);
+    return;
+  }
+  // The NN-chain updates a copy in place, as scipy does (on huge pages, see alloc_buffer).
+  BufferOf<T> work = working_copy<T>(d, threads, op);
+  switch (m) {
+    case kComplete:
+      return nn_chain<kComplete, T>(work.get(), n, threads, merges, eff);
+    case kAverage:
+      return nn_chain<kAverage, T>(work.get(), n, threads, merges, eff);
+    case kWeighted:
+      return nn_chain<kWeighted, T>(work.get(), n, threads, merges, eff);
+    default:
+      return nn_chain<kWard, T>(work.get(), n, threads, merges, eff);
+  }
+}
+
 at::Tensor linkage_cpu(const at::Tensor& d, const std::string& method, const std::string& mode,
                        std::optional<at::ScalarType> storage) {
   const char* op = "simprune::linkage_cpu";
@@ -271,41 +303,15 @@ at::Tensor linkage_cpu(const at::Tensor& d, const std::string& method, const std
   TORCH_CHECK_VALUE(!(strict && fp32), op,
                     ": mode='strict' (bitwise scipy) needs float64 storage; storage=torch.float32 "
                     "is an 'exact'-mode option");
-  TORCH_CHECK_NOT_IMPLEMENTED(!fp32, op, ": storage=torch.float32 is not implemented by the cpu "
-                                         "backend yet");
   const int64_t n = check_condensed(d, op);
   at::Tensor Z = at::empty({n - 1, 4}, d.options().dtype(at::kDouble));
   if (n < 2) return Z;
   const int threads = threads_for(n, parallel_min_n(kParallelMinN));
-  // The NN-chain updates a copy in place, as scipy does (on huge pages, see alloc_buffer); single
-  // only reads, and one MST pass does not pay for a copy.
-  Buffer work;
-  at::Tensor input;
-  double* D = nullptr;
-  if (m == kSingle) {
-    input = checked_input(d, threads, op);
-    D = input.data_ptr<double>();
-  } else {
-    work = working_copy(d, threads, op);
-    D = work.get();
-  }
   std::vector<double> merges, eff;
-  switch (m) {
-    case kSingle:
-      mst_single(D, n, threads, merges);
-      break;
-    case kComplete:
-      nn_chain<kComplete>(D, n, threads, merges, eff);
-      break;
-    case kAverage:
-      nn_chain<kAverage>(D, n, threads, merges, eff);
-      break;
-    case kWeighted:
-      nn_chain<kWeighted>(D, n, threads, merges, eff);
-      break;
-    default:
-      nn_chain<kWard>(D, n, threads, merges, eff);
-      break;
+  if (fp32) {
+    run_linkage<float>(d, m, n, threads, op, merges, eff);
+  } else {
+    run_linkage<double>(d, m, n, threads, op, merges, eff);
   }
   std::vector<double> key(n - 1);
   // single: the sorted MST is Kruskal's order, always a valid tree -- no guard needed.

@@ -74,15 +74,17 @@ inline int64_t check_condensed(const at::Tensor& d, const char* op) {
   return n_from_condensed(d.numel(), op);
 }
 
-// Counts NaN, Inf and negative values of src[0, m) while (optionally) widening it into dst.
-template <typename T>
-void copy_and_count(const T* src, double* dst, int64_t m, int threads, int64_t* n_nan,
+// Counts NaN, Inf and negative values of src[0, m), as converted to Tout (a float64 value beyond
+// float32's range counts as Inf with float32 storage), while (optionally) copying it into dst.
+template <typename Tin, typename Tout>
+void copy_and_count(const Tin* src, Tout* dst, int64_t m, int threads, int64_t* n_nan,
                     int64_t* n_inf, int64_t* n_neg) {
   int64_t a = 0, b = 0, c = 0;
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : a, b, c)
   for (int64_t i = 0; i < m; ++i) {
-    const double v = static_cast<double>(src[i]);
-    if (dst != nullptr) dst[i] = v;
+    const Tout w = static_cast<Tout>(src[i]);
+    const double v = static_cast<double>(w);
+    if (dst != nullptr) dst[i] = w;
     // One well-predicted branch per element; the counts are only needed on failure.
     if (!(v >= 0.0) || v == std::numeric_limits<double>::infinity()) {
       a += std::isnan(v);
@@ -95,9 +97,13 @@ void copy_and_count(const T* src, double* dst, int64_t m, int threads, int64_t* 
   *n_neg = c;
 }
 
-inline void report_values(int64_t n_nan, int64_t n_inf, int64_t n_neg, const char* op) {
+inline void report_values(int64_t n_nan, int64_t n_inf, int64_t n_neg, const char* op,
+                          bool fp32 = false) {
   TORCH_CHECK_VALUE(n_nan == 0 && n_inf == 0, op, ": distances contain ", n_nan, " NaN and ", n_inf,
-                    " Inf value(s); linkage needs finite distances");
+                    " Inf value(s); linkage needs finite distances",
+                    fp32 ? " (with storage=torch.float32, values beyond float32's range, 3.4e38, "
+                           "count as Inf)"
+                         : "");
   TORCH_CHECK_VALUE(n_neg == 0, op, ": distances must be non-negative; found ", n_neg,
                     " negative value(s)");
 }
@@ -128,27 +134,31 @@ inline BufferOf<T> alloc_buffer(int64_t count) {
   return BufferOf<T>(static_cast<T*>(p));
 }
 
-// The working copy: one condensed fp64 buffer (scipy widens fp32 input to fp64 the same way), checked
-// in the same pass. Distances are copied (not converted in place) because NN-chain updates them.
-inline Buffer working_copy(const at::Tensor& d, int threads, const char* op) {
+// The working copy: one condensed buffer of the storage type T -- fp64 by default (scipy widens fp32
+// input to fp64 the same way), fp32 with storage=float32 -- checked in the same pass. Distances are
+// copied (not converted in place) because NN-chain updates them.
+template <typename T = double>
+inline BufferOf<T> working_copy(const at::Tensor& d, int threads, const char* op) {
   const at::Tensor src = d.contiguous();
-  Buffer out = alloc_buffer(src.numel());
+  BufferOf<T> out = alloc_buffer<T>(src.numel());
   int64_t a = 0, b = 0, c = 0;
   if (src.scalar_type() == at::kDouble) {
-    copy_and_count(src.data_ptr<double>(), out.get(), src.numel(), threads, &a, &b, &c);
+    copy_and_count<double, T>(src.data_ptr<double>(), out.get(), src.numel(), threads, &a, &b, &c);
   } else {
-    copy_and_count(src.data_ptr<float>(), out.get(), src.numel(), threads, &a, &b, &c);
+    copy_and_count<float, T>(src.data_ptr<float>(), out.get(), src.numel(), threads, &a, &b, &c);
   }
-  report_values(a, b, c, op);
+  report_values(a, b, c, op, sizeof(T) == 4);
   return out;
 }
 
-// Read-only use (the rounds twin copies into its square matrix anyway): check only, no copy.
+// Read-only use (the MST; the rounds twin copies into its square matrix anyway): the input as T
+// (no copy when it already is), checked.
+template <typename T = double>
 inline at::Tensor checked_input(const at::Tensor& d, int threads, const char* op) {
-  at::Tensor src = d.to(at::kDouble).contiguous();
+  at::Tensor src = d.to(c10::CppTypeToScalarType<T>::value).contiguous();
   int64_t a = 0, b = 0, c = 0;
-  copy_and_count<double>(src.data_ptr<double>(), nullptr, src.numel(), threads, &a, &b, &c);
-  report_values(a, b, c, op);
+  copy_and_count<T, T>(src.data_ptr<T>(), nullptr, src.numel(), threads, &a, &b, &c);
+  report_values(a, b, c, op, sizeof(T) == 4);
   return src;
 }
 

@@ -508,15 +508,21 @@ int64_t check_input(const at::Tensor& d, const char* op) {
 }
 
 // Values (after the memory check: these reductions themselves allocate O(n^2) bytes).
-void check_values(const at::Tensor& d, const char* op) {
+// fp32: float32 storage, where a float64 value beyond float32's range would become Inf (counted so).
+void check_values(const at::Tensor& d, const char* op, bool fp32 = false) {
   const int64_t len = d.numel();
   if (len > 0) {
     // One small host round trip for the three counts.
-    const at::Tensor counts =
-        at::stack({at::isnan(d).sum(), at::isinf(d).sum(), (d < 0).sum()}).cpu();
+    const at::Tensor inf = fp32 && d.scalar_type() == at::kDouble
+                               ? (at::abs(d) > std::numeric_limits<float>::max()).sum()
+                               : at::isinf(d).sum();
+    const at::Tensor counts = at::stack({at::isnan(d).sum(), inf, (d < 0).sum()}).cpu();
     const int64_t* c = counts.data_ptr<int64_t>();
     TORCH_CHECK_VALUE(c[0] == 0 && c[1] == 0, op, ": distances contain ", c[0], " NaN and ", c[1],
-                      " Inf value(s); linkage needs finite distances");
+                      " Inf value(s); linkage needs finite distances",
+                      fp32 ? " (with storage=torch.float32, values beyond float32's range, 3.4e38, "
+                             "count as Inf)"
+                           : "");
     TORCH_CHECK_VALUE(c[2] == 0, op, ": distances must be non-negative; found ", c[2],
                       " negative value(s)");
   }
@@ -705,7 +711,7 @@ std::tuple<at::Tensor, at::Tensor> rounds_cuda(const at::Tensor& d_in, int meth,
   at::Tensor stats = at::zeros({3}, at::TensorOptions().dtype(at::kLong));
   if (n < 2) return {at::empty({0, 4}, d_in.options().dtype(at::kDouble)), stats.to(d_in.device())};
   check_memory(bytes_needed(n, sizeof(T)), n, d_in.device(), op, sizeof(T));
-  check_values(d_in, op);
+  check_values(d_in, op, sizeof(T) == 4);
   const at::Tensor d = d_in.contiguous();
   auto stream = at::cuda::getCurrentCUDAStream();
   ProblemT<T> prob(n, d.options());
@@ -736,7 +742,7 @@ std::tuple<at::Tensor, at::Tensor> linkage_boruvka_cuda(const at::Tensor& d_in) 
   if (n < 2) return {at::empty({0, 4}, d_in.options().dtype(at::kDouble)), stats.to(d_in.device())};
   check_memory(static_cast<int64_t>(sizeof(T)) * n * n + 96 * n + 1024, n, d_in.device(), op,
                sizeof(T));
-  check_values(d_in, op);
+  check_values(d_in, op, sizeof(T) == 4);
   const at::Tensor d = d_in.contiguous();
   const auto f64 = d.options().dtype(at::kDouble);
   const auto i64 = d.options().dtype(at::kLong);
