@@ -208,3 +208,30 @@ def test_triton_op_float32_storage_gate():
     big = torch.tensor([1.0, 1e300, 2.0], dtype=torch.float64)
     with pytest.raises(ValueError, match="1 Inf.*beyond float32's range"):
         torch.ops.simprune.linkage_triton(big, "average", "exact", F32)
+
+
+@needs_twin
+@pytest.mark.parametrize("n", [2, 3, 31])
+@pytest.mark.parametrize("method", REDUCIBLE)
+def test_float32_storage_tiny_sizes(n, method):
+    """n = 2, 3 and a prime on every implementation: the twin, the cpu backend and (under the
+    interpreter) Triton; scipy's tree on these tie-free points."""
+    d = data("gaussian", n)
+    zt, _ = twin(d, method, F32)
+    zs = scipy_z("gaussian", n, method)
+    np.testing.assert_array_equal(zt[:, [0, 1, 3]], zs[:, [0, 1, 3]])
+    np.testing.assert_allclose(zt[:, 2], zs[:, 2], rtol=1e-6)
+    if has_kernel("linkage_cpu", "CPU"):
+        zc = simprune.linkage(torch.from_numpy(d), method, storage=F32, backend="cpu").numpy()
+        np.testing.assert_array_equal(zc[:, [0, 1, 3]], zs[:, [0, 1, 3]])
+        np.testing.assert_allclose(zc[:, 2], zs[:, 2], rtol=1e-6)
+    if INTERPRET:
+        kl = pytest.importorskip("simprune.kernels.linkage")
+        zk = torch.ops.simprune.linkage_triton(torch.from_numpy(d), method, "exact", F32).numpy()
+        if method == "single":  # Boruvka: the same stored heights, same tree on tie-free data
+            np.testing.assert_array_equal(zk, zt)
+        else:
+            assert_bitwise(
+                zk, kl.linkage_rounds_triton(torch.from_numpy(d), method, F32)[0].numpy()
+            )
+            assert_bitwise(zk, zt)
