@@ -114,12 +114,15 @@ def test_prune_with_calibration_data_recovers_accuracy():
     x_te, y_te = load_mnist5k("test")
     ex = x_tr[:1]
     plain, _, _ = simprune.prune(base, ex, macs_reduction=0.3, progress=False)
-    recal, _, report = simprune.prune(
+    recal, plan, report = simprune.prune(
         base, ex, macs_reduction=0.3, calibration_data=x_tr[:1000], progress=False
     )
     manual = simprune.recalibrate_bn(copy.deepcopy(plain), x_tr[:1000])
     for k, v in recal.state_dict().items():
         assert torch.equal(v, manual.state_dict()[k]), k
+    replay = simprune.apply_plan(base, plan, calibration_data=x_tr[:1000])
+    for k, v in recal.state_dict().items():
+        assert torch.equal(v, replay.state_dict()[k]), k
     acc_plain, acc_recal = evaluate(plain, x_te, y_te), evaluate(recal, x_te, y_te)
     assert acc_recal > acc_plain + 0.3 and acc_recal >= 0.9, (acc_plain, acc_recal)
     assert not recal.training and "calibrate" in report.timings

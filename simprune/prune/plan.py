@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .calibrate import check_data_type, recalibrate_bn
 from .groups import ChannelGroup, build_dependency_graph, group_at
 from .merge import apply_merges
 
@@ -144,6 +145,7 @@ def apply_plan(
     example_inputs: Any = None,
     *,
     inplace: bool = False,
+    calibration_data: Any = None,
 ) -> nn.Module:
     """Reproduce a pruned model from a fresh model of the same architecture and a plan.
 
@@ -154,9 +156,13 @@ def apply_plan(
     plan : a :class:`PruningPlan` (or a path to its JSON file).
     example_inputs : inputs for tracing; default: zeros of the shapes recorded in the plan.
     inplace : modify ``model`` itself instead of a copy.
+    calibration_data : inputs to re-estimate the BatchNorm statistics on afterwards, as in
+        :func:`simprune.prune` (:func:`simprune.recalibrate_bn`); None leaves them as they are.
 
     Raises ValueError naming the first mismatch when the architecture differs from the plan's.
     """
+    if calibration_data is not None:
+        check_data_type(calibration_data)
     if isinstance(plan, (str, os.PathLike)):
         plan = PruningPlan.load(plan)
     if example_inputs is None:
@@ -173,4 +179,6 @@ def apply_plan(
     dg = build_dependency_graph(work, example_inputs)
     execute(work, dg, plan.groups)
     work.train(training)
+    if calibration_data is not None:
+        recalibrate_bn(work, calibration_data)
     return work
