@@ -14,6 +14,7 @@
 # Output ($OUT, default ./out):
 #   env.json              card, capability, driver, torch/triton/CUDA versions, commit
 #   build.log             the extension build
+#   selfcheck.log/.json   `simprune selfcheck --device cuda cpu`: every backend vs the reference
 #   pytest_linkage.log/.xml   pytest -m gpu on the linkage tests first (the kernels least verified:
 #                         the cooperative CUDA rounds kernel, Boruvka, batched, float32 storage, strict)
 #   pytest_gpu.log/.xml   pytest -m gpu on the rest (SIMPRUNE_TEST_ON_GPU=1: Triton compiles for real)
@@ -126,7 +127,12 @@ BUILD_CMD="$PY -m pip install --no-build-isolation --no-deps -e . || $PY setup.p
 $PY -c \"import simprune; i = simprune.backend_info(); print(i); assert i['cuda_extension'], 'no CUDA in _C'\""
 step build 300 "$OUT/build.log" bash -c "$BUILD_CMD"
 
-# ---- 2. GPU tests (Triton compiles for the real GPU: no interpreter); linkage first ----
+# ---- 2. selfcheck: every backend on the GPU against the reference, in seconds (a concise record
+#         even if a later step runs out of time) ----
+step selfcheck 120 "$OUT/selfcheck.log" "$PY" -m simprune selfcheck \
+  --device cuda cpu --json "$OUT/selfcheck.json"
+
+# ---- 3. GPU tests (Triton compiles for the real GPU: no interpreter); linkage first ----
 LINKAGE_TESTS=(tests/test_linkage_*.py)
 step pytest_linkage 150 "$OUT/pytest_linkage.log" env SIMPRUNE_TEST_ON_GPU=1 "$PY" -m pytest -m gpu \
   -q -rs --junitxml="$OUT/pytest_linkage.xml" -p no:cacheprovider "${LINKAGE_TESTS[@]}"
@@ -135,7 +141,7 @@ for f in "${LINKAGE_TESTS[@]}"; do IGNORE+=(--ignore="$f"); done
 step pytest_gpu 150 "$OUT/pytest_gpu.log" env SIMPRUNE_TEST_ON_GPU=1 "$PY" -m pytest -m gpu -q -rs \
   --junitxml="$OUT/pytest_gpu.xml" -p no:cacheprovider "${IGNORE[@]}" tests
 
-# ---- 3. benchmarks ----
+# ---- 4. benchmarks ----
 for b in "${BENCHES[@]}"; do
   name="${b%%|*}"
   cmd="${b#*|}"
@@ -143,13 +149,13 @@ for b in "${BENCHES[@]}"; do
     bash -c "$cmd"
 done
 
-# ---- 4. the benchmark tables in the results-history format (python -m benchmarks.report) ----
+# ---- 5. the benchmark tables in the results-history format (python -m benchmarks.report) ----
 # $OUT/results/<gpu>.json|md and README_table.md: copy the first two into benchmarks/results/ and
 # run `python -m benchmarks.report --readme-only` there (or --from-gpu-check $OUT) to commit them.
 step record 60 "$OUT/record.log" "$PY" -m benchmarks.report --from-gpu-check "$OUT" \
   --results-dir "$OUT/results"
 
-# ---- 5. summary ----
+# ---- 6. summary ----
 {
   printf '{"env": %s, "steps": [' "$(cat "$OUT/env.json")"
   (IFS=,; printf '%s' "${STEPS_JSON[*]}")
@@ -167,6 +173,9 @@ step record 60 "$OUT/record.log" "$PY" -m benchmarks.report --from-gpu-check "$O
   for s in "${STEPS_JSON[@]}"; do
     echo "$s" | "$PY" -c "import json,sys; s=json.load(sys.stdin); print(f\"| {s['step']} | {s['status']} | {s['seconds']} |\")"
   done
+  echo
+  echo "simprune selfcheck (cuda, cpu): $(tail -n 1 "$OUT/selfcheck.log" 2>/dev/null)"
+  grep -E "^FAIL" "$OUT/selfcheck.log" 2>/dev/null | sed 's/^/    /'
   echo
   for t in pytest_linkage pytest_gpu; do
     echo "$t (-m gpu): $(grep -E "passed|failed|error|skipped" "$OUT/$t.log" 2>/dev/null | tail -1)"

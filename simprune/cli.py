@@ -43,6 +43,23 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _selfcheck(args: argparse.Namespace) -> int:
+    from .selfcheck import format_rows, selfcheck
+
+    rows = selfcheck(args.device, args.backend)
+    print(format_rows(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": _jsonable_info(), "rows": rows}, f, indent=1)
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+def _jsonable_info() -> dict:
+    from .backends import backend_info
+
+    return json.loads(json.dumps(backend_info(), default=str))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .experiments import CRITERIA
 
@@ -103,6 +120,29 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
     i = sub.add_parser("info", help="what this installation can run (backends, extension, Triton)")
     i.set_defaults(func=_info)
+    c = sub.add_parser(
+        "selfcheck",
+        help="every available backend against the reference on small problems (exit 1 on failure)",
+        description="Runs each engine op (distances, linkage exact/strict/float32 storage, batched "
+        "linkage) on every backend available for each device, against the float64 reference and "
+        "scipy, with the test suite's tolerances. Seconds; the first thing to run on a new GPU.",
+    )
+    c.add_argument(
+        "--device",
+        nargs="+",
+        default=None,
+        choices=["cpu", "cuda"],
+        help="devices to check (default: cpu, plus cuda when a GPU is visible)",
+    )
+    c.add_argument(
+        "--backend",
+        nargs="+",
+        default=None,
+        choices=["torch", "cpu", "triton", "cuda"],
+        help="only these backends (default: every available one)",
+    )
+    c.add_argument("--json", help="also write the rows (and `simprune info`) as JSON here")
+    c.set_defaults(func=_selfcheck)
     from .prune.cli import add_parser as add_prune_parser
 
     add_prune_parser(sub)
