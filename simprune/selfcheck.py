@@ -7,7 +7,8 @@ oracle) under the same gates as the tests:
 
 * ``pairwise_distance`` (square and condensed, float32 and float64 results, three metrics, data with
   near-duplicate rows): max relative error <= 1e-6 (float32) / 1e-12 (float64), exact zeros exact;
-* ``linkage`` on tie-free data, every reducible method: Z[:, [0, 1, 3]] equal to scipy's, heights
+* ``linkage`` on tie-free data, every reducible method (n = 257; on a GPU also 1500 for average and
+  ward, the multi-block path): Z[:, [0, 1, 3]] equal to scipy's, heights
   within rtol 1e-12 (bitwise for single and complete); ``mode="strict"`` on tied data (where the
   backend has it): bitwise scipy; ``storage=torch.float32`` (where it has it): heights within rtol
   1e-5 on a Gaussian mixture;
@@ -134,16 +135,19 @@ def _check_linkage(rep: _Report, backend: str, device: str) -> None:
     from .backends import BackendUnavailableError
     from .linkage import linkage
 
-    x = _points(257, 16, seed=2)
-    d = torch.from_numpy(pdist(x.numpy()))
-    for method in REDUCIBLE:
-        zs = sch.linkage(d.numpy(), method)
+    # n = 257: one thread block from the start on the CUDA backend; on a GPU also n = 1500 (average,
+    # ward): the grid-wide rounds with grid barriers, then the hand-off to one block.
+    cases = [(257, m) for m in REDUCIBLE]
+    if device == "cuda":
+        cases += [(1500, "average"), (1500, "ward")]
+    ds = {n: torch.from_numpy(pdist(_points(n, 16, seed=2).numpy())) for n in (257, 1500)}
+    for n, method in cases:
 
-        def run(method=method, zs=zs) -> str | None:
+        def run(method=method, d=ds[n]) -> str | None:
             z = linkage(d.to(device), method, backend=backend)
-            return _tree_error(z.cpu().numpy(), zs, method)
+            return _tree_error(z.cpu().numpy(), sch.linkage(d.numpy(), method), method)
 
-        rep.check("linkage", backend, device, f"{method}, exact, n=257", run)
+        rep.check("linkage", backend, device, f"{method}, exact, n={n}", run)
     # Strict mode on tied data: a half-integer grid (many equal distances).
     g = np.random.default_rng(3)
     q = g.integers(0, 4, (120, 4)).astype(np.float64) / 2
