@@ -247,3 +247,23 @@ def test_duplicates_exact_on_cuda(kind):
     assert _removed_by_layer(plan, expected) == expected
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), y0, rtol=0, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_model_with_the_cpu_engine(kind):
+    """backend="cpu" on a GPU model: the engine pass runs on the CPU kernels, the model stays on the
+    GPU, the duplicates are still exactly the channels removed."""
+    model, x, expected = _build(kind)
+    model, x = model.cuda(), x.cuda()
+    n_dup = sum(len(v) for v in expected.values())
+    ratio = n_dup / _n_prunable(model, x)
+    with torch.no_grad():
+        y0 = model(x)
+    pruned, plan, _ = prune(
+        model, x, pruning_ratio=ratio, min_keep_ratio=0.0, backend="cpu", progress=False
+    )
+    assert _removed_by_layer(plan, expected) == expected
+    assert next(pruned.parameters()).is_cuda
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), y0, rtol=0, atol=1e-6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -168,6 +169,8 @@ def prune(
         statistics stale; on the MNIST evidence this recovers most of the accuracy lost (-30 % MACs:
         36.4 % -> 93.2 % test accuracy) without training. None (default): statistics are left as they are.
     backend : engine backend for distances and linkage ("auto", "torch", "cpu", "triton", "cuda").
+        "cpu" runs the engine pass on the CPU (the C++ kernels) also for a model on a GPU: only the
+        descriptors travel (a few MB for a ResNet-50).
     progress : print progress on stderr.
 
     Returns
@@ -340,9 +343,11 @@ def _plan(
     dmetric = "cosine" if metric == "cosine" else "euclidean"
     t0 = time.perf_counter()
     bar.stage("distances")
-    ds = pairwise_distance_batched(
-        [vs[k] for k in multi], metric=dmetric, condensed=True, backend=backend
-    )
+    engine_in = [vs[k] for k in multi]
+    named = backend if backend != "auto" else os.environ.get("SIMPRUNE_BACKEND", "").strip().lower()
+    if named == "cpu":  # the C++ kernels: a model on a GPU has its engine pass on the CPU
+        engine_in = [v.cpu() for v in engine_in]
+    ds = pairwise_distance_batched(engine_in, metric=dmetric, condensed=True, backend=backend)
     timings["distances"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     bar.stage("linkage")
