@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -153,16 +155,29 @@ def _priority(p: Any, v: torch.Tensor) -> torch.Tensor:
 
 
 def _dendrograms(
-    vs: Sequence[torch.Tensor], metric: str, method: str, backend: str
+    vs: Sequence[torch.Tensor],
+    metric: str,
+    method: str,
+    backend: str,
+    timings: dict[str, float] | None = None,
 ) -> list[np.ndarray]:
-    """One batched distance call for every layer with >= 2 channels, then one linkage per layer."""
+    """One batched distance call for every layer with >= 2 channels, then one linkage per layer
+    (the engine pass of simprune.prune and of the functional API). ``backend="cpu"`` (argument or
+    SIMPRUNE_BACKEND) moves descriptors on a GPU to the CPU kernels. ``timings`` (optional) gets
+    the seconds of the "distances" and "linkage" steps."""
     multi = [k for k, v in enumerate(vs) if v.shape[0] >= 2]
     zs: list[np.ndarray] = [np.zeros((0, 4)) for _ in vs]
     if not multi:
         return zs
+    t0 = time.perf_counter()
+    engine_in = [vs[k] for k in multi]
+    named = backend if backend != "auto" else os.environ.get("SIMPRUNE_BACKEND", "").strip().lower()
+    if named == "cpu":  # the C++ kernels: a model on a GPU has its engine pass on the CPU
+        engine_in = [v.cpu() for v in engine_in]
     ds = pairwise_distance_batched(
-        [vs[k] for k in multi], metric=linkage_distance(metric), condensed=True, backend=backend
+        engine_in, metric=linkage_distance(metric), condensed=True, backend=backend
     )
+    t1 = time.perf_counter()
     # On a GPU all layers' linkages run in one launch (linkage_batched); on the CPU each layer
     # goes to the backend asked for (the C++ kernel under "auto"). (The package attribute
     # ``simprune.linkage`` is the function, so the module is looked up by name.)
@@ -180,6 +195,9 @@ def _dendrograms(
         zl = [linkage(d, method, backend=backend) for d in ds]
     for k, z in zip(multi, zl, strict=True):
         zs[k] = z.detach().cpu().numpy()
+    if timings is not None:
+        timings["distances"] = t1 - t0
+        timings["linkage"] = time.perf_counter() - t1
     return zs
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -15,8 +14,8 @@ import torch
 from torch import nn
 
 from ..cut import cut_n_clusters
-from ..distance import pairwise_distance_batched
-from ..linkage import METHODS, linkage, linkage_batched
+from ..functional import _dendrograms, linkage_distance
+from ..linkage import METHODS
 from .calibrate import check_data_type, recalibrate_bn
 from .cut import CutResult, GroupCurve, make_curve, solve_global, solve_uniform
 from .descriptors import METRICS, check_finite_model, group_descriptors
@@ -73,16 +72,6 @@ def _target(
     if not (isinstance(value, (int, float)) and 0.0 <= float(value) < 1.0):
         raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
     return name, float(value)
-
-
-def _linkages(ds: list[torch.Tensor], method: str, backend: str) -> list[np.ndarray]:
-    """Every group's Z. On CUDA one batched launch (one block per group); on the CPU a loop over the
-    per-group op, which reaches the C++ kernels (``linkage_batched`` has no CPU kernel)."""
-    if ds and ds[0].is_cuda and backend in ("auto", "cuda"):
-        zs = linkage_batched(ds, method, backend=backend)
-    else:
-        zs = [linkage(d, method, backend=backend) for d in ds]
-    return [z.detach().cpu().numpy() for z in zs]
 
 
 def _map_ignored(
@@ -339,25 +328,11 @@ def _plan(
     timings["descriptors"] = time.perf_counter() - t0
 
     # One engine pass for every group with >= 2 units: condensed distances, then one Z per group.
-    multi = [k for k, v in enumerate(vs) if v.shape[0] >= 2]
-    dmetric = "cosine" if metric == "cosine" else "euclidean"
-    t0 = time.perf_counter()
-    bar.stage("distances")
-    engine_in = [vs[k] for k in multi]
-    named = backend if backend != "auto" else os.environ.get("SIMPRUNE_BACKEND", "").strip().lower()
-    if named == "cpu":  # the C++ kernels: a model on a GPU has its engine pass on the CPU
-        engine_in = [v.cpu() for v in engine_in]
-    ds = pairwise_distance_batched(engine_in, metric=dmetric, condensed=True, backend=backend)
-    timings["distances"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    bar.stage("linkage")
-    zs_multi = _linkages(ds, method, backend)
-    timings["linkage"] = time.perf_counter() - t0
+    dmetric = linkage_distance(metric)
+    bar.stage("distances + linkage")
+    zs = _dendrograms(vs, metric, method, backend, timings)
 
     t0 = time.perf_counter()
-    zs: list[np.ndarray] = [np.zeros((0, 4)) for _ in groups]
-    for k, z in zip(multi, zs_multi, strict=True):
-        zs[k] = z
     curves: list[GroupCurve] = []
     for g, v, z in zip(groups, vs, zs, strict=True):
         if dmetric == "cosine":
