@@ -49,6 +49,7 @@
 #include <vector>
 
 #include "simprune/linkage_common.h"
+#include "linkage_strict.h"
 
 namespace cg = cooperative_groups;
 
@@ -818,9 +819,17 @@ at::Tensor linkage_cuda(const at::Tensor& d, const std::string& method, const st
   TORCH_CHECK_VALUE(!(mode == "strict" && fp32),
                     "simprune::linkage_cuda: mode='strict' (bitwise scipy) needs float64 storage; "
                     "storage=torch.float32 is an 'exact'-mode option");
-  TORCH_CHECK_NOT_IMPLEMENTED(mode == "exact",
-                              "simprune::linkage_cuda: mode='strict' (bitwise scipy under ties) is "
-                              "not implemented by the cuda backend; use backend='cpu' or 'torch'");
+  if (mode == "strict") {
+    // scipy's nn_chain / Prim replayed in one thread block (linkage_strict.cu): bitwise scipy.
+    const char* op = "simprune::linkage_cuda";
+    const int meth = parse_method_cuda(method, op);
+    const int64_t n = check_input(d, op);
+    const c10::cuda::CUDAGuard guard(d.device());
+    if (n < 2) return at::empty({0, 4}, d.options().dtype(at::kDouble));
+    check_memory_strict(n, d.device(), op);  // before the values check, which allocates O(n^2)
+    check_values(d, op);
+    return linkage_strict_cuda(d.contiguous(), meth, n, op);
+  }
   if (method == "single") {
     return std::get<0>(fp32 ? linkage_boruvka_cuda<float>(d) : linkage_boruvka_cuda<double>(d));
   }
