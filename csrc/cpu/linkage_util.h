@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "simprune/linkage_common.h"
+#include "simprune/linkage_host.h"
 
 namespace simprune {
 namespace linkage {
@@ -266,26 +267,9 @@ class Team {
 };
 
 // merges: discovery order, 4 doubles each (rep_a, rep_b, height, unused). key: sort key per merge.
-// Sorts stably by key (numpy's mergesort argsort on the key is the same permutation), writes Z and
-// relabels it as scipy's label() does.
 inline void sort_and_label(const std::vector<double>& merges, const std::vector<double>& key,
                            int64_t n, double* Z) {
-  const int64_t m = n - 1;
-  std::vector<int64_t> order(m);
-  std::iota(order.begin(), order.end(), int64_t{0});
-  // NaN keys (only from non-Euclidean input to ward) sort last, as in numpy.
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    return key[a] < key[b] || (!std::isnan(key[a]) && std::isnan(key[b]));
-  });
-  for (int64_t r = 0; r < m; ++r) {
-    const int64_t s = order[r];
-    Z[4 * r + 0] = merges[4 * s + 0];
-    Z[4 * r + 1] = merges[4 * s + 1];
-    Z[4 * r + 2] = merges[4 * s + 2];
-    Z[4 * r + 3] = 0.0;
-  }
-  std::vector<int64_t> parent(2 * n - 1), size(2 * n - 1);
-  label(Z, n, parent.data(), size.data());
+  sort_and_label(merges.data(), 4, key.data(), n, Z);
 }
 
 }  // namespace linkage

@@ -49,6 +49,7 @@
 #include <vector>
 
 #include "simprune/linkage_common.h"
+#include "simprune/linkage_host.h"
 #include "linkage_strict.h"
 
 namespace cg = cooperative_groups;
@@ -629,23 +630,7 @@ struct ProblemT {
                 c->merges, " merges (non-finite distances after an update?)");
     const at::Tensor log_h = log.cpu();
     const at::Tensor eff_h = eff.cpu();
-    const double* lg = log_h.data_ptr<double>();
-    const double* key = eff_h.data_ptr<double>();
-    std::vector<int64_t> order(n - 1);
-    std::iota(order.begin(), order.end(), int64_t{0});
-    // NaN keys (only from non-Euclidean input to ward) sort last, as in numpy.
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-      return key[a] < key[b] || (!std::isnan(key[a]) && std::isnan(key[b]));
-    });
-    for (int64_t r = 0; r < n - 1; ++r) {
-      const int64_t s = order[r];
-      z[4 * r + 0] = lg[3 * s + 0];
-      z[4 * r + 1] = lg[3 * s + 1];
-      z[4 * r + 2] = lg[3 * s + 2];
-      z[4 * r + 3] = 0.0;
-    }
-    std::vector<int64_t> parent(2 * n - 1), sz(2 * n - 1);
-    label(z, n, parent.data(), sz.data());
+    sort_and_label(log_h.data_ptr<double>(), 3, eff_h.data_ptr<double>(), n, z);
     stats[0] = c->rounds;
     stats[1] = c->compactions;
     stats[2] = c->widest;
@@ -790,22 +775,10 @@ std::tuple<at::Tensor, at::Tensor> linkage_boruvka_cuda(const at::Tensor& d_in) 
     k = k_new;
   }
   const at::Tensor log_h = log.cpu();
-  const double* lg = log_h.data_ptr<double>();
-  std::vector<int64_t> order(n - 1);
-  std::iota(order.begin(), order.end(), int64_t{0});
-  std::stable_sort(order.begin(), order.end(),
-                   [&](int64_t a, int64_t b) { return lg[3 * a + 2] < lg[3 * b + 2]; });
+  // The key: the heights (column 2 of the log), which are distances (never NaN here).
+  const at::Tensor heights = log_h.select(1, 2).contiguous();
   at::Tensor Z = at::empty({n - 1, 4}, at::TensorOptions().dtype(at::kDouble));
-  double* z = Z.data_ptr<double>();
-  for (int64_t r = 0; r < n - 1; ++r) {
-    const int64_t s = order[r];
-    z[4 * r + 0] = lg[3 * s + 0];
-    z[4 * r + 1] = lg[3 * s + 1];
-    z[4 * r + 2] = lg[3 * s + 2];
-    z[4 * r + 3] = 0.0;
-  }
-  std::vector<int64_t> par(2 * n - 1), sz(2 * n - 1);
-  label(z, n, par.data(), sz.data());
+  sort_and_label(log_h.data_ptr<double>(), 3, heights.data_ptr<double>(), n, Z.data_ptr<double>());
   stats[0] = iters;
   stats[2] = ctrl[1].item<int64_t>();
   return {Z.to(d_in.device()), stats.to(d_in.device())};

@@ -48,6 +48,7 @@
 #include <vector>
 
 #include "linkage_strict.h"
+#include "simprune/linkage_host.h"
 #endif
 
 #include <cmath>
@@ -342,24 +343,9 @@ at::Tensor linkage_strict_cuda(const at::Tensor& d, int method, int64_t n, const
   // scipy: argsort(Z[:, 2], kind='mergesort') on the true heights (stable; NaN last, as numpy's
   // order -- NaN heights only arise from non-Euclidean input to ward), then label().
   const at::Tensor log_h = log.cpu();  // synchronises with the kernel
-  const double* h = log_h.data_ptr<double>();
-  std::vector<int64_t> order(n - 1);
-  std::iota(order.begin(), order.end(), int64_t{0});
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    const double ha = h[3 * a + 2], hb = h[3 * b + 2];
-    return ha < hb || (!std::isnan(ha) && std::isnan(hb));
-  });
+  const at::Tensor heights = log_h.select(1, 2).contiguous();
   at::Tensor Z = at::empty({n - 1, 4}, at::TensorOptions().dtype(at::kDouble));
-  double* z = Z.data_ptr<double>();
-  for (int64_t r = 0; r < n - 1; ++r) {
-    const int64_t src = order[r];
-    z[4 * r + 0] = h[3 * src + 0];
-    z[4 * r + 1] = h[3 * src + 1];
-    z[4 * r + 2] = h[3 * src + 2];
-    z[4 * r + 3] = 0.0;
-  }
-  std::vector<int64_t> parent(2 * n - 1), csize(2 * n - 1);
-  label(z, n, parent.data(), csize.data());
+  sort_and_label(log_h.data_ptr<double>(), 3, heights.data_ptr<double>(), n, Z.data_ptr<double>());
   return Z.to(d.device());
 }
 #endif  // SIMPRUNE_STRICT_DEVICE_ONLY
