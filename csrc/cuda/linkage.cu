@@ -549,13 +549,7 @@ int64_t bytes_needed(int64_t n, int64_t elem = 8) {
 // elem: bytes per matrix entry (8: float64 storage, 4: float32), for the message.
 void check_memory(int64_t need, int64_t n, const at::Device& dev, const char* op,
                   int64_t elem = 8) {
-  size_t free_b = 0, total_b = 0;
-  C10_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-  // Memory the caching allocator holds but does not use is available to it as well.
-  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(dev.index());
-  const int64_t cached =
-      stats.reserved_bytes[0].current - stats.allocated_bytes[0].current;  // 0 = aggregate
-  const int64_t avail = static_cast<int64_t>(free_b) + std::max<int64_t>(cached, 0);
+  const int64_t avail = available_device_bytes(dev);
   TORCH_CHECK_WITH(OutOfMemoryError, need <= avail, op, ": n = ", n, " needs ", need,
                    " bytes of GPU memory (the square matrix in ", elem == 8 ? "float64" : "float32",
                    ", ", elem, " n^2 bytes, plus a compaction buffer of a quarter of it), but only ",

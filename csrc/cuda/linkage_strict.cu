@@ -270,15 +270,19 @@ int64_t strict_bytes_needed(int64_t n) {
   return 8 * n * n + 24 * std::max<int64_t>(n - 1, 1) + 16 * n + 1024;
 }
 
-void check_memory_strict(int64_t n, const at::Device& dev, const char* op) {
-  const int64_t need = strict_bytes_needed(n);
+int64_t available_device_bytes(const at::Device& dev) {
   size_t free_b = 0, total_b = 0;
   C10_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
   // Memory the caching allocator holds but does not use is available to it as well.
   const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(dev.index());
   const int64_t cached =
       stats.reserved_bytes[0].current - stats.allocated_bytes[0].current;  // 0 = aggregate
-  const int64_t avail = static_cast<int64_t>(free_b) + std::max<int64_t>(cached, 0);
+  return static_cast<int64_t>(free_b) + std::max<int64_t>(cached, 0);
+}
+
+void check_memory_strict(int64_t n, const at::Device& dev, const char* op) {
+  const int64_t need = strict_bytes_needed(n);
+  const int64_t avail = available_device_bytes(dev);
   TORCH_CHECK_WITH(OutOfMemoryError, need <= avail, op, ": mode='strict' with n = ", n, " needs ",
                    need,
                    " bytes of GPU memory (the square matrix in float64, 8 n^2 bytes, plus O(n)), "

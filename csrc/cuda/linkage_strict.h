@@ -11,6 +11,10 @@
 namespace simprune {
 namespace linkage {
 
+// Bytes the caching allocator can hand out on `dev` now: the device's free memory plus what the
+// allocator holds but does not use. (Shared by the memory checks of linkage.cu and linkage_strict.cu.)
+int64_t available_device_bytes(const at::Device& dev);
+
 // Device bytes strict mode needs for n observations: the n x n float64 matrix plus O(n) vectors.
 int64_t strict_bytes_needed(int64_t n);
 
