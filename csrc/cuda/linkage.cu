@@ -51,6 +51,7 @@
 #include "simprune/linkage_common.h"
 #include "simprune/linkage_host.h"
 #include "linkage_strict.h"
+#include "warp_min.cuh"
 
 namespace cg = cooperative_groups;
 
@@ -164,14 +165,7 @@ __device__ void run_rounds(const StateT<T>& st, bool grouped) {
             bi = c;
           }
         }
-        for (int o = 16; o > 0; o >>= 1) {
-          const double v = __shfl_down_sync(0xffffffffu, bv, o);
-          const int64_t i = __shfl_down_sync(0xffffffffu, bi, o);
-          if (nn_better(v, i, bv, bi)) {
-            bv = v;
-            bi = i;
-          }
-        }
+        warp_first_min(&bv, &bi);
         if (lane == 0) st.nn[r] = bv < kInf ? bi : -1;
       }
     }
@@ -372,14 +366,7 @@ __global__ void boruvka_rowmin_kernel(const T* S, const int64_t* comp, double* w
         bi = c;
       }
     }
-    for (int o = 16; o > 0; o >>= 1) {
-      const double x = __shfl_down_sync(0xffffffffu, bv, o);
-      const int64_t i = __shfl_down_sync(0xffffffffu, bi, o);
-      if (nn_better(x, i, bv, bi)) {
-        bv = x;
-        bi = i;
-      }
-    }
+    warp_first_min(&bv, &bi);
     if (lane == 0) {
       w[v] = bv;
       u[v] = bv < INFINITY ? bi : -1;

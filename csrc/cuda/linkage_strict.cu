@@ -55,6 +55,7 @@
 #include <cstdint>
 
 #include "simprune/linkage_common.h"
+#include "warp_min.cuh"
 
 namespace simprune {
 namespace linkage {
@@ -76,14 +77,7 @@ struct alignas(16) Scratch {
 __device__ inline void block_first_min(double* v, int64_t* i, Scratch& sh) {
   double bv = *v;
   int64_t bi = *i;
-  for (int o = 16; o > 0; o >>= 1) {
-    const double ov = __shfl_xor_sync(0xffffffffu, bv, o);
-    const int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (nn_better(ov, oi, bv, bi)) {
-      bv = ov;
-      bi = oi;
-    }
-  }
+  warp_first_min(&bv, &bi);
   if ((threadIdx.x & 31) == 0) {
     sh.v[threadIdx.x >> 5] = bv;
     sh.i[threadIdx.x >> 5] = bi;
