@@ -51,6 +51,8 @@ def _mixture(n: int, seed: int = 0) -> torch.Tensor:
 
 
 def _rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """Max elementwise relative error; an exact zero of ``ref`` (duplicate rows, the diagonal) must
+    come out exactly zero (else inf). Also the distance tests' measure."""
     got, ref = got.double().cpu(), ref.double().cpu()
     if ref.numel() == 0:
         return 0.0

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 import simprune
 from simprune.distance import pairwise_distance_ragged_ref, pairwise_distance_ref
+from simprune.selfcheck import _rel_err  # exact zeros must stay exactly zero
 from tests import datasets
 
 kd = pytest.importorskip("simprune.kernels.distance")
@@ -35,16 +36,6 @@ RTOL = {
 # n: 1, 2, primes, the direct tile (64) and expansion tile (128) edges; d: 1, 2, odd, around the
 # direct/expansion switch (32), > BK, > one K block.
 SHAPES = [(1, 1), (2, 2), (3, 1), (7, 5), (31, 33), (64, 32), (65, 17), (97, 40), (129, 70)]
-
-
-def _rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    got, ref = got.double().cpu(), ref.double().cpu()
-    if ref.numel() == 0:
-        return 0.0
-    err = (got - ref).abs()
-    # Exact zeros (duplicate rows, the diagonal) must come out exactly zero.
-    rel = torch.where(ref == 0, torch.where(err == 0, 0.0, float("inf")), err / ref.abs())
-    return float(rel.max())
 
 
 def _poisoned(shape, dtype, device="cpu"):
