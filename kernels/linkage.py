@@ -95,6 +95,18 @@ def _lw(d_xi, d_yi, d_xy, size_x, size_y, size_i, METHOD: tl.constexpr):
     return r
 
 
+@triton.jit
+def _chunk_first_min(v, rows, cols, best, arg):
+    """Fold one (rows x chunk) tile of values into the running per-row (best, arg): the chunk's
+    minimum and the first column holding it; only a strictly smaller value replaces the running one
+    (an equal value in a later chunk has a larger index)."""
+    tmin = tl.min(v, axis=1)
+    big = tl.full(v.shape, 9223372036854775807, tl.int64)
+    targ = tl.min(tl.where(v == tmin[:, None], cols[None, :] + 0 * rows[:, None], big), axis=1)
+    better = tmin < best
+    return tl.where(better, tmin, best), tl.where(better, targ, arg)
+
+
 # --------------------------------------------------------------------------------------------------
 # kernels
 # --------------------------------------------------------------------------------------------------
@@ -128,13 +140,7 @@ def _row_argmin_kernel(s_ptr, nn_ptr, m, BR: tl.constexpr, BC: tl.constexpr):
         v = tl.load(s_ptr + rows[:, None] * m + cols[None, :], mask=mask, other=float("inf"))
         v = v.to(tl.float64)
         v = tl.where(v == v, v, float("inf"))
-        tmin = tl.min(v, axis=1)
-        big = tl.full([BR, BC], 9223372036854775807, tl.int64)
-        targ = tl.min(tl.where(v == tmin[:, None], cols[None, :] + 0 * rows[:, None], big), axis=1)
-        # Strictly smaller only: an equal value in a later chunk has a larger index.
-        better = tmin < best
-        best = tl.where(better, tmin, best)
-        arg = tl.where(better, targ, arg)
+        best, arg = _chunk_first_min(v, rows, cols, best, arg)
     tl.store(nn_ptr + rows, arg, mask=rmask)
 
 
@@ -275,12 +281,7 @@ def _boruvka_rowmin_kernel(s_ptr, comp_ptr, w_ptr, u_ptr, n, BR: tl.constexpr, B
         mask = rmask[:, None] & cm[None, :] & (cc[None, :] != cr[:, None])
         v = tl.load(s_ptr + rows[:, None] * n + cols[None, :], mask=mask, other=float("inf"))
         v = v.to(tl.float64)
-        tmin = tl.min(v, axis=1)
-        big = tl.full([BR, BC], 9223372036854775807, tl.int64)
-        targ = tl.min(tl.where(v == tmin[:, None], cols[None, :] + 0 * rows[:, None], big), axis=1)
-        better = tmin < best
-        best = tl.where(better, tmin, best)
-        arg = tl.where(better, targ, arg)
+        best, arg = _chunk_first_min(v, rows, cols, best, arg)
     tl.store(w_ptr + rows, best, mask=rmask)
     tl.store(u_ptr + rows, arg, mask=rmask)
 

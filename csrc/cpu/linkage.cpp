@@ -48,6 +48,21 @@ struct alignas(64) Partial {
   int64_t i;
 };
 
+// The first minimal (value, index) of the nt threads' partial argmins (the shared tie rule, so the
+// result does not depend on the thread count).
+inline void combine_partials(const std::vector<Partial>& partial, int nt, double* v, int64_t* i) {
+  double rv = partial[0].v;
+  int64_t ri = partial[0].i;
+  for (int t = 1; t < nt; ++t) {
+    if (nn_better(partial[t].v, partial[t].i, rv, ri)) {
+      rv = partial[t].v;
+      ri = partial[t].i;
+    }
+  }
+  *v = rv;
+  *i = ri;
+}
+
 // Argmin of D(x, a) over the active slots a in act[lo, hi) (x excluded; act is sorted, x = act[px]).
 // Entries before px live in column x (strided, prefetched); entries after it in row x (contiguous).
 // T: the storage type (double, or float for storage=float32); comparisons are in double.
@@ -131,14 +146,9 @@ void nn_chain(T* D, int64_t n, int threads, std::vector<double>& merges, std::ve
       partial[tid].i = bi;
       team->wait(tid);
       if (tid == 0) {
-        double rv = partial[0].v;
-        int64_t ri = partial[0].i;
-        for (int t = 1; t < nt; ++t) {
-          if (nn_better(partial[t].v, partial[t].i, rv, ri)) {
-            rv = partial[t].v;
-            ri = partial[t].i;
-          }
-        }
+        double rv;
+        int64_t ri;
+        combine_partials(partial, nt, &rv, &ri);
         const bool has_prev = chain_len > 1;
         const int64_t prev = has_prev ? chain[chain_len - 2] : -1;
         chain_pick(has_prev, prev,
@@ -243,14 +253,9 @@ void mst_single(const T* D, int64_t n, int threads, std::vector<double>& merges)
       partial[tid].i = bi;
       team->wait(tid);
       if (tid == 0) {
-        double rv = partial[0].v;
-        int64_t ri = partial[0].i;
-        for (int t = 1; t < nt; ++t) {
-          if (nn_better(partial[t].v, partial[t].i, rv, ri)) {
-            rv = partial[t].v;
-            ri = partial[t].i;
-          }
-        }
+        double rv;
+        int64_t ri;
+        combine_partials(partial, nt, &rv, &ri);
         // scipy keeps the previous y when nothing is below +inf (infinite input; rejected earlier).
         if (rv < std::numeric_limits<double>::infinity()) y = ri;
         merges[4 * k + 0] = static_cast<double>(x);

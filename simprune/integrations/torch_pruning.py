@@ -40,8 +40,7 @@ from torch import nn
 
 from ..cut import redundancy_scores
 from ..functional import _dendrograms, _scale_from_energy
-from ..linkage import METHODS
-from ..prune.descriptors import METRICS, group_descriptors
+from ..prune.descriptors import check_metric_and_method, group_descriptors
 from ..prune.groups import (
     ChannelGroup,
     _following_norms,
@@ -209,12 +208,7 @@ class SimilarityImportance(tp.importance.Importance):
         backend: str = "auto",
         root_module_types: Sequence[type] = (nn.modules.conv._ConvNd, nn.Linear),
     ) -> None:
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
-        if method not in METHODS:
-            raise ValueError(f"unknown linkage method {method!r}; expected one of {METHODS}")
-        if method in ("ward", "centroid", "median") and metric == "cosine":
-            raise ValueError(f"method {method!r} needs Euclidean distances; use another metric")
+        check_metric_and_method(metric, method)
         if not (
             normalizer is None
             or callable(normalizer)

@@ -15,10 +15,9 @@ from torch import nn
 
 from ..cut import cut_n_clusters
 from ..functional import _dendrograms, linkage_distance
-from ..linkage import METHODS
 from .calibrate import check_data_type, recalibrate_bn
 from .cut import CutResult, GroupCurve, make_curve, solve_global, solve_uniform
-from .descriptors import METRICS, check_finite_model, group_descriptors
+from .descriptors import check_finite_model, check_metric_and_method, group_descriptors
 from .groups import ChannelGroup, build_dependency_graph, check_connected, collect_groups
 from .macs import CostModel
 from .merge import MERGE_MODES, assign, choose_kept, expand_units
@@ -178,12 +177,7 @@ def prune(
         The model cannot be traced (naming the layer or op).
     """
     target_name, target_value = _target(macs_reduction, params_reduction, pruning_ratio)
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
-    if method not in METHODS:
-        raise ValueError(f"unknown linkage method {method!r}; expected one of {METHODS}")
-    if method in ("ward", "centroid", "median") and metric == "cosine":
-        raise ValueError(f"method {method!r} needs Euclidean distances; use another metric")
+    check_metric_and_method(metric, method)
     if cut not in CUTS:
         raise ValueError(f"unknown cut {cut!r}; expected one of {CUTS}")
     if not (isinstance(keep_per_cluster, int) and keep_per_cluster >= 1):

@@ -22,6 +22,19 @@ BN_METRICS = ("gaussian", "wasserstein")
 METRICS = ("gaussian", "wasserstein", "linear", "cosine", "euclidean", "sqeuclidean")
 
 
+def check_metric_and_method(metric: str, method: str) -> None:
+    """ValueError for an unknown descriptor metric or linkage method, or a method that needs
+    Euclidean distances (ward, centroid, median) with the cosine metric."""
+    from ..linkage import METHODS
+
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+    if method not in METHODS:
+        raise ValueError(f"unknown linkage method {method!r}; expected one of {METHODS}")
+    if method in ("ward", "centroid", "median") and metric == "cosine":
+        raise ValueError(f"method {method!r} needs Euclidean distances; use another metric")
+
+
 def _producer_weight(m: Member) -> torch.Tensor:
     mod = m.module
     w = mod.weight.detach()
