@@ -11,6 +11,8 @@ a Gaussian N(0, I) set with d = 64, linkage.md 8.1 #1), so only the clustering i
 
 * ``cpu_s``: ``simprune.linkage(d, method, backend="cpu")`` (API included: input checks, dispatch),
   "exact" mode; ``strict_s`` the same in "strict" mode (same algorithm, different sort key);
+  ``f32_s`` with ``storage=torch.float32`` (a float32 working copy: half the memory) and ``f32_rel``
+  its largest relative height error against scipy (sorted heights);
 * ``rounds_s``, ``R``: the round-synchronous twin of the GPU algorithm and its number of rounds
   (``--rounds``, up to ``--rounds-max-n``; square fp64 matrix);
 * ``scipy_s``: ``scipy.cluster.hierarchy.linkage(d, method)``; ``fc_s``: ``fastcluster.linkage``;
@@ -79,6 +81,14 @@ def run(
                 lambda m=method, d=d: simprune.linkage(d, m, mode="strict", backend="cpu"),
                 repeat=rep,
             )
+            z32 = simprune.linkage(d, method, storage=torch.float32, backend="cpu").numpy()
+            row["f32_s"] = median_time(
+                lambda m=method, d=d: simprune.linkage(d, m, storage=torch.float32, backend="cpu"),
+                repeat=rep,
+            )
+            # float32 storage: largest relative error of the sorted heights against scipy's.
+            hs = np.sort(zs[:, 2])
+            row["f32_rel"] = float(np.max(np.abs(np.sort(z32[:, 2]) - hs) / np.maximum(hs, 1e-300)))
             # single: the GPU design uses Boruvka, not rounds (RNN rounds degenerate: ~n rounds).
             if n <= rounds_max_n and method != "single":
                 row["rounds_s"] = median_time(
@@ -123,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info["fastcluster"] = fastcluster.__version__
     rows = run(sizes, args.methods, args.threads, args.rounds_max_n if args.rounds else 0)
-    columns = ["n", "method", "same_Z", "cpu_s", "strict_s"]
+    columns = ["n", "method", "same_Z", "cpu_s", "strict_s", "f32_s", "f32_rel"]
     columns += ["rounds_s", "R"] if args.rounds else []
     columns += ["scipy_s", "fc_s", "x_scipy", "x_fc"]
     print("\n" + ", ".join(f"{k}={v}" for k, v in info.items()))

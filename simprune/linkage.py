@@ -136,7 +136,7 @@ def linkage(
     storage : {torch.float64, torch.float32}
         The working matrix's dtype. float32 halves the memory (and the traffic): Lance-Williams is
         still evaluated in float64 but every stored distance is rounded to float32, so heights agree
-        with scipy to about 1e-7 relative (tested at 1e-5) and trees can differ where two candidate
+        with scipy to within about 1e-6 relative (tested at 1e-5) and trees can differ where two candidate
         merges are within that of each other. "exact" mode only; observations are then turned into
         float32 distances (a float64 distance beyond float32's range is refused as Inf). Backends:
         cpu, triton, cuda; the reference (scipy) computes in float64 only.

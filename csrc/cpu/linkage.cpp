@@ -12,7 +12,7 @@
 // Memory: one condensed fp64 working copy (updated in place, as scipy does) plus O(n). With
 // storage=float32 the copy is float32 (half the memory): every stored distance is rounded to float32,
 // Lance-Williams still evaluated in fp64 from the stored values ("exact" mode only; heights agree with
-// scipy to ~1e-7 relative, trees can differ where two merges are that close).
+// scipy to ~1e-6 relative, trees can differ where two merges are that close).
 // Parallelism: one OpenMP team for the whole run; each row scan and each Lance-Williams column update is
 // split into round-robin blocks of the active-slot list, and the partial argmins are combined with the
 // shared tie rule (linkage_common.h), so the result is independent of the thread count.
