@@ -81,7 +81,7 @@ def run(
     import torch_pruning as tp
     import torchvision
 
-    from simprune.prune import prune
+    from simprune.pruning import prune
 
     warnings.simplefilter("ignore")
     rows: list[dict[str, Any]] = []

@@ -60,7 +60,7 @@ def run(
     import scipy.cluster.hierarchy as sch
 
     import simprune
-    from simprune.linkage import _linkage_rounds
+    from simprune.hierarchy import linkage_rounds
 
     torch.set_num_threads(threads)
     rows = []
@@ -92,9 +92,9 @@ def run(
             # single: the GPU design uses Boruvka, not rounds (RNN rounds degenerate: ~n rounds).
             if n <= rounds_max_n and method != "single":
                 row["rounds_s"] = median_time(
-                    lambda m=method, d=d: _linkage_rounds(d, m), repeat=rep
+                    lambda m=method, d=d: linkage_rounds(d, m), repeat=rep
                 )
-                rz, stats = _linkage_rounds(d, method)
+                rz, stats = linkage_rounds(d, method)
                 row["R"] = int(stats[0])
             row["scipy_s"] = median_time(lambda m=method, d=d_np: sch.linkage(d, m), repeat=rep)
             row["fc_s"] = median_time(

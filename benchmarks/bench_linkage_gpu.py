@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     import simprune
     from simprune.backends import available_backends
-    from simprune.linkage import _linkage_rounds
+    from simprune.hierarchy import linkage_rounds
 
     dev = "cuda"
     backends = [b for b in args.backends if b in available_backends("linkage", dev)]
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     if zs is not None:
                         row["same_Z"] = bool(np.array_equal(z[:, [0, 1, 3]], zs[:, [0, 1, 3]]))
                     if n <= args.twin_max_n and d_np is not None:
-                        zt = _linkage_rounds(torch.from_numpy(d_np), method)[0].numpy()
+                        zt = linkage_rounds(torch.from_numpy(d_np), method)[0].numpy()
                         row["twin"] = bool(np.array_equal(z.view(np.uint64), zt.view(np.uint64)))
             t = row.get("cuda_s")
             if isinstance(t, float):

@@ -85,7 +85,7 @@ def _randomise_norms(model: nn.Module) -> None:
 
 
 def _groups(model: nn.Module, x: torch.Tensor, ignored: list[nn.Module]) -> list[Any]:
-    from simprune.prune.groups import build_dependency_graph, collect_groups
+    from simprune.pruning.groups import build_dependency_graph, collect_groups
 
     dg = build_dependency_graph(model, x, ignored)
     return collect_groups(dg, model, ignored)[0]
@@ -96,7 +96,7 @@ def cup_style(groups: list[Any], ratio: float) -> list[np.ndarray]:
     import scipy.cluster.hierarchy as sch
     from scipy.spatial.distance import pdist
 
-    from simprune.prune.descriptors import group_descriptors
+    from simprune.pruning.descriptors import group_descriptors
 
     labels = []
     for g in groups:
@@ -152,7 +152,7 @@ def run(
     """One row per (model, pipeline); see the module docstring."""
     import torch_pruning as tp
 
-    from simprune.prune import prune
+    from simprune.pruning import prune
 
     warnings.simplefilter("ignore")
     rows: list[dict[str, Any]] = []

@@ -28,7 +28,7 @@ import torchvision
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import machine_info, median_time, print_table  # noqa: E402
-from simprune.prune import prune  # noqa: E402
+from simprune.pruning import prune  # noqa: E402
 
 PLAN_STAGES = ("descriptors", "distances", "linkage", "cut")
 

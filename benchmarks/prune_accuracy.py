@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import machine_info, print_table  # noqa: E402
 from simprune.datasets import load_mnist5k  # noqa: E402
-from simprune.prune import prune  # noqa: E402
+from simprune.pruning import prune  # noqa: E402
 from simprune.zoo import evaluate, load_baseline  # noqa: E402
 
 

@@ -73,7 +73,7 @@ def resnet18():
 def test_model_plan_resnet18(benchmark, resnet18, impl):
     from benchmarks.bench_model import _tp_parts, cup_style
     from benchmarks.bench_prune import PLAN_STAGES
-    from simprune.prune import prune
+    from simprune.pruning import prune
 
     model, x, ignored, groups = resnet18
     warnings.simplefilter("ignore")
@@ -108,7 +108,7 @@ def test_model_plan_resnet18(benchmark, resnet18, impl):
 
 @pytest.fixture(scope="module")
 def resnet18_pruned(resnet18):
-    from simprune.prune import prune
+    from simprune.pruning import prune
 
     model, x, ignored, _ = resnet18
     warnings.simplefilter("ignore")

@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from simprune.experiments import (  # noqa: E402
+from simprune.demo import (  # noqa: E402
     LABELS,
     PEER_CRITERIA,
     SIM_METRICS,

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from simprune.datasets import load_mnist5k  # noqa: E402
-from simprune.experiments import random_shift  # noqa: E402  (the augmentation, shared with fine-tuning)
+from simprune.demo import random_shift  # noqa: E402  (the augmentation, shared with fine-tuning)
 from simprune.zoo import BASELINE_META, BASELINE_WEIGHTS, MnistResNet, evaluate  # noqa: E402
 
 

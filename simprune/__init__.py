@@ -21,10 +21,10 @@ from .backends import (
     has_cuda_extension,
     has_triton,
 )
-from .cut import cut_maxclust, cut_n_clusters, cut_threshold, redundancy_scores, representatives
+from .dendrogram import cut_maxclust, cut_n_clusters, cut_threshold, redundancy_scores, representatives
 from .distance import pairwise_distance, pairwise_distance_batched, pairwise_distance_ref
-from .linkage import is_valid_linkage, linkage, linkage_batched, linkage_ref
-from .prune import PruningPlan, apply_plan, prune, recalibrate_bn
+from .hierarchy import is_valid_linkage, linkage, linkage_batched, linkage_ref
+from .pruning import PruningPlan, apply_plan, prune, recalibrate_bn
 from .similarity import channel_descriptors, channel_energy, distance_metric, layer_descriptors
 
 __version__ = "0.1.0"

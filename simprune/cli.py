@@ -9,7 +9,7 @@ import sys
 
 def _demo(args: argparse.Namespace) -> int:
     if not args.engine:
-        from .experiments import DEMO_CRITERIA, run_demo
+        from .demo import DEMO_CRITERIA, run_demo
 
         run_demo(
             args.out,
@@ -22,7 +22,7 @@ def _demo(args: argparse.Namespace) -> int:
             plot=not args.no_plot,
         )
         return 0
-    from .demo import run_engine_demo
+    from .engine_demo import run_engine_demo
 
     rows = run_engine_demo(
         args.model,
@@ -61,7 +61,7 @@ def _jsonable_info() -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .experiments import CRITERIA
+    from .demo import CRITERIA
 
     p = argparse.ArgumentParser(
         prog="simprune", description="Channel-similarity engine for pruning PyTorch networks."
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--json", help="also write the rows (and `simprune info`) as JSON here")
     c.set_defaults(func=_selfcheck)
-    from .prune.cli import add_parser as add_prune_parser
+    from .pruning.cli import add_parser as add_prune_parser
 
     add_prune_parser(sub)
     _add_bench_parser(sub)

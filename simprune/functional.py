@@ -43,10 +43,10 @@ import numpy as np
 import torch
 
 from ._checks import as_tensor
-from .cut import cut_n_clusters, cut_threshold, representatives
-from .cut import redundancy_scores as _scores_from_linkage
+from .dendrogram import cut_n_clusters, cut_threshold, representatives
+from .dendrogram import redundancy_scores as _scores_from_linkage
 from .distance import pairwise_distance_batched
-from .linkage import METHODS, linkage
+from .hierarchy import METHODS, linkage
 from .similarity import DESCRIPTOR_METRICS, channel_descriptors
 
 __all__ = [

@@ -135,7 +135,7 @@ def _check_distance(rep: _Report, backend: str, device: str) -> None:
 
 def _check_linkage(rep: _Report, backend: str, device: str) -> None:
     from .backends import BackendUnavailableError
-    from .linkage import linkage
+    from .hierarchy import linkage
 
     # n = 257: one thread block from the start on the CUDA backend; on a GPU also n = 1500 (average,
     # ward): the grid-wide rounds with grid barriers, then the hand-off to one block.
@@ -187,7 +187,7 @@ def _check_linkage(rep: _Report, backend: str, device: str) -> None:
 
 
 def _check_batched(rep: _Report, backend: str, device: str) -> None:
-    from .linkage import linkage_batched
+    from .hierarchy import linkage_batched
 
     sizes = [1, 2, 64, 257]
     ds = [torch.from_numpy(pdist(_points(n, 8, seed=10 + n).numpy())) for n in sizes]

@@ -1,4 +1,4 @@
-"""The MNIST pruning demo and the ablation runner (simprune.experiments)."""
+"""The MNIST pruning demo and the ablation runner (simprune.demo)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from simprune import apply_plan, experiments
-from simprune.prune import PruningPlan, prune
-from simprune.prune.groups import build_dependency_graph, group_at
-from simprune.prune.macs import CostModel
+from simprune import apply_plan
+from simprune import demo
+from simprune.pruning import PruningPlan, prune
+from simprune.pruning.groups import build_dependency_graph, group_at
+from simprune.pruning.macs import CostModel
 from simprune.zoo import load_baseline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def data():
-    return experiments.Data()
+    return demo.Data()
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +58,10 @@ def test_demo_similarity_models_hit_their_macs_target(base, data, sim_plans, lev
     assert plan.n_removed > 0
 
 
-@pytest.mark.parametrize("criterion", experiments.PEER_CRITERIA)
+@pytest.mark.parametrize("criterion", demo.PEER_CRITERIA)
 def test_peer_selection_has_identical_widths_and_macs(base, data, sim_plans, criterion):
     pruned, plan, _ = sim_plans[0.5]
-    pp = experiments.peer_plan(base, plan, criterion, data.example, seed=3)
+    pp = demo.peer_plan(base, plan, criterion, data.example, seed=3)
     assert [len(g.kept) for g in pp.groups] == [len(g.kept) for g in plan.groups]
     assert all(not g.merges for g in pp.groups)
     peer = apply_plan(base, pp, data.example)
@@ -82,10 +83,10 @@ def test_peer_scores_rank_as_documented(base, data, sim_plans):
     _, plan, _ = sim_plans[0.5]
     dg = build_dependency_graph(base, data.example)
     for criterion in ("l1", "bn_gamma", "fpgm"):
-        pp = experiments.peer_plan(base, plan, criterion, data.example)
+        pp = demo.peer_plan(base, plan, criterion, data.example)
         for k, gp in enumerate(pp.groups):
             grp = group_at(dg, base, gp.root, k)
-            s = experiments.peer_scores(grp, criterion, torch.Generator())
+            s = demo.peer_scores(grp, criterion, torch.Generator())
             if gp.removed:
                 assert float(s[gp.kept].min()) >= float(s[gp.removed].max())
     # The scores themselves, on the stem group (conv1 + bn1 + the residual stream's producers).
@@ -94,23 +95,23 @@ def test_peer_scores_rank_as_documented(base, data, sim_plans):
     for m in grp.producers():
         w = m.module.weight.detach().double().flatten(1)
         ref[m.root_idxs] += w.abs().sum(1)[m.idxs]
-    torch.testing.assert_close(experiments.peer_scores(grp, "l1", torch.Generator()), ref)
+    torch.testing.assert_close(demo.peer_scores(grp, "l1", torch.Generator()), ref)
 
 
 def test_random_criterion_follows_its_seed(base, data, sim_plans):
     _, plan, _ = sim_plans[0.3]
-    a = experiments.peer_plan(base, plan, "random", data.example, seed=1)
-    b = experiments.peer_plan(base, plan, "random", data.example, seed=1)
-    c = experiments.peer_plan(base, plan, "random", data.example, seed=2)
+    a = demo.peer_plan(base, plan, "random", data.example, seed=1)
+    b = demo.peer_plan(base, plan, "random", data.example, seed=1)
+    c = demo.peer_plan(base, plan, "random", data.example, seed=2)
     assert [g.kept for g in a.groups] == [g.kept for g in b.groups]
     assert [g.kept for g in a.groups] != [g.kept for g in c.groups]
 
 
 def test_unknown_criterion_is_named(base, data, sim_plans):
     with pytest.raises(ValueError, match="unknown peer criterion 'l3'"):
-        experiments.peer_plan(base, sim_plans[0.3][1], "l3", data.example)
+        demo.peer_plan(base, sim_plans[0.3][1], "l3", data.example)
     with pytest.raises(ValueError, match="unknown criterion 'nope'"):
-        experiments.prune_config(base, data, experiments.RunConfig("nope"))
+        demo.prune_config(base, data, demo.RunConfig("nope"))
 
 
 def test_recalibrate_bn_sets_the_statistics_of_the_data():
@@ -119,7 +120,7 @@ def test_recalibrate_bn_sets_the_statistics_of_the_data():
     model[1].running_mean.fill_(5.0)
     model.eval()
     x = torch.randn(40, 1, 8, 8)
-    experiments.recalibrate_bn(model, x, batch_size=40)
+    demo.recalibrate_bn(model, x, batch_size=40)
     with torch.no_grad():
         z = model[0](x)
     torch.testing.assert_close(model[1].running_mean, z.mean((0, 2, 3)))
@@ -129,8 +130,8 @@ def test_recalibrate_bn_sets_the_statistics_of_the_data():
 
 def test_random_shift_moves_images_within_the_border(data):
     x = data.x_train[:16]
-    a = experiments.random_shift(x, torch.Generator().manual_seed(7))
-    b = experiments.random_shift(x, torch.Generator().manual_seed(7))
+    a = demo.random_shift(x, torch.Generator().manual_seed(7))
+    b = demo.random_shift(x, torch.Generator().manual_seed(7))
     assert torch.equal(a, b)  # seeded
     assert not torch.equal(a, x)  # it does move images
     # a shift only moves pixels: every shifted image is a window of the padded original
@@ -152,10 +153,10 @@ def test_finetune_is_reproducible_and_learns():
         torch.manual_seed(1)
         return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(10))
 
-    cfg = experiments.FinetuneConfig(epochs=3, lr=0.05, batch_size=16)
-    m1 = experiments.finetune(make(), x, y, seed=5, config=cfg)
-    m2 = experiments.finetune(make(), x, y, seed=5, config=cfg)
-    m3 = experiments.finetune(make(), x, y, seed=6, config=cfg)
+    cfg = demo.FinetuneConfig(epochs=3, lr=0.05, batch_size=16)
+    m1 = demo.finetune(make(), x, y, seed=5, config=cfg)
+    m2 = demo.finetune(make(), x, y, seed=5, config=cfg)
+    m3 = demo.finetune(make(), x, y, seed=6, config=cfg)
     for p, q in zip(m1.parameters(), m2.parameters(), strict=True):
         assert torch.equal(p, q)
     assert any(not torch.equal(p, q) for p, q in zip(m1.parameters(), m3.parameters(), strict=True))
@@ -165,7 +166,7 @@ def test_finetune_is_reproducible_and_learns():
 def test_tp_global_reaches_the_macs(base, data):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m, red = experiments.tp_global_prune(base, data.example, "tp_l1", 0.3, iters=12)
+        m, red = demo.tp_global_prune(base, data.example, "tp_l1", 0.3, iters=12)
     cm = CostModel(base, data.example)
     assert abs(red - 0.3) <= 0.01
     assert red == pytest.approx(1 - cm.measure(m)[0] / cm.macs0)
@@ -173,7 +174,7 @@ def test_tp_global_reaches_the_macs(base, data):
 
 def test_reduced_demo_end_to_end(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    rows = experiments.run_demo(
+    rows = demo.run_demo(
         tmp_path,
         macs=(0.3,),
         criteria=("sim_gaussian", "random"),
@@ -196,7 +197,7 @@ def test_reduced_demo_end_to_end(tmp_path, capsys):
     rebuilt = apply_plan(load_baseline(), plan)
     rebuilt.load_state_dict(torch.load(tmp_path / "sim_gaussian_macs30.finetuned.pt"))
     rebuilt.eval()
-    acc = experiments.evaluate(rebuilt, *experiments.load_mnist5k("test"))
+    acc = demo.evaluate(rebuilt, *demo.load_mnist5k("test"))
     assert acc == pytest.approx(rows[0]["acc_ft"])
 
 

@@ -1,6 +1,6 @@
 """SimilarityImportance inside Torch-Pruning's MetaPruner (issue 7).
 
-Oracle for "which channels go": the pipeline's own groups and descriptors (simprune.prune.groups /
+Oracle for "which channels go": the pipeline's own groups and descriptors (simprune.pruning.groups /
 descriptors, built independently of the importance), the engine's dendrogram, ``cut_n_clusters`` and
 ``representatives``. Torch-Pruning's schedule options are checked against Torch-Pruning itself: with
 local pruning the widths cannot depend on the scores, so they must equal those that
@@ -20,8 +20,8 @@ from torch import nn
 import simprune
 from simprune.functional import channel_dendrogram
 from simprune.integrations.torch_pruning import SimilarityImportance, representatives_of_removed
-from simprune.prune.descriptors import group_descriptors
-from simprune.prune.groups import collect_groups
+from simprune.pruning.descriptors import group_descriptors
+from simprune.pruning.groups import collect_groups
 from tests.test_prune_exact import _dup
 
 EX = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -18,7 +18,7 @@ import torch
 
 import simprune
 from simprune.backends import has_kernel
-from simprune.linkage import BATCHED_MAX_N, _linkage_rounds
+from simprune.hierarchy import BATCHED_MAX_N, linkage_rounds
 from tests.test_linkage_cpu import (
     REDUCIBLE,
     accepted_by_scipy,
@@ -43,7 +43,7 @@ def needs_cuda_kernel(f):
 
 
 def twin(d, method):
-    z, stats = _linkage_rounds(torch.as_tensor(d), method)
+    z, stats = linkage_rounds(torch.as_tensor(d), method)
     return z.numpy(), stats.tolist()
 
 
@@ -250,7 +250,7 @@ F32_CASES = [("mixture", 1000), ("gaussian", 4097), ("dead_duplicate", 600), ("q
 def test_cuda_float32_storage_same_as_twin(name, n, method):
     d = torch.from_numpy(data(name, n))
     z, stats = torch.ops.simprune.linkage_rounds_cuda(d.cuda(), method, torch.float32)
-    zt, st_twin = _linkage_rounds(d, method, torch.float32)
+    zt, st_twin = linkage_rounds(d, method, torch.float32)
     assert_bitwise(z.cpu().numpy(), zt.numpy())
     assert stats.cpu().tolist() == st_twin.tolist()
     if method == "single":  # Boruvka on a float32 matrix: the same stored heights
@@ -266,7 +266,7 @@ def test_triton_on_gpu_float32_storage_same_as_twin(method):
 
     d = torch.from_numpy(data("channel_like", 1000))
     z, stats = linkage_rounds_triton(d.cuda(), method, torch.float32)
-    zt, st_twin = _linkage_rounds(d, method, torch.float32)
+    zt, st_twin = linkage_rounds(d, method, torch.float32)
     assert_bitwise(z.cpu().numpy(), zt.numpy())
     assert stats.tolist() == st_twin.tolist()
 

@@ -11,7 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from simprune.backends import has_kernel
-from simprune.linkage import _linkage_rounds
+from simprune.hierarchy import linkage_rounds
 from tests.test_linkage_cpu import (
     ALL_CASES,
     REDUCIBLE,
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def rounds(d, method):
-    z, stats = _linkage_rounds(torch.as_tensor(d), method)
+    z, stats = linkage_rounds(torch.as_tensor(d), method)
     assert z.dtype == torch.float64 and stats.dtype == torch.int64 and stats.shape == (3,)
     n = z.shape[0] + 1
     r, compactions, widest = stats.tolist()

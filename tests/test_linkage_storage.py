@@ -2,7 +2,7 @@
 
 The contract: Lance-Williams is evaluated in float64 from the stored values and every stored value is
 rounded to float32, the same on every implementation of one algorithm -- the round-synchronous CPU
-twin (``_linkage_rounds``), the Triton round primitives (under the interpreter here) and the CUDA
+twin (``linkage_rounds``), the Triton round primitives (under the interpreter here) and the CUDA
 kernel (``-m gpu``, in tests/test_linkage_cuda.py) give the same Z bit for bit; the cpu backend (the
 NN-chain) stores its condensed copy the same way. Against scipy (float64): heights within rtol 1e-5
 and identical flat clusters at k in {5, 20, 100} on the Gaussian mixture (the linkage.md 8.3 gate).
@@ -21,7 +21,7 @@ import torch
 
 import simprune
 from simprune.backends import BackendUnavailableError, has_kernel
-from simprune.linkage import _linkage_rounds
+from simprune.hierarchy import linkage_rounds
 from tests.test_linkage_cpu import REDUCIBLE, assert_bitwise, data, same_partition, scipy_z
 
 HAS_TWIN = has_kernel("linkage_rounds_cpu", "CPU")
@@ -31,7 +31,7 @@ F32 = torch.float32
 
 
 def twin(d, method, storage=torch.float64):
-    z, stats = _linkage_rounds(torch.as_tensor(d), method, storage)
+    z, stats = linkage_rounds(torch.as_tensor(d), method, storage)
     return z.numpy(), stats.tolist()
 
 
@@ -92,7 +92,7 @@ def test_twin_float32_storage_float32_input():
 def test_twin_bad_storage():
     d = torch.from_numpy(data("gaussian", 10))
     with pytest.raises(ValueError, match="storage must be torch.float64 or torch.float32"):
-        _linkage_rounds(d, "average", torch.float16)
+        linkage_rounds(d, "average", torch.float16)
     torch.library.opcheck(torch.ops.simprune.linkage_rounds_cpu, (d, "ward", F32))
 
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import simprune
 from simprune.backends import has_kernel
-from simprune.linkage import _linkage_rounds
+from simprune.hierarchy import linkage_rounds
 from tests.test_linkage_cpu import (
     REDUCIBLE,
     accepted_by_scipy,
@@ -50,7 +50,7 @@ def check_against_twin(d, method, z, stats):
     """The twin runs the same algorithm: the same Z bit for bit and the same round statistics."""
     if not HAS_TWIN:
         return
-    zt, st_twin = _linkage_rounds(torch.as_tensor(d), method)
+    zt, st_twin = linkage_rounds(torch.as_tensor(d), method)
     assert_bitwise(z, zt.numpy())
     assert stats == st_twin.tolist()
 

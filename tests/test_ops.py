@@ -115,8 +115,8 @@ def test_lean_import():
     [
         "simprune",
         "simprune.distance",
-        "simprune.linkage",
-        "simprune.cut",
+        "simprune.hierarchy",
+        "simprune.dendrogram",
         "simprune.similarity",
         "simprune.datasets",
     ],

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from simprune.prune import PruningPlan, TracingError, apply_plan, prune
+from simprune.pruning import PruningPlan, TracingError, apply_plan, prune
 
 from .test_prune_exact import ResBlockNet, _build
 

@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 from simprune.cli import main
-from simprune.prune import PruningPlan, apply_plan
+from simprune.pruning import PruningPlan, apply_plan
 
 
 def _run(tmp_path, *args):

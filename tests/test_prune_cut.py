@@ -9,7 +9,7 @@ import scipy.cluster.hierarchy as sch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simprune.prune.cut import make_curve, solve_global, solve_uniform
+from simprune.pruning.budget import make_curve, solve_global, solve_uniform
 
 
 def _curves(sizes, seed, dup_frac, min_keep_ratio=0.0, kpc=1):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import simprune
-from simprune.prune import prune
+from simprune.pruning import prune
 
 
 def _randomise_bn(bn: nn.BatchNorm2d, g: torch.Generator) -> None:
@@ -146,7 +146,7 @@ def _build(kind: str):
 
 def _n_prunable(model, x):
     # The number of prunable channels, to turn "remove exactly the duplicates" into a ratio.
-    from simprune.prune.groups import build_dependency_graph, collect_groups
+    from simprune.pruning.groups import build_dependency_graph, collect_groups
 
     dg = build_dependency_graph(model, x)
     groups, _ = collect_groups(dg, model)

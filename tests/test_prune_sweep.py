@@ -17,7 +17,7 @@ import torch
 import torchvision
 from torch import nn
 
-from simprune.prune import PruningPlan, apply_plan, prune
+from simprune.pruning import PruningPlan, apply_plan, prune
 
 
 def _setup(name: str):
@@ -93,7 +93,7 @@ def test_torchvision_sweep(name):
 def test_untraceable_torchvision_model_names_the_op():
     # ShuffleNetV2's channel shuffle (view -> transpose -> view) defeats Torch-Pruning's reshape
     # index mapping; the error must say so instead of failing deep inside Torch-Pruning.
-    from simprune.prune import TracingError
+    from simprune.pruning import TracingError
 
     model = torchvision.models.shufflenet_v2_x0_5().eval()
     with pytest.raises(TracingError, match=r"update_reshape_index_mapping, at a view/reshape"):

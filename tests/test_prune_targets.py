@@ -10,7 +10,7 @@ import torch
 import torch_pruning as tp
 import torchvision
 
-from simprune.prune import CostModel, PruningPlan, apply_plan, prune
+from simprune.pruning import CostModel, PruningPlan, apply_plan, prune
 
 TARGET = 0.3
 MODELS = ["resnet18", "resnet50", "mobilenet_v2"]
@@ -53,7 +53,7 @@ def test_cost_model_matches_torch_pruning_per_layer(pruned):
 def test_prediction_of_the_bisection_is_exact(pruned):
     # The bisection predicts the cost from per-group channel counts; the rewrite must land there.
     _, model, x, (pm, plan, report) = pruned
-    from simprune.prune.groups import build_dependency_graph, collect_groups
+    from simprune.pruning.groups import build_dependency_graph, collect_groups
 
     m = model
     dg = build_dependency_graph(m, x)

@@ -38,17 +38,17 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..cut import redundancy_scores
+from ..dendrogram import redundancy_scores
 from ..functional import _dendrograms, _scale_from_energy
-from ..prune.descriptors import check_metric_and_method, group_descriptors
-from ..prune.groups import (
+from ..pruning.descriptors import check_metric_and_method, group_descriptors
+from ..pruning.groups import (
     ChannelGroup,
     _following_norms,
     _module_names,
     _reaches_output,
     members_of,
 )
-from ..prune.merge import MERGE_MODES, apply_merges, assign, expand_units
+from ..pruning.merge import MERGE_MODES, apply_merges, assign, expand_units
 
 __all__ = ["SimilarityImportance", "representatives_of_removed"]
 
@@ -179,7 +179,7 @@ class SimilarityImportance(tp.importance.Importance):
         ``"max"``, ``"sum"``, ``"standarization"``, ``"gaussian"``, ``"lamp"``, ``"sentinel_<q>"``,
         or a callable; they are applied to the finite scores of the group's pruning units (the
         survivor keeps ``+inf``).
-    merge : {"ls", "sum"} coefficient of :meth:`merge` (see :mod:`simprune.prune.merge`).
+    merge : {"ls", "sum"} coefficient of :meth:`merge` (see :mod:`simprune.pruning.merge`).
     backend : engine backend ("auto", "torch", "cpu", "triton", "cuda").
     root_module_types : layer types whose output channels root the groups scored in one batch
         (Torch-Pruning's default roots, minus LSTM, which has no descriptor).

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..cut import representatives
+from ..dendrogram import representatives
 from .groups import ChannelGroup, Member
 
 MERGE_MODES = ("ls", "sum")

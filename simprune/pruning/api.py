@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..cut import cut_n_clusters
+from ..dendrogram import cut_n_clusters
 from ..functional import _dendrograms, linkage_distance
 from .calibrate import check_data_type, recalibrate_bn
-from .cut import CutResult, GroupCurve, make_curve, solve_global, solve_uniform
+from .budget import CutResult, GroupCurve, make_curve, solve_global, solve_uniform
 from .descriptors import check_finite_model, check_metric_and_method, group_descriptors
 from .groups import ChannelGroup, build_dependency_graph, check_connected, collect_groups
 from .macs import CostModel
@@ -173,7 +173,7 @@ def prune(
     ValueError
         Bad arguments, NaN/inf weights (naming the tensor), an unreachable target (with the largest
         reachable one).
-    simprune.prune.TracingError
+    simprune.pruning.TracingError
         The model cannot be traced (naming the layer or op).
     """
     target_name, target_value = _target(macs_reduction, params_reduction, pruning_ratio)

@@ -318,7 +318,7 @@ def linkage_batched(
     return list(torch.split(z, [n - 1 for n in sizes]))
 
 
-def _linkage_rounds(
+def linkage_rounds(
     d: torch.Tensor, method: str = "average", storage: torch.dtype = torch.float64
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Round-synchronous reciprocal-nearest-neighbour linkage (linkage.md 7.3), on the CPU.

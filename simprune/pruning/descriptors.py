@@ -25,7 +25,7 @@ METRICS = ("gaussian", "wasserstein", "linear", "cosine", "euclidean", "sqeuclid
 def check_metric_and_method(metric: str, method: str) -> None:
     """ValueError for an unknown descriptor metric or linkage method, or a method that needs
     Euclidean distances (ward, centroid, median) with the cosine metric."""
-    from ..linkage import METHODS
+    from ..hierarchy import METHODS
 
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
