@@ -517,6 +517,8 @@ def run_demo(
     import sys
     import warnings
 
+    from tqdm import tqdm  # the console bar: see simprune.pruning.progress for why not tqdm.auto
+
     if threads:
         torch.set_num_threads(threads)
     os.makedirs(out_dir, exist_ok=True)
@@ -524,7 +526,7 @@ def run_demo(
 
     def say(msg: str) -> None:
         if progress:
-            print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+            tqdm.write(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", file=sys.stderr)
 
     data = Data()
     model = load_baseline()
@@ -539,43 +541,50 @@ def run_demo(
     width_plans: dict[tuple[float, str, str], PruningPlan] = {}
     rows: list[dict[str, Any]] = []
     n_runs = len(macs) * len(criteria)
-    for level in macs:
-        for crit in criteria:
-            k = len(rows) + 1
-            say(f"({k}/{n_runs}) {LABELS.get(crit, crit)} at -{level:.0%} MACs: pruning")
+    # One bar over the runs; the current run's step (pruning, then fine-tune k/n) is its postfix.
+    bar = tqdm(
+        total=n_runs,
+        desc="simprune demo",
+        unit="run",
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
 
-            def on_step(step: int, total: int, k: int = k) -> None:
-                if progress and (step == total or step % 8 == 0):
-                    print(
-                        f"\r[{time.perf_counter() - t_start:6.1f}s] ({k}/{n_runs}) fine-tune "
-                        f"{step}/{total}",
-                        end="\n" if step == total else "",
-                        file=sys.stderr,
-                        flush=True,
+    def on_step(step: int, total: int) -> None:
+        if step == total or step % 8 == 0:
+            bar.set_postfix_str(f"fine-tune {step}/{total}")
+
+    with bar:
+        for level in macs:
+            for crit in criteria:
+                k = len(rows) + 1
+                bar.set_description(f"({k}/{n_runs}) {LABELS.get(crit, crit)} -{level:.0%} MACs")
+                bar.set_postfix_str("pruning")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    row = run_config(
+                        RunConfig(crit, level, seed=seed),
+                        data,
+                        model=model,
+                        finetune_config=fcfg,
+                        width_plans=width_plans,
+                        keep_model=True,
+                        on_step=on_step if progress else None,
                     )
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                row = run_config(
-                    RunConfig(crit, level, seed=seed),
-                    data,
-                    model=model,
-                    finetune_config=fcfg,
-                    width_plans=width_plans,
-                    keep_model=True,
-                    on_step=on_step,
+                pruned, plan = row.pop("_model"), row.pop("_plan")
+                tag = f"{crit}_macs{round(level * 100)}"
+                if plan is not None:
+                    plan.save(os.path.join(out_dir, f"{tag}.plan.json"))
+                torch.save(pruned.state_dict(), os.path.join(out_dir, f"{tag}.finetuned.pt"))
+                ft = "-" if row["acc_ft"] is None else f"{row['acc_ft']:.1%}"
+                say(
+                    f"({k}/{n_runs}) {LABELS.get(crit, crit)}, MACs -{row['macs_reduction']:.1%}: "
+                    f"accuracy {row['acc_pruned']:.1%} pruned, {row['acc_recal']:.1%} after BN "
+                    f"recalibration, {ft} fine-tuned"
                 )
-            pruned, plan = row.pop("_model"), row.pop("_plan")
-            tag = f"{crit}_macs{round(level * 100)}"
-            if plan is not None:
-                plan.save(os.path.join(out_dir, f"{tag}.plan.json"))
-            torch.save(pruned.state_dict(), os.path.join(out_dir, f"{tag}.finetuned.pt"))
-            ft = "-" if row["acc_ft"] is None else f"{row['acc_ft']:.1%}"
-            say(
-                f"({k}/{n_runs}) MACs -{row['macs_reduction']:.1%}: accuracy {row['acc_pruned']:.1%}"
-                f" pruned, {row['acc_recal']:.1%} after BN recalibration, {ft} fine-tuned"
-            )
-            rows.append(row)
+                rows.append(row)
+                bar.update(1)
     ft_desc = (
         "one epoch (4000 images)"
         if finetune_images is None

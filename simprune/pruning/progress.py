@@ -1,4 +1,10 @@
-"""A minimal progress bar on stderr (no third-party dependency)."""
+"""Progress of a pruning run on stderr: one tqdm line per stage.
+
+tqdm handles terminals, notebooks (stderr is shown there too) and plain logs. The console ``tqdm`` is
+used rather than ``tqdm.auto``: in a notebook the latter needs ipywidgets (not a dependency; without
+it tqdm warns and falls back to the console bar anyway) and draws a widget instead of writing to
+stderr.
+"""
 
 from __future__ import annotations
 
@@ -6,36 +12,57 @@ import sys
 import time
 from typing import TextIO
 
+from tqdm import tqdm
+
+# A stage without a count shows its name and, once it is over, how long it took.
+_PLAIN = "{desc} [{elapsed}]"
+
 
 class Progress:
-    """``with Progress(enabled) as p: p.stage("distances", 3, 10)``: one updating line per stage."""
+    """``with Progress(enabled) as bar: bar.stage("descriptors", 3, 10)``: one line per stage.
 
-    def __init__(self, enabled: bool = True, stream: TextIO | None = None, width: int = 24):
+    ``stage(name)`` starts a stage without a count; ``stage(name, done, total)`` starts (or
+    advances) a counted stage with a bar. Starting a stage ends the previous one. ``enabled=False``
+    prints nothing.
+    """
+
+    def __init__(self, enabled: bool = True, stream: TextIO | None = None):
         self.enabled = enabled
-        self.stream = stream or sys.stderr
-        self.width = width
+        self.stream = stream
         self._t0 = time.perf_counter()
-        self._last = ""
+        self._name: str | None = None
+        self._bar: tqdm | None = None
 
     def stage(self, name: str, done: int = 0, total: int = 0) -> None:
         if not self.enabled:
             return
-        if total:
-            k = int(self.width * done / total)
-            bar = "#" * k + "." * (self.width - k)
-            msg = f"simprune: {name:<12} [{bar}] {done}/{total}"
-        else:
-            msg = f"simprune: {name}"
-        msg += f"  {time.perf_counter() - self._t0:6.1f}s"
-        end = "\n" if (total and done == total) or not total else ""
-        self.stream.write("\r" + msg.ljust(len(self._last)) + end)
-        self.stream.flush()
-        self._last = "" if end else msg
+        if name != self._name or self._bar is None:
+            self._close()
+            self._name = name
+            if name == "done":  # the last line: the whole run's time
+                self._write(f"simprune: done in {time.perf_counter() - self._t0:.1f} s")
+                return
+            self._bar = tqdm(
+                total=total or None,
+                desc=f"simprune: {name}",
+                file=self.stream or sys.stderr,
+                bar_format=None if total else _PLAIN,
+                dynamic_ncols=True,
+                leave=True,
+            )
+        if total and self._bar is not None:
+            self._bar.update(done - self._bar.n)
+
+    def _write(self, msg: str) -> None:
+        tqdm.write(msg, file=self.stream or sys.stderr)
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.enabled and self._last:
-            self.stream.write("\n")
-            self.stream.flush()
+        self._close()
