@@ -1,10 +1,10 @@
-"""The benchmark report: every suite, side-by-side tables (ratios first), results history, README block.
+"""The benchmark report: every suite, side-by-side tables (ratios first), results history, docs page.
 
     python -m benchmarks.report                  # every suite at its CPU (or GPU) size, saved
     python -m benchmarks.report --quick          # small sizes, a smoke run (not saved unless --save)
     python -m benchmarks.report --suites distance linkage --device cpu
     simprune bench [--quick]                      # the same command
-    python -m benchmarks.report --readme-only    # regenerate results/README_table.md from the history
+    python -m benchmarks.report --tables-only    # rewrite docs/benchmarks.md's tables from the history
     python -m benchmarks.report --from-gpu-check OUT   # record a scripts/gpu_check.sh run's tables
 
 Suites (each a public ``suite(device, quick)`` or ``run(...)`` of its own script, peers measured in the
@@ -22,9 +22,10 @@ same run):
 
 Saved results: ``benchmarks/results/<machine>.json`` (a list of runs: conditions -- machine, versions,
 commit, load average -- and every table) and ``<machine>.md`` (the same, appended as Markdown);
-``benchmarks/results/README_table.md``: the README's benchmark block between ``<!-- bench:start -->``
-and ``<!-- bench:end -->``, generated from the latest full (non-quick) run of every machine.
-Speed is reported, never asserted.
+``docs/benchmarks.md``: its block between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` is
+generated from the latest full (non-quick) run of every machine (the rest of the page is written by
+hand). With another ``--results-dir`` (e.g. a GPU check's ``$OUT/results``) the block goes to
+``benchmarks.md`` in that directory instead. Speed is reported, never asserted.
 """
 
 from __future__ import annotations
@@ -47,13 +48,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import machine_info, markdown_table, print_table  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+DOCS_PAGE = os.path.join(ROOT, "docs", "benchmarks.md")
 SUITES = ("distance", "linkage", "model", "latency", "wide")
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
-Table = dict[str, Any]  # name, title, columns, rows (+ readme: columns for the README block)
-# The README block's columns per suite (the history keeps every column).
-README_COLUMNS = {
+# A table: name, title, columns, rows, and "readme": the columns shown on docs/benchmarks.md (the
+# key keeps its old name: it is stored in the results history).
+Table = dict[str, Any]
+# The docs page's columns per suite (the history keeps every column).
+PAGE_COLUMNS = {
     "model": ["x_plan", "model", "pipeline", "s", "macs_red"],
     "latency": ["speedup", "macs_x", "model", "target", "round_to", "batch", "orig_ms"],
     "wide": ["x_simprune", "impl", "layers", "d", "h", "s", "note"],
@@ -116,7 +121,7 @@ def linkage_suite(device: str, quick: bool, big: bool = False) -> list[Table]:
             "GPU linkage, fp64 condensed distances (x_* = peer time / cuda time; R = rounds, "
             "mean_pr = merges per round; extrap '~': scipy/fastcluster extrapolated as n^2)"
         )
-        readme = README_COLUMNS["linkage_gpu"]
+        readme = PAGE_COLUMNS["linkage_gpu"]
     else:
         ns = [512] if quick else [1024, 4096] + ([8192, 16384] if big else [])
         rows = bench_linkage.run(ns, methods, threads=torch.get_num_threads(), rounds_max_n=0)
@@ -134,7 +139,7 @@ def model_suite(device: str, quick: bool) -> list[Table]:
 
     tables = bench_model.suite(device, quick)
     for t in tables:
-        t["readme"] = README_COLUMNS["model"]
+        t["readme"] = PAGE_COLUMNS["model"]
     return tables
 
 
@@ -143,7 +148,7 @@ def latency_suite(device: str, quick: bool) -> list[Table]:
 
     tables = bench_latency.suite(device, quick)
     for t in tables:
-        t["readme"] = README_COLUMNS["latency"]
+        t["readme"] = PAGE_COLUMNS["latency"]
     return tables
 
 
@@ -152,7 +157,7 @@ def wide_suite(device: str, quick: bool) -> list[Table]:
 
     tables = bench_wide.suite(device, quick)
     for t in tables:
-        t["readme"] = README_COLUMNS["wide"]
+        t["readme"] = PAGE_COLUMNS["wide"]
     return tables
 
 
@@ -214,8 +219,9 @@ def save(run: dict[str, Any], results_dir: str = RESULTS) -> tuple[str, str]:
     return jpath, mpath
 
 
-def readme_block(results_dir: str = RESULTS) -> str:
-    """The README's benchmark section: per machine, the latest full (non-quick) table of each suite.
+def tables_block(results_dir: str = RESULTS) -> str:
+    """The generated block of docs/benchmarks.md: per machine, the latest full (non-quick) table of
+    each suite.
 
     Suites may come from different runs (``--suites`` runs one part at a time): every table states the
     date, commit and load average of its own run.
@@ -260,6 +266,38 @@ def readme_block(results_dir: str = RESULTS) -> str:
     return "\n".join(lines) + "\n"
 
 
+def page_path(results_dir: str = RESULTS) -> str:
+    """Where the tables of ``results_dir`` go: docs/benchmarks.md for the committed history."""
+    if os.path.abspath(results_dir) == os.path.abspath(RESULTS):
+        return DOCS_PAGE
+    return os.path.join(results_dir, "benchmarks.md")
+
+
+def write_tables(results_dir: str = RESULTS, path: str | None = None) -> str:
+    """Replace the generated block of ``path`` (default :func:`page_path`) by :func:`tables_block`.
+
+    The text around the block is kept; a page without the markers gets the block appended (a new
+    page: a title and the block). Returns the path written.
+    """
+    path = path or page_path(results_dir)
+    block = tables_block(results_dir)
+    text = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            text = f.read()
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + block.rstrip("\n") + rest.split(END, 1)[1]
+    elif text:
+        text = text.rstrip("\n") + "\n\n" + block
+    else:
+        text = "# Benchmark tables\n\n" + block
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
 def import_gpu_check(out_dir: str) -> dict[str, Any]:
     """A run record from the ``$OUT`` of ``scripts/gpu_check.sh`` (env.json + bench_<name>.json)."""
     from benchmarks import bench_latency, bench_model, bench_wide
@@ -274,8 +312,8 @@ def import_gpu_check(out_dir: str) -> dict[str, Any]:
         "latency": bench_latency.COLUMNS,
         "wide": bench_wide.COLUMNS,
     }
-    readme = {**README_COLUMNS, "distance": known["distance"][:6] + ["max_rel_err"]}
-    readme["linkage"] = README_COLUMNS["linkage_gpu"]
+    readme = {**PAGE_COLUMNS, "distance": known["distance"][:6] + ["max_rel_err"]}
+    readme["linkage"] = PAGE_COLUMNS["linkage_gpu"]
     info: dict[str, Any] = {}
     tables: list[Table] = []
     for path in sorted(glob.glob(os.path.join(out_dir, "bench_*.json"))):
@@ -320,7 +358,7 @@ def report(
     big: bool = False,
     save_results: bool = True,
     results_dir: str = RESULTS,
-    readme_path: str | None = None,
+    tables_path: str | None = None,
 ) -> dict[str, Any]:
     """Run ``suites``, print their tables, save them (``save_results``); returns the run record."""
     tables: list[Table] = []
@@ -365,11 +403,8 @@ def report(
     print("\nconditions:", json.dumps(info))
     if save_results:
         jpath, mpath = save(run, results_dir)
-        block = readme_block(results_dir)
-        readme_path = readme_path or os.path.join(results_dir, "README_table.md")
-        with open(readme_path, "w") as f:
-            f.write(block)
-        print(f"[report] appended to {jpath} and {mpath}; README block: {readme_path}")
+        page = write_tables(results_dir, tables_path)
+        print(f"[report] appended to {jpath} and {mpath}; tables: {page}")
     failed = [t["name"] for t in tables if "error" in t]
     if failed:
         print(f"[report] FAILED suites: {failed}", file=sys.stderr)
@@ -401,7 +436,14 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--save", action="store_true", help="save a --quick run too")
     ap.add_argument("--no-save", action="store_true", help="print only")
     ap.add_argument("--results-dir", default=RESULTS, help="where <machine>.json/.md go")
-    ap.add_argument("--readme-only", action="store_true", help="only regenerate README_table.md")
+    ap.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="only regenerate docs/benchmarks.md's tables (--results-dir R: R/benchmarks.md)",
+    )
+    ap.add_argument(
+        "--readme-only", dest="tables_only", action="store_true", help=argparse.SUPPRESS
+    )
     ap.add_argument(
         "--from-gpu-check",
         metavar="OUT",
@@ -413,11 +455,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.from_gpu_check:
         jpath, mpath = save(import_gpu_check(args.from_gpu_check), args.results_dir)
         print(f"[report] appended to {jpath} and {mpath}")
-    if args.readme_only or args.from_gpu_check:
-        path = os.path.join(args.results_dir, "README_table.md")
-        with open(path, "w") as f:
-            f.write(readme_block(args.results_dir))
-        print(f"[report] README block: {path}")
+    if args.tables_only or args.from_gpu_check:
+        print(f"[report] tables: {write_tables(args.results_dir)}")
         return 0
     save_results = not args.no_save and (args.save or not args.quick)
     run = report(
