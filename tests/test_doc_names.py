@@ -1,8 +1,9 @@
-"""Every dotted ``simprune.`` name in the README, docs/, simprune's .md files and docstrings resolves.
+"""Every dotted ``simprune.`` name in the README, docs/, the package's .md files and docstrings
+resolves.
 
-A name such as ``simprune.hierarchy.linkage_rounds`` resolves when its longest importable module prefix
-(``simprune.hierarchy``) imports and the rest (``linkage_rounds``) is found by getattr. Renamed
-modules and functions leave stale names in prose that no other test reads; this one does.
+A name such as ``simprune.hierarchy.linkage_rounds`` resolves when its longest importable module
+prefix (``simprune.hierarchy``) imports and the rest (``linkage_rounds``) is found by getattr.
+Renamed modules and functions leave stale names in prose that no other test reads; this one does.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def _docstrings(path: str) -> list[tuple[int, str]]:
 
 
 def _module_files() -> list[tuple[str, str]]:
-    """(module name, source file) of every Python module of the package, simprune.kernels included."""
+    """(module name, source file) of every Python module of simprune, simprune.kernels included."""
     # simprune.kernels (installed from kernels/ by package_dir) is not under simprune.__path__.
     kernels = importlib.import_module("simprune.kernels")
     mods = {"simprune": str(simprune.__file__)}

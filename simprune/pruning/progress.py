@@ -1,9 +1,9 @@
 """Progress of a pruning run on stderr: one tqdm line per stage.
 
-tqdm handles terminals, notebooks (stderr is shown there too) and plain logs. The console ``tqdm`` is
-used rather than ``tqdm.auto``: in a notebook the latter needs ipywidgets (not a dependency; without
-it tqdm warns and falls back to the console bar anyway) and draws a widget instead of writing to
-stderr.
+tqdm handles terminals, notebooks (stderr is shown there too) and plain logs. The console ``tqdm``
+is used rather than ``tqdm.auto``: in a notebook the latter needs ipywidgets (not a dependency;
+without it tqdm warns and falls back to the console bar anyway) and draws a widget instead of
+writing to stderr.
 """
 
 from __future__ import annotations
