@@ -87,7 +87,7 @@ def random_shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 2) -> tor
 
 def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 250) -> nn.Module:
     """BatchNorm statistics re-estimated on ``x`` (in place): :func:`simprune.pruning.recalibrate_bn`
-    with the experiments' batch size."""
+    with the batch size of the demo and the ablation study."""
     return _recalibrate_bn(model, x, batch_size=batch_size)
 
 
