@@ -21,11 +21,18 @@ from .backends import (
     has_cuda_extension,
     has_triton,
 )
-from .dendrogram import cut_maxclust, cut_n_clusters, cut_threshold, redundancy_scores, representatives
+from .dendrogram import (
+    cut_maxclust,
+    cut_n_clusters,
+    cut_threshold,
+    redundancy_scores,
+    representatives,
+)
 from .distance import pairwise_distance, pairwise_distance_batched, pairwise_distance_ref
+from .engine import metric_info
 from .hierarchy import is_valid_linkage, linkage, linkage_batched, linkage_ref
 from .pruning import PruningPlan, apply_plan, prune, recalibrate_bn
-from .similarity import channel_descriptors, channel_energy, distance_metric, layer_descriptors
+from .similarity import channel_descriptors, channel_energy, layer_descriptors
 
 __version__ = "0.1.0"
 
@@ -40,7 +47,6 @@ __all__ = [
     "cut_maxclust",
     "cut_n_clusters",
     "cut_threshold",
-    "distance_metric",
     "has_c_extension",
     "has_cuda_extension",
     "has_triton",
@@ -49,6 +55,7 @@ __all__ = [
     "linkage",
     "linkage_batched",
     "linkage_ref",
+    "metric_info",
     "pairwise_distance",
     "pairwise_distance_batched",
     "pairwise_distance_ref",

@@ -7,14 +7,13 @@ returns scipy's ``pdist`` order (row-major upper triangle, length n(n-1)/2).
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Sequence
 
 import torch
 
 from . import ops
 from ._checks import as_tensor, check_finite, check_float, check_matrix
-from .backends import available_backends, has_kernel, has_triton, register, resolve
+from .backends import resolve, resolve_impl
 
 METRICS = ("sqeuclidean", "euclidean", "cosine")
 PRECISIONS = ("exact", "fast")
@@ -100,23 +99,6 @@ def _pairwise_distance_torch_kernel(x, y, metric, condensed, out_dtype, precisio
     return pairwise_distance_ref(x, y, metric, condensed, out_dtype, precision)
 
 
-register("pairwise_distance", "torch", devices=("cpu", "cuda"))(
-    ops.get("pairwise_distance", "torch")
-)
-register(
-    "pairwise_distance",
-    "cpu",
-    devices=("cpu",),
-    available=lambda: has_kernel("pairwise_distance_cpu", "CPU"),
-)(ops.get("pairwise_distance", "cpu"))
-register(
-    "pairwise_distance",
-    "cuda",
-    devices=("cuda",),
-    available=lambda: has_kernel("pairwise_distance_cuda", "CUDA"),
-)(ops.get("pairwise_distance", "cuda"))
-
-
 # Triton: kernels/distance.py, imported on first use only (importing simprune never imports Triton).
 def _on_device(t: torch.Tensor):
     """Triton launches on the current CUDA device: make it the tensor's."""
@@ -130,11 +112,6 @@ def _pairwise_distance_triton_kernel(x, y, metric, condensed, out_dtype, precisi
 
     with _on_device(x):
         return pairwise_distance_triton(x, y, metric, condensed, out_dtype, precision)
-
-
-register("pairwise_distance", "triton", devices=("cuda",), available=has_triton)(
-    ops.get("pairwise_distance", "triton")
-)
 
 
 def pairwise_distance_ragged_ref(packed, rows, cols, metric, condensed, out_dtype, precision):
@@ -165,14 +142,6 @@ def _pairwise_distance_ragged_triton_kernel(packed, rows, cols, metric, condense
         return pairwise_distance_ragged_triton(
             packed, list(rows), list(cols), metric, condensed, out_dtype, prec
         )
-
-
-register("pairwise_distance_ragged", "torch", devices=("cpu", "cuda"))(
-    ops.get("pairwise_distance_ragged", "torch")
-)
-register("pairwise_distance_ragged", "triton", devices=("cuda",), available=has_triton)(
-    ops.get("pairwise_distance_ragged", "triton")
-)
 
 
 def _check_inputs(x, y, metric, condensed, out_dtype, precision):
@@ -268,10 +237,10 @@ def pairwise_distance_batched(
     """Distances for many independent groups (each its own ``(n_g, d_g)``), one result per group.
 
     This is the shape of a whole network's analysis: one group per layer. Every group is validated
-    before any work starts, so a bad group fails fast with its index in the message. On CUDA
-    tensors (backend "auto" or "triton") all groups run through the ragged Triton op: one launch per
+    before any work starts, so a bad group fails fast with its index in the message. A backend with
+    a batched kernel (the Triton one: the default on CUDA tensors) runs all groups in one launch per
     kernel mode (direct differences for d <= 32, expansion otherwise), whatever the group count;
-    other backends loop over the groups.
+    the other backends loop over the groups.
     """
     checked = []
     for g, x in enumerate(xs):
@@ -282,29 +251,22 @@ def pairwise_distance_batched(
     if not checked:
         return []
     dev, dt = checked[0].device, checked[0].dtype
-    single, fn = resolve("pairwise_distance", backend, dev)
-    one_launch = single == "triton" or (
-        backend == "auto"
-        and not os.environ.get("SIMPRUNE_BACKEND", "").strip()
-        and dev.type == "cuda"
-        and "triton" in available_backends("pairwise_distance_ragged", dev)
-    )
-    if one_launch and all(x.device == dev and x.dtype == dt for x in checked):
+    name, impl = resolve_impl("pairwise_distance_ragged", backend, dev)
+    if impl.fn is not None and all(x.device == dev and x.dtype == dt for x in checked):
         # All groups in one launch (the grouped-GEMM pattern): the common case of a whole network.
         rows = [int(x.shape[0]) for x in checked]
         cols = [int(x.shape[1]) for x in checked]
         packed = torch.cat([x.reshape(-1) for x in checked])
-        flat = ops.get("pairwise_distance_ragged", "triton")(
-            packed, rows, cols, metric, condensed, out_dtype, precision
-        )
+        flat = impl.fn(packed, rows, cols, metric, condensed, out_dtype, precision)
         res, off = [], 0
         for r in rows:
             size = r * (r - 1) // 2 if condensed else r * r
             res.append(flat[off : off + size] if condensed else flat[off : off + size].view(r, r))
             off += size
         return res
+    # No batched kernel for this backend (or mixed devices/dtypes): one call per group.
     return [
-        resolve("pairwise_distance", backend, x.device)[1](
+        resolve("pairwise_distance", name, x.device)[1](
             x, None, metric, condensed, out_dtype, precision
         )
         for x in checked

@@ -4,7 +4,7 @@ Channels are the rows of a tensor ``x`` of shape ``(n_channels, ...)`` (a Conv o
 any descriptor matrix; everything after dim 0 is flattened). Nothing here needs a model, a
 dependency graph or Torch-Pruning.
 
-* :func:`redundancy_scores` -- one score per channel, lower = prune first. A channel removed at a
+* :func:`score_channels` -- one score per channel, lower = prune first. A channel removed at a
   merge of the dendrogram scores that merge's height; the last survivor scores ``+inf``. Removing
   the ``k`` lowest-scoring channels equals cutting the dendrogram into ``n - k`` clusters and keeping
   each cluster's highest-priority channel (the representative).
@@ -15,15 +15,15 @@ dependency graph or Torch-Pruning.
 A list of tensors (one per layer) is processed in one batched engine call (one distance launch on
 CUDA for all layers, then one linkage per layer) and gives a list of results.
 
-Naming: :func:`simprune.redundancy_scores` (top level) takes a *linkage matrix* and a priority;
-``simprune.functional.redundancy_scores`` takes the *channels* and runs the whole chain (descriptors,
-distances, linkage, scoring). The two agree:
-``functional.redundancy_scores(x) == simprune.redundancy_scores(channel_dendrogram(x), energy)``.
+:func:`score_channels` takes the *channels* and runs the whole chain (descriptors, distances,
+linkage, scoring); :func:`simprune.redundancy_scores` (top level) scores a *linkage matrix* given a
+priority. The two agree:
+``score_channels(x) == simprune.redundancy_scores(channel_dendrogram(x), channel_energy(v))``.
 
 >>> import torch
 >>> from simprune import functional as F
 >>> w = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [5.0, 5.0]])
->>> F.redundancy_scores(w, metric="euclidean")  # channel 0 goes first, [5, 5] (most energy) last
+>>> F.score_channels(w, metric="euclidean")  # channel 0 goes first, [5, 5] (most energy) last
 tensor([0.1000, 6.3772, 1.3798,    inf], dtype=torch.float64)
 >>> labels, kept, scores = F.cluster_channels(w, n_keep=3, metric="euclidean")
 >>> labels.tolist(), kept.tolist()
@@ -32,30 +32,23 @@ tensor([0.1000, 6.3772, 1.3798,    inf], dtype=torch.float64)
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
-import time
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from ._checks import as_tensor
-from .dendrogram import cut_n_clusters, cut_threshold, representatives
-from .dendrogram import redundancy_scores as _scores_from_linkage
-from .distance import pairwise_distance_batched
-from .hierarchy import METHODS, linkage
-from .similarity import DESCRIPTOR_METRICS, channel_descriptors
+from .dendrogram import cut_n_clusters, cut_threshold, redundancy_scores, representatives
+from .engine import channel_energy, check_metric_and_method, dendrograms, height_scale, metric_info
+from .similarity import channel_descriptors
 
 __all__ = [
     "ChannelClusters",
     "channel_dendrogram",
     "cluster_channels",
     "height_scale",
-    "linkage_distance",
-    "redundancy_scores",
+    "score_channels",
 ]
 
 
@@ -64,7 +57,7 @@ class ChannelClusters(NamedTuple):
 
     labels : (n,) int64, 0-based cluster label of each channel
     representatives : (n_clusters,) int64, kept channel indices, sorted ascending
-    scores : (n,) float64 redundancy scores (see :func:`redundancy_scores`)
+    scores : (n,) float64 redundancy scores (see :func:`score_channels`)
     """
 
     labels: torch.Tensor
@@ -72,51 +65,11 @@ class ChannelClusters(NamedTuple):
     scores: torch.Tensor
 
 
-def linkage_distance(metric: str) -> str:
-    """The distance the dendrogram is built on for a descriptor ``metric``.
-
-    Squared-Euclidean descriptor metrics (``gaussian``, ``linear``, ...) cluster on the Euclidean
-    distance sqrt(D) (a true metric, valid for every linkage method, ward included), ``cosine`` on
-    the cosine distance; this is what :func:`simprune.prune` does.
-    """
-    if metric not in DESCRIPTOR_METRICS:
-        raise ValueError(
-            f"unknown metric {metric!r}; expected one of {tuple(DESCRIPTOR_METRICS)} (or None)"
-        )
-    return "cosine" if metric == "cosine" else "euclidean"
-
-
-def height_scale(v: torch.Tensor, metric: str) -> float:
-    """Divisor that makes a layer's merge heights scale-free: the RMS descriptor norm.
-
-    For ``gaussian`` a height divided by it is sqrt(E[(y_i - y_j)^2] / mean_k E[y_k^2]); it is the
-    normalisation of :func:`simprune.prune`'s global cut. Cosine heights are already scale-free (1).
-    """
-    if linkage_distance(metric) == "cosine":
-        return 1.0
-    return _scale_from_energy((v.detach().to(torch.float64) ** 2).sum(1), metric)
-
-
-def _scale_from_energy(energy: torch.Tensor, metric: str) -> float:
-    """:func:`height_scale` from the channel energies (squared descriptor norms)."""
-    if linkage_distance(metric) == "cosine":
-        return 1.0
-    e = float(energy.mean())
-    return math.sqrt(e) if e > 0 else 1.0
-
-
 def _pick_metric(metric: str | None, gamma: Any, beta: Any) -> str:
     if metric is None:
         return "gaussian" if gamma is not None and beta is not None else "linear"
-    linkage_distance(metric)
+    metric_info(metric)
     return metric
-
-
-def _check_method(method: str, metric: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"unknown linkage method {method!r}; expected one of {METHODS}")
-    if method in ("ward", "centroid", "median") and metric == "cosine":
-        raise ValueError(f"method {method!r} needs Euclidean distances; use another metric")
 
 
 def _as_list(x: Any, name: str, n: int) -> list[Any]:
@@ -143,7 +96,7 @@ def _priority(p: Any, v: torch.Tensor) -> torch.Tensor:
             raise ValueError(
                 f"priority must be 'energy', None or a tensor of shape ({n},), got {p!r}"
             )
-        return (v.detach().cpu().to(torch.float64) ** 2).sum(1)
+        return channel_energy(v).cpu()
     if p is None:
         return torch.zeros(n, dtype=torch.float64)
     t = as_tensor(p, "priority").detach().cpu().to(torch.float64)
@@ -152,53 +105,6 @@ def _priority(p: Any, v: torch.Tensor) -> torch.Tensor:
     if not bool(torch.isfinite(t).all()):
         raise ValueError("priority contains NaN or Inf")
     return t
-
-
-def _dendrograms(
-    vs: Sequence[torch.Tensor],
-    metric: str,
-    method: str,
-    backend: str,
-    timings: dict[str, float] | None = None,
-) -> list[np.ndarray]:
-    """One batched distance call for every layer with >= 2 channels, then one linkage per layer
-    (the engine pass of simprune.prune and of the functional API). ``backend="cpu"`` (argument or
-    SIMPRUNE_BACKEND) moves descriptors on a GPU to the CPU kernels. ``timings`` (optional) gets
-    the seconds of the "distances" and "linkage" steps."""
-    multi = [k for k, v in enumerate(vs) if v.shape[0] >= 2]
-    zs: list[np.ndarray] = [np.zeros((0, 4)) for _ in vs]
-    if not multi:
-        return zs
-    t0 = time.perf_counter()
-    engine_in = [vs[k] for k in multi]
-    named = backend if backend != "auto" else os.environ.get("SIMPRUNE_BACKEND", "").strip().lower()
-    if named == "cpu":  # the C++ kernels: a model on a GPU has its engine pass on the CPU
-        engine_in = [v.cpu() for v in engine_in]
-    ds = pairwise_distance_batched(
-        engine_in, metric=linkage_distance(metric), condensed=True, backend=backend
-    )
-    t1 = time.perf_counter()
-    # On a GPU all layers' linkages run in one launch (linkage_batched); on the CPU each layer
-    # goes to the backend asked for (the C++ kernel under "auto"). (The package attribute
-    # ``simprune.linkage`` is the function, so the module is looked up by name.)
-    linkage_mod = importlib.import_module(f"{__package__}.linkage")
-    batched = getattr(linkage_mod, "linkage_batched", None)
-    on_gpu = ds[0].device.type == "cuda"
-    if (
-        batched is not None
-        and on_gpu
-        and backend in ("auto", "cuda")
-        and method not in ("centroid", "median")
-    ):
-        zl = batched(ds, method, backend=backend)
-    else:
-        zl = [linkage(d, method, backend=backend) for d in ds]
-    for k, z in zip(multi, zl, strict=True):
-        zs[k] = z.detach().cpu().numpy()
-    if timings is not None:
-        timings["distances"] = t1 - t0
-        timings["linkage"] = time.perf_counter() - t1
-    return zs
 
 
 def _prepare(
@@ -212,7 +118,7 @@ def _prepare(
     bs = _as_list(beta, "beta", len(xs)) if batched else [beta]
     cs = _as_list(bias, "bias", len(xs)) if batched else [bias]
     m = _pick_metric(metric, gs[0], bs[0])
-    _check_method(method, m)
+    check_metric_and_method(m, method)
     vs = []
     for k, (xi, g, b, c) in enumerate(zip(xs, gs, bs, cs, strict=True)):
         try:
@@ -237,11 +143,11 @@ def channel_dendrogram(
 ) -> Any:
     """Linkage matrix of the channels (rows) of ``x``: float64 ``(n-1, 4)``, scipy format, on CPU.
 
-    Parameters are those of :func:`redundancy_scores`; ``normalize=True`` divides the heights by
+    Parameters are those of :func:`score_channels`; ``normalize=True`` divides the heights by
     :func:`height_scale`. A list of tensors gives a list of matrices (one batched engine call).
     """
     batched, m, vs = _prepare(x, metric, method, gamma, beta, bias)
-    zs = _dendrograms(vs, m, method, backend)
+    zs = dendrograms(vs, m, method, backend)
     out = []
     for v, z in zip(vs, zs, strict=True):
         zt = torch.from_numpy(z.copy())
@@ -251,7 +157,7 @@ def channel_dendrogram(
     return out if batched else out[0]
 
 
-def redundancy_scores(
+def score_channels(
     x: Any,
     *,
     metric: str | None = None,
@@ -294,9 +200,9 @@ def redundancy_scores(
     Tensor (n_channels,) float64 on CPU, or a list of them.
 
     >>> import torch
-    >>> from simprune.functional import redundancy_scores
+    >>> from simprune.functional import score_channels
     >>> w = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
-    >>> redundancy_scores(w, metric="cosine")  # channel 0 has channel 1's direction, less energy
+    >>> score_channels(w, metric="cosine")  # channel 0 has channel 1's direction, less energy
     tensor([0., 1., inf], dtype=torch.float64)
     """
     batched, m, vs = _prepare(x, metric, method, gamma, beta, bias)
@@ -308,13 +214,13 @@ def redundancy_scores(
     else:
         prs = [priority]
     pts = [_priority(p, v) for p, v in zip(prs, vs, strict=True)]
-    zs = _dendrograms(vs, m, method, backend)
+    zs = dendrograms(vs, m, method, backend)
     out = []
     for v, z, p in zip(vs, zs, pts, strict=True):
         if z.shape[0] == 0:
             out.append(torch.full((1,), math.inf, dtype=torch.float64))
             continue
-        s = _scores_from_linkage(torch.from_numpy(z), p)
+        s = redundancy_scores(torch.from_numpy(z), p)
         if normalize:
             s = s / height_scale(v, m)
         out.append(s)
@@ -341,7 +247,7 @@ def cluster_channels(
     :func:`simprune.cut_n_clusters`) or ``threshold`` (clusters whose cophenetic distance is at most
     ``threshold``, scipy's ``fcluster(..., "distance")``; on the scale-free heights when
     ``normalize=True``). Each cluster keeps its highest-``priority`` channel (ties: lowest index).
-    Other parameters are those of :func:`redundancy_scores`.
+    Other parameters are those of :func:`score_channels`.
 
     Returns
     -------
@@ -359,7 +265,7 @@ def cluster_channels(
     if (n_keep is None) == (threshold is None):
         raise ValueError("give exactly one of n_keep= or threshold=")
     if isinstance(x, (list, tuple)):
-        raise TypeError("cluster_channels takes one layer; use redundancy_scores for a list")
+        raise TypeError("cluster_channels takes one layer; use score_channels for a list")
     _, m, vs = _prepare(x, metric, method, gamma, beta, bias)
     v = vs[0]
     n = v.shape[0]
@@ -373,7 +279,7 @@ def cluster_channels(
         if not (math.isfinite(t) and t >= 0):
             raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
     p = _priority(priority, v)
-    z = torch.from_numpy(_dendrograms([v], m, method, backend)[0])
+    z = torch.from_numpy(dendrograms([v], m, method, backend)[0])
     if n == 1:
         labels = torch.zeros(1, dtype=torch.int64)
         scores = torch.full((1,), math.inf, dtype=torch.float64)
@@ -385,6 +291,6 @@ def cluster_channels(
             zs = z.clone()
             zs[:, 2] /= scale
             labels = cut_threshold(zs, t)
-        scores = _scores_from_linkage(z, p) / scale
+        scores = redundancy_scores(z, p) / scale
     kept = representatives(labels, energy=p)
     return ChannelClusters(labels, kept, scores)

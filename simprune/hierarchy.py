@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import scipy.cluster.hierarchy as sch
 import torch
@@ -11,25 +9,24 @@ import torch
 from . import ops
 from ._checks import as_tensor, check_finite, check_float
 from .backends import (
+    METHODS,
+    MODES,
+    STORAGES,
+    SUPPORTS,
     BackendUnavailableError,
     available_backends,
     has_kernel,
-    has_triton,
-    register,
     resolve,
+    resolve_impl,
 )
 from .distance import _on_device, pairwise_distance
 
-METHODS = ("single", "complete", "average", "weighted", "ward", "centroid", "median")
-# The working matrix's dtype (linkage(..., storage=)): float64 by default, float32 halves the memory.
-STORAGES = (torch.float64, torch.float32)
+# METHODS: scipy's seven; MODES: "exact" | "strict"; STORAGES: the working matrix's dtype
+# (linkage(..., storage=)), float64 by default, float32 halves the memory. Which backend implements
+# which of them is declared in simprune.backends.SUPPORTS.
 # Methods whose Lance-Williams update assumes Euclidean distances between raw observations.
 EUCLIDEAN_ONLY = ("ward", "centroid", "median")
-MODES = ("exact", "strict")
 LINKAGE_METRICS = ("euclidean", "sqeuclidean", "cosine")
-# Not reducible, so neither NN-chain nor reciprocal-nearest-neighbour rounds apply: only the reference
-# (scipy's generic algorithm) implements them. "auto" routes them there; a named backend raises.
-REFERENCE_ONLY_METHODS = ("centroid", "median")
 
 
 def linkage_ref(d: torch.Tensor, method: str, mode: str = "strict") -> torch.Tensor:
@@ -49,15 +46,6 @@ def _linkage_torch_kernel(d, method, mode, storage=None):
     return linkage_ref(d, method, mode)
 
 
-register("linkage", "torch", devices=("cpu", "cuda"))(ops.get("linkage", "torch"))
-register("linkage", "cpu", devices=("cpu",), available=lambda: has_kernel("linkage_cpu", "CPU"))(
-    ops.get("linkage", "cpu")
-)
-register(
-    "linkage", "cuda", devices=("cuda",), available=lambda: has_kernel("linkage_cuda", "CUDA")
-)(ops.get("linkage", "cuda"))
-
-
 # Triton: kernels/linkage.py (round primitives + host loop), imported on first use only.
 @torch.library.impl(ops.LIB, "linkage_triton", "CPU")
 @torch.library.impl(ops.LIB, "linkage_triton", "CUDA")
@@ -66,9 +54,6 @@ def _linkage_triton_kernel(d, method, mode, storage=None):
 
     with _on_device(d):
         return linkage_triton(d, method, mode, storage)
-
-
-register("linkage", "triton", devices=("cuda",), available=has_triton)(ops.get("linkage", "triton"))
 
 
 @torch.library.impl(ops.LIB, "linkage_batched_torch", "CPU")
@@ -83,15 +68,6 @@ def _linkage_batched_torch_kernel(d, sizes, method):
     if off != d.numel():
         raise ValueError(f"the sizes need {off} condensed distances in all, got {d.numel()}")
     return torch.cat(zs) if zs else d.new_empty((0, 4), dtype=torch.float64)
-
-
-register("linkage_batched", "torch", devices=("cpu", "cuda"))(ops.get("linkage_batched", "torch"))
-register(
-    "linkage_batched",
-    "cuda",
-    devices=("cuda",),
-    available=lambda: has_kernel("linkage_batched_cuda", "CUDA"),
-)(ops.get("linkage_batched", "cuda"))
 
 
 def _square_to_condensed(d: torch.Tensor) -> torch.Tensor:
@@ -169,11 +145,17 @@ def linkage(
         )
     x = as_tensor(x, "x")
     check_float(x, "x")
+    d: torch.Tensor | None = None  # None: observations, distances computed below
     if x.dim() == 1:
-        d = x
+        if x.numel() == 0:
+            raise ValueError(
+                "an empty condensed distance vector is ambiguous (n = 0 or 1); pass observations "
+                "instead"
+            )
+        d, n = x, ops.n_from_condensed(x.shape[0])
     elif x.dim() == 2 and precomputed:
         check_finite(x, "distance matrix")
-        d = _square_to_condensed(x)
+        d, n = _square_to_condensed(x), x.shape[0]
     elif x.dim() == 2:
         if metric not in LINKAGE_METRICS:
             raise ValueError(f"unknown metric {metric!r}; expected one of {LINKAGE_METRICS}")
@@ -184,8 +166,19 @@ def linkage(
             )
         if x.shape[0] == 0:
             raise ValueError("cannot cluster 0 observations (empty input)")
-        if x.shape[0] == 1:
-            return torch.empty((0, 4), dtype=torch.float64, device=x.device)
+        n = x.shape[0]
+    else:
+        raise ValueError(
+            f"x must be 1-D (condensed distances) or 2-D (observations, or a square matrix with "
+            f"precomputed=True), got {x.dim()}-D shape {tuple(x.shape)}"
+        )
+    if n <= 1:
+        return torch.empty((0, 4), dtype=torch.float64, device=x.device)
+    # Which implementation serves (method, mode, storage) here: simprune.backends decides.
+    name, impl = resolve_impl(
+        "linkage", backend, x.device, method=method, mode=mode, storage=storage
+    )
+    if d is None:
         # The distances use the same backend when it can compute them here, else the best one.
         dist_backend = (
             backend if backend in available_backends("pairwise_distance", x.device) else "auto"
@@ -193,55 +186,20 @@ def linkage(
         d = pairwise_distance(
             x, metric=metric, condensed=True, out_dtype=storage, backend=dist_backend
         )
-    else:
-        raise ValueError(
-            f"x must be 1-D (condensed distances) or 2-D (observations, or a square matrix with "
-            f"precomputed=True), got {x.dim()}-D shape {tuple(x.shape)}"
-        )
-    if d.numel() == 0 and x.dim() == 1:
-        raise ValueError(
-            "an empty condensed distance vector is ambiguous (n = 0 or 1); pass observations instead"
-        )
-    n = ops.n_from_condensed(d.shape[0]) if d.numel() else 1
-    if n == 1:
-        return torch.empty((0, 4), dtype=torch.float64, device=x.device)
-    name, fn = resolve("linkage", backend, d.device)
-    env_backend = os.environ.get("SIMPRUNE_BACKEND", "").strip()
-    if mode == "strict" and name in ("triton", "cuda") and backend == "auto" and not env_backend:
-        # The GPU paths are exact, not strict (bitwise scipy under ties): auto uses the reference.
-        name, fn = resolve("linkage", "torch", d.device)
-    if method in REFERENCE_ONLY_METHODS and name != "torch":
-        if backend == "auto" and not os.environ.get("SIMPRUNE_BACKEND", "").strip():
-            name, fn = resolve("linkage", "torch", d.device)
-        else:
-            raise BackendUnavailableError(
-                f"linkage method {method!r} is implemented only by the reference backend 'torch' "
-                f"(scipy), not by {name!r}; use backend='torch' or backend='auto'"
-            )
-    if storage == torch.float32 and name == "torch":
-        raise BackendUnavailableError(
-            "storage=torch.float32 is implemented by the cpu, triton and cuda backends (the "
-            "reference, scipy, computes in float64 only); "
-            + (
-                f"none of them is available for a tensor on {d.device}"
-                if backend == "auto"
-                else "use backend='cpu', 'triton' or 'cuda'"
-            )
-        )
-    if name != "cpu":  # the C++ op checks the values itself, in one fused pass (cheaper than these)
+    if not impl.supports.checks_values:  # else the kernel checks them itself, in its first pass
         check_finite(d, "distances")
         if bool((d < 0).any()):
             raise ValueError(f"distances must be non-negative; found {int((d < 0).sum())} negative")
     if d.dtype not in (torch.float32, torch.float64):
         d = d.to(torch.float32)
+    assert impl.fn is not None
     if storage == torch.float32:
-        return fn(d.contiguous(), method, mode, storage)
-    return fn(d.contiguous(), method, mode)
+        return impl.fn(d.contiguous(), method, mode, storage)
+    return impl.fn(d.contiguous(), method, mode)
 
 
-# Largest problem the batched CUDA kernel takes (one thread block each, linkage.md 7.5); wider ones
-# run through the whole-GPU kernel.
-BATCHED_MAX_N = 2048
+# The largest problem the batched CUDA kernel takes (declared in simprune.backends.SUPPORTS).
+BATCHED_MAX_N = SUPPORTS["linkage_batched"]["cuda"].max_n
 
 
 def linkage_batched(
@@ -250,8 +208,9 @@ def linkage_batched(
     """Cluster many independent condensed distance vectors in one call (e.g. every layer of a CNN).
 
     With ``backend="cuda"`` (the default on CUDA tensors when the extension has it) all problems of
-    at most ``BATCHED_MAX_N`` observations run in one kernel launch, one thread block each
-    (linkage.md 7.5), and wider ones through the whole-GPU kernel; "exact" mode.
+    at most ``simprune.backends.SUPPORTS["linkage_batched"]["cuda"].max_n`` (2048) observations run
+    in one kernel launch, one thread block each (linkage.md 7.5), and wider ones through the
+    whole-GPU kernel; the other backends cluster one problem after another. "exact" mode.
 
     Parameters
     ----------
@@ -259,7 +218,8 @@ def linkage_batched(
         Condensed distance vectors (scipy's ``pdist`` order), float32 or float64, all on one device.
         An empty vector stands for a single observation (its Z is empty).
     method : {"single", "complete", "average", "weighted", "ward"}
-    backend : {"auto", "torch", "cuda"}
+        (centroid and median: the reference backend only.)
+    backend : {"auto", "torch", "cpu", "triton", "cuda"}
 
     Returns
     -------
@@ -289,33 +249,30 @@ def linkage_batched(
         raise ValueError("all inputs of linkage_batched must be on one device")
     sizes = [ops.n_from_condensed(d.numel()) if d.numel() else 1 for d in ds]
     dtype = torch.float64 if any(d.dtype == torch.float64 for d in ds) else torch.float32
-    packed = torch.cat([d.to(dtype) for d in ds])
-    name, fn = resolve("linkage_batched", backend, device)
-    if method in REFERENCE_ONLY_METHODS and name != "torch":
-        raise BackendUnavailableError(
-            f"linkage method {method!r} is implemented only by the reference backend 'torch'"
-        )
-    if packed.numel():
-        check_finite(packed, "distances")
-        if bool((packed < 0).any()):
-            raise ValueError(f"distances must be non-negative; found {int((packed < 0).sum())}")
-    if name == "cuda" and max(sizes) > BATCHED_MAX_N:
-        # One block per problem suits small layers; a wide one would leave the rest of the GPU idle
-        # for a long time: those go through the whole-GPU kernel one by one, the rest in one launch.
-        out: list[torch.Tensor | None] = [None] * len(ds)
-        small = [g for g, n in enumerate(sizes) if n <= BATCHED_MAX_N]
-        for g, n in enumerate(sizes):
-            if n > BATCHED_MAX_N:
-                out[g] = ops.get("linkage", "cuda")(ds[g].to(dtype).contiguous(), method, "exact")
-        if small:
-            part = fn(
-                torch.cat([ds[g].to(dtype) for g in small]), [sizes[g] for g in small], method
-            )
-            for g, z in zip(small, torch.split(part, [sizes[g] - 1 for g in small]), strict=True):
-                out[g] = z
-        return [z for z in out if z is not None]
-    z = fn(packed.contiguous(), sizes, method)
-    return list(torch.split(z, [n - 1 for n in sizes]))
+    name, impl = resolve_impl("linkage_batched", backend, device, method=method, mode="exact")
+    if not impl.supports.checks_values:
+        for d in ds:
+            if d.numel():
+                check_finite(d, "distances")
+                if bool((d < 0).any()):
+                    raise ValueError(f"distances must be non-negative; found {int((d < 0).sum())}")
+    out: list[torch.Tensor] = [torch.empty((0, 4), dtype=torch.float64, device=device) for _ in ds]
+    max_n = impl.supports.max_n
+    batch = [g for g, n in enumerate(sizes) if n >= 2 and (impl.fn is not None)]
+    batch = [g for g in batch if max_n is None or sizes[g] <= max_n]
+    if batch:
+        packed = torch.cat([ds[g].to(dtype) for g in batch]).contiguous()
+        assert impl.fn is not None
+        part = impl.fn(packed, [sizes[g] for g in batch], method)
+        for g, z in zip(batch, torch.split(part, [sizes[g] - 1 for g in batch]), strict=True):
+            out[g] = z
+    # Problems without a batched kernel here (or wider than it takes): the backend's single op.
+    rest = [g for g, n in enumerate(sizes) if n >= 2 and g not in set(batch)]
+    if rest:
+        single = resolve("linkage", name, device, method=method, mode="exact")[1]
+        for g in rest:
+            out[g] = single(ds[g].to(dtype).contiguous(), method, "exact")
+    return out
 
 
 def linkage_rounds(

@@ -5,6 +5,8 @@ fake (meta) kernel, so that ``torch.compile`` can trace every backend. Implement
 elsewhere: the reference (``_torch``) in the Python modules next to the public functions, the C++ and
 CUDA kernels from ``csrc/`` through ``TORCH_LIBRARY_IMPL`` (only when ``simprune._C`` is built), and
 the Triton kernels from ``kernels/``. A missing compiled library therefore removes a kernel, never an API.
+Every (op, backend) of :data:`SCHEMAS` is entered in the backend registry (``simprune.backends``),
+which decides which one runs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import torch
 
+from . import backends
 from .backends import BACKENDS
 
 LIB = torch.library.Library("simprune", "DEF")
@@ -122,3 +125,7 @@ for _op, (_schema, _backends) in SCHEMAS.items():
 def get(op: str, backend: str):
     """The ``torch.ops`` handle of ``op`` for ``backend``."""
     return getattr(torch.ops.simprune, op_name(op, backend))
+
+
+# Every (op, backend) above is an implementation in the backend registry, with what it serves.
+backends.register_ops(SCHEMAS, get)

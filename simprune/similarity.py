@@ -12,7 +12,7 @@ which is exactly the squared Euclidean distance between descriptors v_i = [beta_
 A zero filter has no direction: its w_i/|w_i| is taken as 0 (the channel is the constant beta_i).
 
 ==================  ==========================================  ==============  ===============
-metric              descriptor row                              distance        needs
+metric              descriptor row                              pairwise dist.  needs
 ==================  ==========================================  ==============  ===============
 ``gaussian``        [beta, gamma * w / |w|]                     sqeuclidean     weight + BN
 ``wasserstein``     [beta, |gamma|]                             sqeuclidean     BN
@@ -22,8 +22,9 @@ metric              descriptor row                              distance        
 ``sqeuclidean``     w                                           sqeuclidean     weight
 ==================  ==========================================  ==============  ===============
 
-The energy of a channel, E[y_i^2] for the gaussian model (gamma^2 + beta^2), is the squared norm of its
-descriptor: :func:`channel_energy`.
+The pairwise distance and the distance the dendrogram is built on come from one table,
+``simprune.engine.METRICS``. The energy of a channel, E[y_i^2] for the gaussian model
+(gamma^2 + beta^2), is the squared norm of its descriptor: :func:`channel_energy`.
 """
 
 from __future__ import annotations
@@ -32,25 +33,9 @@ import torch
 from torch import nn
 
 from ._checks import as_tensor, check_finite
+from .engine import BN_METRICS, channel_energy, metric_info
 
-DESCRIPTOR_METRICS = {
-    "gaussian": "sqeuclidean",
-    "wasserstein": "sqeuclidean",
-    "linear": "sqeuclidean",
-    "cosine": "cosine",
-    "euclidean": "euclidean",
-    "sqeuclidean": "sqeuclidean",
-}
-
-
-def distance_metric(metric: str) -> str:
-    """The pairwise-distance metric to apply to descriptors of ``metric``."""
-    try:
-        return DESCRIPTOR_METRICS[metric]
-    except KeyError:
-        raise ValueError(
-            f"unknown descriptor metric {metric!r}; expected one of {tuple(DESCRIPTOR_METRICS)}"
-        ) from None
+__all__ = ["channel_descriptors", "channel_energy", "layer_descriptors"]
 
 
 def _vec(t, name: str, n: int, dtype: torch.dtype) -> torch.Tensor:
@@ -79,8 +64,9 @@ def channel_descriptors(
     gamma, beta : (out_channels,) BatchNorm scale and shift (``gaussian``, ``wasserstein``).
     bias : (out_channels,) layer bias (``linear``; zero when absent).
 
-    Returns float32 (float64 for float64 weights) on the weight's device. Apply
-    :func:`distance_metric` (``metric``) to compare rows.
+    Returns float32 (float64 for float64 weights) on the weight's device. Rows are compared with
+    the pairwise distance of ``simprune.engine.metric_info(metric).pairwise`` (``sqeuclidean`` for
+    ``gaussian``: the expected squared difference of the two channels' BN outputs).
 
     >>> import torch, simprune
     >>> w = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
@@ -90,7 +76,7 @@ def channel_descriptors(
             [0., 0., 2.],
             [2., 2., 0.]])
     """
-    distance_metric(metric)
+    metric_info(metric)
     w = as_tensor(weight, "weight").detach()
     if w.dim() < 1:
         raise ValueError("weight must have at least one dimension (out_channels, ...)")
@@ -102,7 +88,7 @@ def channel_descriptors(
     dtype = torch.float64 if w.dtype == torch.float64 else torch.float32
     w = w.reshape(n, -1).to(dtype)
     check_finite(w, "weight")
-    if metric in ("gaussian", "wasserstein"):
+    if metric in BN_METRICS:
         if gamma is None or beta is None:
             raise ValueError(
                 f"metric {metric!r} needs the following BatchNorm's gamma and beta; for a layer "
@@ -151,9 +137,3 @@ def layer_descriptors(
             gamma, beta = bn.weight, bn.bias
     bias = getattr(layer, "bias", None)
     return channel_descriptors(weight, metric=metric, gamma=gamma, beta=beta, bias=bias)
-
-
-def channel_energy(descriptors: torch.Tensor) -> torch.Tensor:
-    """Squared row norms of a descriptor matrix: E[y_i^2] = gamma_i^2 + beta_i^2 for ``gaussian``."""
-    v = as_tensor(descriptors, "descriptors")
-    return (v.to(torch.float64) ** 2).sum(1)

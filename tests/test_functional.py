@@ -45,7 +45,7 @@ def test_docstrings_run(module):
 @pytest.mark.parametrize("method", ["average", "complete", "single", "ward"])
 def test_scores_match_scipy_dendrogram(n, method):
     x = _x(n, seed=n)
-    s = F.redundancy_scores(x, metric="euclidean", method=method)
+    s = F.score_channels(x, metric="euclidean", method=method)
     assert s.shape == (n,) and s.dtype == torch.float64
     if n == 1:
         assert math.isinf(float(s[0]))
@@ -106,58 +106,58 @@ def test_gaussian_metric_from_bn_parameters():
     w = torch.randn(12, 4, 3, 3, generator=g, dtype=torch.float64)
     gamma = torch.rand(12, generator=g, dtype=torch.float64) + 0.5
     beta = torch.randn(12, generator=g, dtype=torch.float64)
-    s = F.redundancy_scores(w, gamma=gamma, beta=beta)  # metric None -> gaussian
+    s = F.score_channels(w, gamma=gamma, beta=beta)  # metric None -> gaussian
     v = simprune.channel_descriptors(w, metric="gaussian", gamma=gamma, beta=beta)
     ref = simprune.redundancy_scores(torch.from_numpy(_scipy_z(v)), simprune.channel_energy(v))
     torch.testing.assert_close(s, ref, rtol=1e-9, atol=1e-12)
     # The metric is scale-invariant in the filters.
-    torch.testing.assert_close(F.redundancy_scores(w * 3.0, gamma=gamma, beta=beta), s)
+    torch.testing.assert_close(F.score_channels(w * 3.0, gamma=gamma, beta=beta), s)
     # Without gamma/beta, None means "linear": rows plus bias.
     bias = torch.randn(12, generator=g, dtype=torch.float64)
     v_lin = torch.cat([bias[:, None], w.reshape(12, -1)], 1)
     ref_lin = simprune.redundancy_scores(
         torch.from_numpy(_scipy_z(v_lin)), simprune.channel_energy(v_lin)
     )
-    torch.testing.assert_close(F.redundancy_scores(w, bias=bias), ref_lin, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(F.score_channels(w, bias=bias), ref_lin, rtol=1e-9, atol=1e-12)
 
 
 def test_cosine_and_priorities():
     x = _x(9, seed=9)
-    s = F.redundancy_scores(x, metric="cosine", priority=None)
+    s = F.score_channels(x, metric="cosine", priority=None)
     z = torch.from_numpy(_scipy_z(x, metric="cosine"))
     torch.testing.assert_close(s, simprune.redundancy_scores(z), rtol=1e-9, atol=1e-12)
     assert math.isinf(float(s[0]))  # equal priority: the lowest index survives
     pr = torch.arange(9.0)
-    s2 = F.redundancy_scores(x, metric="cosine", priority=pr)
+    s2 = F.score_channels(x, metric="cosine", priority=pr)
     assert math.isinf(float(s2[8]))  # the highest priority survives
     res = F.cluster_channels(x, n_keep=1, metric="cosine", priority=pr)
     assert res.representatives.tolist() == [8]
     # Cosine heights are scale-free already: normalize changes nothing.
     torch.testing.assert_close(
-        F.redundancy_scores(x, metric="cosine", normalize=True),
-        F.redundancy_scores(x, metric="cosine"),
+        F.score_channels(x, metric="cosine", normalize=True),
+        F.score_channels(x, metric="cosine"),
     )
 
 
 def test_batched_list_equals_single_calls():
     xs = [_x(n, d=d, seed=n) for n, d in ((5, 3), (1, 3), (17, 8), (2, 2))]
-    batched = F.redundancy_scores(xs, metric="euclidean", normalize=True)
+    batched = F.score_channels(xs, metric="euclidean", normalize=True)
     assert isinstance(batched, list) and len(batched) == 4
     for x, s in zip(xs, batched, strict=True):
-        torch.testing.assert_close(s, F.redundancy_scores(x, metric="euclidean", normalize=True))
+        torch.testing.assert_close(s, F.score_channels(x, metric="euclidean", normalize=True))
     zs = F.channel_dendrogram(xs, metric="euclidean")
     assert [tuple(z.shape) for z in zs] == [(4, 4), (0, 4), (16, 4), (1, 4)]
     # Per-layer BN parameters come as lists.
     gammas = [torch.ones(x.shape[0]) for x in xs]
     betas = [torch.zeros(x.shape[0]) for x in xs]
-    out = F.redundancy_scores(xs, gamma=gammas, beta=betas)
+    out = F.score_channels(xs, gamma=gammas, beta=betas)
     assert [o.shape[0] for o in out] == [5, 1, 17, 2]
 
 
 def test_duplicates_score_zero_and_go_first():
     x = _x(6, seed=1)
     x = torch.cat([x, x[:3]])  # channels 6, 7, 8 duplicate 0, 1, 2
-    s = F.redundancy_scores(x, metric="euclidean")
+    s = F.score_channels(x, metric="euclidean")
     assert sorted(torch.nonzero(s == 0).flatten().tolist()) in ([0, 1, 2], [6, 7, 8])
     labels, kept, _ = F.cluster_channels(x, n_keep=6, metric="euclidean", priority=None)
     assert kept.tolist() == [0, 1, 2, 3, 4, 5]
@@ -166,14 +166,14 @@ def test_duplicates_score_zero_and_go_first():
 
 def test_float32_input_and_backend_names():
     x = _x(20, seed=2).float()
-    s32 = F.redundancy_scores(x, metric="euclidean", backend="torch")
-    s64 = F.redundancy_scores(x.double(), metric="euclidean", backend="torch")
+    s32 = F.score_channels(x, metric="euclidean", backend="torch")
+    s64 = F.score_channels(x.double(), metric="euclidean", backend="torch")
     assert s32.dtype == torch.float64
     torch.testing.assert_close(s32, s64, rtol=1e-5, atol=1e-6)
     with pytest.raises(simprune.BackendUnavailableError):
-        F.redundancy_scores(x, backend="cuda")
+        F.score_channels(x, backend="cuda")
     if simprune.has_c_extension():
-        s_cpu = F.redundancy_scores([x, x[:5]], metric="euclidean", backend="cpu")
+        s_cpu = F.score_channels([x, x[:5]], metric="euclidean", backend="cpu")
         torch.testing.assert_close(s_cpu[0], s32)
 
 
@@ -222,17 +222,17 @@ def test_bad_inputs():
     x = _x(5)
     x[2, 1] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        F.redundancy_scores(x)
+        F.score_channels(x)
     with pytest.raises(ValueError, match="n_channels"):
-        F.redundancy_scores(torch.zeros(0, 3))
+        F.score_channels(torch.zeros(0, 3))
     with pytest.raises(TypeError, match="floating"):
-        F.redundancy_scores(torch.ones(4, 3, dtype=torch.int64))
+        F.score_channels(torch.ones(4, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="layer 1"):
-        F.redundancy_scores([_x(3), torch.zeros(0, 2)])
+        F.score_channels([_x(3), torch.zeros(0, 2)])
     with pytest.raises(ValueError, match="list of 2"):
-        F.redundancy_scores([_x(3), _x(4)], gamma=[torch.ones(3)])
+        F.score_channels([_x(3), _x(4)], gamma=[torch.ones(3)])
     with pytest.raises(ValueError, match="empty list"):
-        F.redundancy_scores([])
+        F.score_channels([])
     with pytest.raises(TypeError, match="one layer"):
         F.cluster_channels([_x(3)], n_keep=1)
 

@@ -138,7 +138,7 @@ def test_scores_match_functional_api_on_a_plain_group(scored18):
     blk = model.layer2[1]
     n = blk.conv1.out_channels
     g = dg.get_pruning_group(blk.conv1, tp.prune_conv_out_channels, list(range(n)))
-    ref = simprune.functional.redundancy_scores(
+    ref = simprune.functional.score_channels(
         blk.conv1.weight.double(), gamma=blk.bn1.weight, beta=blk.bn1.bias
     )
     torch.testing.assert_close(imp(g), ref, rtol=1e-5, atol=1e-7)
@@ -146,7 +146,7 @@ def test_scores_match_functional_api_on_a_plain_group(scored18):
     # The default normaliser divides by the RMS descriptor norm: scale-free heights.
     scaled = copy.copy(imp)
     scaled.normalizer = "energy"
-    ref_n = simprune.functional.redundancy_scores(
+    ref_n = simprune.functional.score_channels(
         blk.conv1.weight.double(), gamma=blk.bn1.weight, beta=blk.bn1.bias, normalize=True
     )
     torch.testing.assert_close(scaled(g), ref_n, rtol=1e-5, atol=1e-7)
@@ -326,7 +326,7 @@ def test_grouped_conv_scores_are_position_wise():
     (grp,) = [x for x in groups if x.root_name == "conv1"]
     v = group_descriptors(grp, "gaussian").double()
     assert v.shape[0] == 4
-    ref = simprune.functional.redundancy_scores(v, metric="euclidean", normalize=True)
+    ref = simprune.functional.score_channels(v, metric="euclidean", normalize=True)
     torch.testing.assert_close(s[:4], ref, rtol=1e-5, atol=1e-7)
     kept_units = set(range(4)) - {int(torch.argsort(ref)[0]), int(torch.argsort(ref)[1])}
     for group in pr.step(interactive=True):

@@ -30,7 +30,7 @@ def test_gaussian_descriptor_distance_is_closed_form():
     gamma, beta = torch.randn(12, dtype=torch.float64), torch.randn(12, dtype=torch.float64)
     v = simprune.channel_descriptors(w, gamma=gamma, beta=beta)
     assert v.shape == (12, 1 + 27) and v.dtype == torch.float64
-    d = simprune.pairwise_distance(v, metric=simprune.distance_metric("gaussian"))
+    d = simprune.pairwise_distance(v, metric=simprune.metric_info("gaussian").pairwise)
     want = _closed_form(w, gamma, beta)
     want.fill_diagonal_(0)
     torch.testing.assert_close(d, want, rtol=1e-10, atol=1e-12)
@@ -90,7 +90,7 @@ def test_variants():
     for m in ("cosine", "euclidean", "sqeuclidean"):
         v = simprune.channel_descriptors(w, metric=m)
         torch.testing.assert_close(v, w.reshape(5, -1))
-        assert simprune.distance_metric(m) == m
+        assert simprune.metric_info(m).pairwise == m
     assert simprune.channel_descriptors(w.half(), metric="cosine").dtype == torch.float32
 
 
@@ -141,7 +141,7 @@ def test_layer_descriptors_modules():
             TypeError,
             "floating",
         ),
-        ({"weight": torch.ones(2, 2), "metric": "l7"}, ValueError, "unknown descriptor metric"),
+        ({"weight": torch.ones(2, 2), "metric": "l7"}, ValueError, "unknown metric 'l7': expected a descriptor metric"),
     ],
 )
 def test_errors(kwargs, err, match):

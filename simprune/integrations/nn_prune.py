@@ -11,7 +11,7 @@
 tensor([1., 1., 1., 1., 0., 0., 0., 0.])
 
 Unlike :func:`torch.nn.utils.prune.ln_structured`, which ranks channels by their own norm, this
-ranks them by redundancy (:func:`simprune.functional.redundancy_scores`): the masked channels are
+ranks them by redundancy (:func:`simprune.functional.score_channels`): the masked channels are
 those that a dendrogram cut into ``n - amount`` clusters would drop, each cluster keeping its most
 energetic channel. Masks cannot fold a removed channel into its representative; for merge
 compensation use :func:`simprune.prune` or the Torch-Pruning integration.
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as nn_prune
 
-from ..functional import redundancy_scores
+from ..functional import score_channels
 
 __all__ = ["SimilarityStructured", "similarity_structured"]
 
@@ -75,7 +75,7 @@ class SimilarityStructured(nn_prune.BasePruningMethod):
         if k == 0:
             return default_mask
         rows = t.detach().movedim(self.dim, 0).reshape(n, -1)
-        scores = redundancy_scores(
+        scores = score_channels(
             rows, metric=self.metric, method=self.method, backend=self.backend
         )
         # Stable order: among equal scores the channel that appears first goes first.

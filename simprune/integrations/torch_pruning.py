@@ -39,14 +39,14 @@ import torch_pruning as tp
 from torch import nn
 
 from ..dendrogram import redundancy_scores
-from ..functional import _dendrograms, _scale_from_energy
-from ..pruning.descriptors import check_metric_and_method, group_descriptors
+from ..engine import channel_energy, check_metric_and_method, dendrograms, scale_from_energy
+from ..pruning.descriptors import group_descriptors
 from ..pruning.groups import (
     ChannelGroup,
-    _following_norms,
-    _module_names,
-    _reaches_output,
+    following_norms,
     members_of,
+    module_names,
+    reaches_output,
 )
 from ..pruning.merge import MERGE_MODES, apply_merges, assign, expand_units
 
@@ -251,7 +251,7 @@ class SimilarityImportance(tp.importance.Importance):
             return None
         root = g[0].dep.target.module
         grp = ChannelGroup(0, names.get(root, str(root)), n, cg, members, g)
-        grp.bn_of = _following_norms(dg, grp)
+        grp.bn_of = following_norms(dg, grp)
         return grp
 
     def _compute(self, groups: list[ChannelGroup]) -> list[_Entry]:
@@ -261,18 +261,18 @@ class SimilarityImportance(tp.importance.Importance):
                 vs.append(group_descriptors(grp, self.metric))
             except ValueError as e:
                 raise ValueError(f"group {grp.root_name!r}: {e}") from e
-        zs = _dendrograms(vs, self.metric, self.method, self.backend)
+        zs = dendrograms(vs, self.metric, self.method, self.backend)
         self.passes += 1
         out = []
         for grp, v, z in zip(groups, vs, zs, strict=True):
             # Descriptors stay where they were computed (copied to the host only by merge()).
             vc = v.detach()
-            energy = (vc.to(torch.float64) ** 2).sum(1).cpu()
+            energy = channel_energy(vc).cpu()
             if z.shape[0]:
                 s = redundancy_scores(torch.from_numpy(z), energy)
             else:
                 s = torch.full((1,), math.inf, dtype=torch.float64)
-            out.append(_Entry(grp, vc, z, energy, s, _scale_from_energy(energy, self.metric)))
+            out.append(_Entry(grp, vc, z, energy, s, scale_from_energy(energy, self.metric)))
         return out
 
     def _refresh(self, dg: Any) -> None:
@@ -280,10 +280,10 @@ class SimilarityImportance(tp.importance.Importance):
         token = _state_token(dg)
         if dg is self._dg and token == self._token:
             return
-        names = _module_names(dg.model)
+        names = module_names(dg.model)
         built = []
         for g in dg.get_all_groups(root_module_types=list(self.root_module_types)):
-            if any(_reaches_output(it) for it in g):
+            if any(reaches_output(it) for it in g):
                 # A classifier's classes: pruners ignore these layers in practice, so they are
                 # left out of the batch and scored on demand (by _entry) if ever asked for.
                 continue
@@ -316,7 +316,7 @@ class SimilarityImportance(tp.importance.Importance):
         if n is None:
             return None
         full = dg.get_pruning_group(mod, dep.handler, list(range(n)))
-        grp = self._build(dg, full, _module_names(dg.model))
+        grp = self._build(dg, full, module_names(dg.model))
         if grp is None:
             return None
         (entry,) = self._compute([grp])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -13,11 +12,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import engine
 from ..dendrogram import cut_n_clusters
-from ..functional import _dendrograms, linkage_distance
-from .calibrate import check_data_type, recalibrate_bn
+from ..engine import check_metric_and_method, height_scale
 from .budget import CutResult, GroupCurve, make_curve, solve_global, solve_uniform
-from .descriptors import check_finite_model, check_metric_and_method, group_descriptors
+from .calibrate import check_data_type, recalibrate_bn
+from .descriptors import check_finite_model, group_descriptors
 from .groups import ChannelGroup, build_dependency_graph, check_connected, collect_groups
 from .macs import CostModel
 from .merge import MERGE_MODES, assign, choose_kept, expand_units
@@ -322,18 +322,13 @@ def _plan(
     timings["descriptors"] = time.perf_counter() - t0
 
     # One engine pass for every group with >= 2 units: condensed distances, then one Z per group.
-    dmetric = linkage_distance(metric)
     bar.stage("distances + linkage")
-    zs = _dendrograms(vs, metric, method, backend, timings)
+    zs = engine.dendrograms(vs, metric, method, backend, timings)
 
     t0 = time.perf_counter()
     curves: list[GroupCurve] = []
     for g, v, z in zip(groups, vs, zs, strict=True):
-        if dmetric == "cosine":
-            scale = 1.0
-        else:
-            e = float((v.to(torch.float64) ** 2).sum(1).mean())
-            scale = math.sqrt(e) if e > 0 else 1.0
+        scale = height_scale(v, metric)
         if z.shape[0]:
             zs_scaled = z.copy()
             zs_scaled[:, 2] /= scale

@@ -15,24 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..engine import BN_METRICS, metric_info
 from ..similarity import channel_descriptors
 from .groups import ChannelGroup, Member
-
-BN_METRICS = ("gaussian", "wasserstein")
-METRICS = ("gaussian", "wasserstein", "linear", "cosine", "euclidean", "sqeuclidean")
-
-
-def check_metric_and_method(metric: str, method: str) -> None:
-    """ValueError for an unknown descriptor metric or linkage method, or a method that needs
-    Euclidean distances (ward, centroid, median) with the cosine metric."""
-    from ..hierarchy import METHODS
-
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
-    if method not in METHODS:
-        raise ValueError(f"unknown linkage method {method!r}; expected one of {METHODS}")
-    if method in ("ward", "centroid", "median") and metric == "cosine":
-        raise ValueError(f"method {method!r} needs Euclidean distances; use another metric")
 
 
 def _producer_weight(m: Member) -> torch.Tensor:
@@ -72,8 +57,7 @@ def group_descriptors(group: ChannelGroup, metric: str = "gaussian") -> torch.Te
     Rows follow the group's root channel order; a producer that covers only some of the group's
     channels (a concatenation input) contributes zeros for the others.
     """
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+    metric_info(metric)
     n = group.n_channels
     dtype = (
         torch.float64

@@ -101,7 +101,7 @@ class TracingError(RuntimeError):
     """The model could not be traced into a dependency graph."""
 
 
-def _module_names(model: nn.Module) -> dict[Any, str]:
+def module_names(model: nn.Module) -> dict[Any, str]:
     names: dict[Any, str] = {m: n for n, m in model.named_modules()}
     for n, p in model.named_parameters():
         names.setdefault(p, n)
@@ -121,7 +121,7 @@ def build_dependency_graph(
 ) -> tp.DependencyGraph:
     """Trace ``model`` with Torch-Pruning; failures name the module or op that broke the trace."""
     current: list[str] = []
-    names = _module_names(model)
+    names = module_names(model)
 
     def pre(mod: nn.Module, _inp: Any) -> None:
         if mod is model:  # a new top-level call: forget modules of a failed earlier attempt
@@ -193,7 +193,7 @@ def check_connected(
     Such a layer was computed outside autograd (torch.no_grad, .detach(), a numpy round-trip), so
     Torch-Pruning cannot see what consumes it and would prune around it inconsistently.
     """
-    names = _module_names(model)
+    names = module_names(model)
     ignored = set(map(id, ignored_layers))
     for mod in ran:
         if not isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
@@ -220,7 +220,7 @@ def _kind(dep: Any) -> str:
     return "other"
 
 
-def _reaches_output(item: Any) -> bool:
+def reaches_output(item: Any) -> bool:
     """True when pruning this member changes a tensor the model returns.
 
     The traced graph ends at the model outputs: a node without outputs (or an explicit output
@@ -260,7 +260,7 @@ def collect_groups(
     Groups whose channels reach the model's output (a classifier's classes, a feature extractor's
     output channels) are never pruned: that would change what the model returns.
     """
-    names = _module_names(model)
+    names = module_names(model)
     groups: list[ChannelGroup] = []
     skipped: list[tuple[str, str]] = []
     for g in dg.get_all_groups(
@@ -269,7 +269,7 @@ def collect_groups(
         root = g[0].dep.target.module
         root_name = names.get(root, str(root))
         n = len(g[0].idxs)
-        if any(_reaches_output(it) for it in g):
+        if any(reaches_output(it) for it in g):
             skipped.append((root_name, "its channels reach the model output"))
             continue
         members, bad = members_of(g, names)
@@ -286,7 +286,7 @@ def collect_groups(
             skipped.append((root_name, f"{n} channels not divisible by {cg} conv groups"))
             continue
         grp = ChannelGroup(len(groups), root_name, n, cg, members, g)
-        grp.bn_of = _following_norms(dg, grp)
+        grp.bn_of = following_norms(dg, grp)
         groups.append(grp)
     return groups, skipped
 
@@ -313,7 +313,7 @@ def members_of(g: Any, names: dict[Any, str]) -> tuple[list[Member], str | None]
     return members, None
 
 
-def _following_norms(dg: tp.DependencyGraph, grp: ChannelGroup) -> dict[str, nn.Module]:
+def following_norms(dg: tp.DependencyGraph, grp: ChannelGroup) -> dict[str, nn.Module]:
     """producer name -> the BatchNorm that directly follows it (when that BN is in the group)."""
     bns = {
         id(m.module) for m in grp.members if isinstance(m.module, nn.modules.batchnorm._BatchNorm)
@@ -344,10 +344,10 @@ def group_at(dg: tp.DependencyGraph, model: nn.Module, root_name: str, index: in
             f"layer {root_name!r} ({type(mod).__name__}) has no prunable output channels"
         )
     g = dg.get_pruning_group(mod, pruner.prune_out_channels, list(range(n)))
-    names = _module_names(model)
+    names = module_names(model)
     members, bad = members_of(g, names)
     if bad:
         raise ValueError(f"group {root_name!r}: {bad}")
     grp = ChannelGroup(index, root_name, n, _channel_groups_of(members), members, g)
-    grp.bn_of = _following_norms(dg, grp)
+    grp.bn_of = following_norms(dg, grp)
     return grp
