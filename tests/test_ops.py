@@ -97,12 +97,16 @@ def test_n_from_condensed():
 
 
 def test_lean_import():
-    """`import simprune` must not initialise CUDA, import Triton, or load the kernels package."""
+    """`import simprune` must not initialise CUDA, import Triton or Torch-Pruning (which imports
+    timm -> torchvision -> torch._dynamo -> triton when timm is installed), or load the kernels
+    package; the pruning names still resolve on first use."""
     code = (
         "import sys, torch, simprune\n"
         "assert not torch.cuda.is_initialized(), 'CUDA initialised'\n"
         "assert 'triton' not in sys.modules, 'triton imported'\n"
+        "assert 'torch_pruning' not in sys.modules, 'torch_pruning imported'\n"
         "assert 'simprune.kernels' not in sys.modules, 'kernels imported'\n"
+        "assert callable(simprune.prune) and 'torch_pruning' in sys.modules\n"
         "print('lean')\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
