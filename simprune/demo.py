@@ -585,6 +585,8 @@ def run_demo(
                 )
                 rows.append(row)
                 bar.update(1)
+        bar.set_description("simprune demo", refresh=False)
+        bar.set_postfix_str("done")
     ft_desc = (
         "one epoch (4000 images)"
         if finetune_images is None
