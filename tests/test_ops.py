@@ -131,3 +131,70 @@ def test_docstring_examples(module):
     assert result.failed == 0
     if module != "simprune":
         assert result.attempted > 0, f"{module} has no runnable examples"
+
+
+# ---- the backend policy (simprune.backends): one place decides ----------------------------------
+def test_policy_registrations_come_from_the_op_table():
+    for op, (_schema, names) in ops.SCHEMAS.items():
+        for b in names:
+            impl = backends._REGISTRY[op][b]
+            assert impl.fn is not None and impl.supports is backends.SUPPORTS[op][b]
+    # batched ops: every backend of the single op serves them, natively or as a loop over it
+    for op, single in backends.LOOP_OF.items():
+        assert set(backends._REGISTRY[op]) == set(backends._REGISTRY[single])
+        for b, impl in backends._REGISTRY[op].items():
+            native = b in ops.SCHEMAS[op][1]
+            assert (impl.fn is not None) == native and (
+                impl.loop_of == (None if native else single)
+            )
+
+
+def test_policy_auto_skips_quietly_explicit_refuses_loudly(monkeypatch):
+    monkeypatch.delenv("SIMPRUNE_BACKEND", raising=False)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # resolve never touches the device
+    # centroid / median: the reference only
+    assert backends.resolve("linkage", "auto", cpu, method="centroid")[0] == "torch"
+    assert backends.resolve("linkage", "auto", cuda, method="median")[0] == "torch"
+    with pytest.raises(
+        simprune.BackendUnavailableError, match="does not implement method='median'"
+    ):
+        backends.resolve("linkage", "triton", cuda, method="median")
+    # float32 storage: not the reference
+    with pytest.raises(simprune.BackendUnavailableError, match="storage=torch.float32"):
+        backends.resolve("linkage", "torch", cpu, storage=torch.float32)
+    # strict on CUDA tensors: "auto" takes the reference, a named GPU backend is served
+    assert backends.resolve("linkage", "auto", cuda, mode="strict")[0] == "torch"
+    assert backends.resolve("linkage", "triton", cuda, mode="strict")[0] == "triton"
+    if _available("linkage", "cpu"):
+        assert backends.resolve("linkage", "auto", cpu, mode="strict")[0] == "cpu"
+        assert backends.resolve("linkage", "auto", cpu, storage=torch.float32)[0] == "cpu"
+    if backends.has_cuda_extension():
+        assert backends.resolve("linkage", "auto", cuda, mode="exact")[0] == "cuda"
+    # the environment variable is an explicit request
+    monkeypatch.setenv("SIMPRUNE_BACKEND", "cpu")
+    with pytest.raises(simprune.BackendUnavailableError, match="method='centroid'"):
+        backends.resolve("linkage", "auto", cpu, method="centroid")
+    with pytest.raises(simprune.BackendUnavailableError, match="method='centroid'"):
+        simprune.linkage(torch.rand(6, dtype=torch.float64), "centroid")
+
+
+def test_policy_batched_loops_and_engine_device(monkeypatch):
+    monkeypatch.delenv("SIMPRUNE_BACKEND", raising=False)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    name, impl = backends.resolve_impl("linkage_batched", "torch", cpu, method="ward")
+    assert name == "torch" and impl.fn is not None
+    if _available("linkage", "cpu"):
+        name, impl = backends.resolve_impl("linkage_batched", "auto", cpu, method="ward")
+        assert name == "cpu" and impl.fn is None and impl.loop_of == "linkage"
+        ds = [torch.rand(10, dtype=torch.float64), torch.rand(1, dtype=torch.float64)]
+        zs = simprune.linkage_batched(ds, "ward", backend="cpu")
+        for d, z in zip(ds, zs, strict=True):
+            torch.testing.assert_close(z, simprune.linkage(d, "ward", backend="torch"))
+    with pytest.raises(KeyError, match="resolve_impl"):
+        backends.resolve("linkage_batched", "cpu", cpu)
+    # the cuda batched kernel takes problems up to max_n; wider ones its single op
+    assert backends.SUPPORTS["linkage_batched"]["cuda"].max_n == 2048
+    assert backends.engine_device("cpu", cuda) == cpu
+    assert backends.engine_device("auto", cuda) == cuda
+    monkeypatch.setenv("SIMPRUNE_BACKEND", "cpu")
+    assert backends.engine_device("auto", cuda) == cpu
