@@ -58,16 +58,33 @@ def _docstrings(path: str) -> list[tuple[int, str]]:
 
 
 def _module_files() -> list[tuple[str, str]]:
-    """(module name, source file) of every Python module of simprune, simprune.kernels included."""
-    # simprune.kernels (installed from kernels/ by package_dir) is not under simprune.__path__.
-    kernels = importlib.import_module("simprune.kernels")
-    mods = {"simprune": str(simprune.__file__)}
-    for pkg in (simprune, kernels):
-        mods[pkg.__name__] = str(pkg.__file__)
-        for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
-            spec = importlib.util.find_spec(info.name)
-            if spec is not None and spec.origin and spec.origin.endswith(".py"):
-                mods[info.name] = spec.origin
+    """(module name, source file) of every Python module of simprune, simprune.kernels included.
+
+    Found on disk (pkgutil over the packages' directories), without importing the modules: the
+    collection of this file must not import Triton or Torch-Pruning for the rest of the test run.
+    """
+    # simprune.kernels (installed from kernels/ by package_dir) is not under simprune.__path__;
+    # find_spec locates it without running it.
+    kernels = importlib.util.find_spec("simprune.kernels")
+    roots = [("simprune", list(simprune.__path__))]
+    if kernels is not None and kernels.submodule_search_locations:
+        roots.append(("simprune.kernels", list(kernels.submodule_search_locations)))
+    mods: dict[str, str] = {}
+
+    def walk(name: str, paths: list[str]) -> None:
+        for d in paths:
+            if os.path.isfile(os.path.join(d, "__init__.py")):
+                mods[name] = os.path.join(d, "__init__.py")
+        for info in pkgutil.iter_modules(paths, name + "."):
+            # A FileFinder: .path is the directory it searched.
+            base = os.path.join(info.module_finder.path, info.name.rsplit(".", 1)[1])
+            if info.ispkg:
+                walk(info.name, [base])
+            elif os.path.isfile(base + ".py"):
+                mods[info.name] = base + ".py"
+
+    for name, paths in roots:
+        walk(name, paths)
     return sorted(mods.items())
 
 
