@@ -20,7 +20,7 @@
 #   pytest_gpu.log/.xml   pytest -m gpu on the rest (SIMPRUNE_TEST_ON_GPU=1: Triton compiles for real)
 #   bench_<name>.log/.json/.md   one set per benchmark in BENCHES below
 #   results.md, results.json     the summary: every step's status and seconds, then every benchmark table
-#   results/<gpu>.json|md, results/README_table.md   the same tables in benchmarks/results/ format
+#   results/<gpu>.json|md, results/benchmarks.md     the same tables in benchmarks/results/ format
 #
 # Extending: append "name|command" to BENCHES (the command may use $OUT and $PY; it should write
 # $OUT/bench_<name>.json and $OUT/bench_<name>.md). Each step runs under `timeout`, clipped to the time
@@ -150,8 +150,8 @@ for b in "${BENCHES[@]}"; do
 done
 
 # ---- 5. the benchmark tables in the results-history format (python -m benchmarks.report) ----
-# $OUT/results/<gpu>.json|md and README_table.md: copy the first two into benchmarks/results/ and
-# run `python -m benchmarks.report --readme-only` there (or --from-gpu-check $OUT) to commit them.
+# $OUT/results/<gpu>.json|md and benchmarks.md: copy the first two into benchmarks/results/ and
+# run `python -m benchmarks.report --tables-only` there (or --from-gpu-check $OUT) to commit them.
 step record 60 "$OUT/record.log" "$PY" -m benchmarks.report --from-gpu-check "$OUT" \
   --results-dir "$OUT/results"
 
