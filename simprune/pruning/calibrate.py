@@ -86,7 +86,8 @@ def recalibrate_bn(
     Raises
     ------
     ValueError
-        Empty data, or a batch of one sample where a BatchNorm would see a single value per channel.
+        Empty data, a batch with NaN or Inf, non-finite activations (the old statistics are then
+        restored), or a batch of one sample where a BatchNorm would see a single value per channel.
     TypeError
         Data of an unsupported type.
 
@@ -128,10 +129,23 @@ def recalibrate_bn(
         for k, x in enumerate(_batches(data, batch_size)):
             if max_batches is not None and k >= max_batches:
                 break
+            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                raise ValueError(
+                    f"calibration batch {k} contains {int((~torch.isfinite(x)).sum())} NaN or Inf "
+                    "value(s); the BatchNorm statistics would become NaN"
+                )
             model(x.to(device) if device is not None else x)
             seen += 1
         if seen == 0:
             raise ValueError("calibration data yielded no batch")
+        for name, m in ((n, m) for n, m in model.named_modules() if m in bns):
+            for b in (m.running_mean, m.running_var):
+                if b is not None and not bool(torch.isfinite(b).all()):
+                    raise ValueError(
+                        f"recalibrate_bn: BatchNorm {name!r} saw non-finite activations on the "
+                        "calibration data (its new statistics hold NaN or Inf); the old statistics "
+                        "are kept"
+                    )
     except BaseException:
         for m, saved in zip(bns, buffers, strict=True):  # leave the model as it was
             for name, buf in m.named_buffers(recurse=False):

@@ -206,6 +206,10 @@ def check_connected(
             )
 
 
+# The kinds of group member (what a plan records for its architecture check).
+MEMBER_KINDS = ("producer", "depthwise", "consumer", "norm", "other")
+
+
 def _kind(dep: Any) -> str:
     fn = dep.handler
     mod = dep.target.module

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from .calibrate import check_data_type, recalibrate_bn
-from .groups import ChannelGroup, build_dependency_graph, group_at
+from .groups import MEMBER_KINDS, ChannelGroup, build_dependency_graph, group_at
 from .merge import apply_merges
 
 PLAN_FORMAT = 1
@@ -40,6 +41,51 @@ class GroupPlan:
     def removed(self) -> list[int]:
         keep = set(self.kept)
         return [c for c in range(self.n_channels) if c not in keep]
+
+    def check(self) -> None:
+        """ValueError naming the first inconsistency of a (possibly hand-edited) group plan."""
+        where = f"plan group {self.root!r}"
+        n = self.n_channels
+        if not (isinstance(n, int) and n >= 1):
+            raise ValueError(f"{where}: n_channels must be an int >= 1, got {n!r}")
+        if not (
+            isinstance(self.ch_groups, int) and self.ch_groups >= 1 and n % self.ch_groups == 0
+        ):
+            raise ValueError(
+                f"{where}: ch_groups must divide n_channels={n}, got {self.ch_groups!r}"
+            )
+        kept = self.kept
+        if not kept or any(not isinstance(c, int) or isinstance(c, bool) for c in kept):
+            raise ValueError(f"{where}: kept must be a non-empty list of channel indices")
+        bad = [c for c in kept if not 0 <= c < n]
+        if bad:
+            raise ValueError(f"{where}: kept channel(s) {bad[:5]} out of range [0, {n})")
+        if len(set(kept)) != len(kept):
+            dup = sorted({c for c in kept if kept.count(c) > 1})
+            raise ValueError(f"{where}: kept lists channel(s) {dup[:5]} more than once")
+        if kept != sorted(kept):
+            raise ValueError(f"{where}: kept must be sorted ascending")
+        for m in self.members:
+            if not (isinstance(m, (list, tuple)) and len(m) == 2 and m[1] in MEMBER_KINDS):
+                raise ValueError(
+                    f"{where}: member {m!r} must be [name, kind] with kind in {MEMBER_KINDS}"
+                )
+        removed, keep = set(self.removed), set(kept)
+        seen: set[int] = set()
+        for mg in self.merges:
+            if not (isinstance(mg, (list, tuple)) and len(mg) == 3):
+                raise ValueError(f"{where}: merge {mg!r} must be [removed, representative, coef]")
+            j, r, a = mg
+            if j not in removed or j in seen:
+                raise ValueError(
+                    f"{where}: merge {mg!r}: channel {j!r} is not a removed channel, or is merged "
+                    "twice"
+                )
+            if r not in keep:
+                raise ValueError(f"{where}: merge {mg!r}: representative {r!r} is not kept")
+            if not (isinstance(a, (int, float)) and math.isfinite(a)):
+                raise ValueError(f"{where}: merge {mg!r}: coefficient must be a finite number")
+            seen.add(j)
 
 
 @dataclass
@@ -62,7 +108,14 @@ class PruningPlan:
     def from_dict(cls, d: dict[str, Any]) -> PruningPlan:
         if d.get("format") != PLAN_FORMAT:
             raise ValueError(f"unsupported plan format {d.get('format')!r}; expected {PLAN_FORMAT}")
-        groups = [GroupPlan(**g) for g in d["groups"]]
+        groups = []
+        for k, g in enumerate(d["groups"]):
+            try:
+                gp = GroupPlan(**g)
+            except TypeError as e:
+                raise ValueError(f"malformed plan group {k}: {e}") from None
+            gp.check()
+            groups.append(gp)
         return cls(groups, d["example_inputs"], d.get("settings", {}), d.get("versions", {}))
 
     @classmethod
@@ -123,6 +176,8 @@ def _check_group(gp: GroupPlan, grp: ChannelGroup) -> None:
 @torch.no_grad()
 def execute(model: nn.Module, dg: Any, group_plans: list[GroupPlan]) -> None:
     """Merge, then prune, every group of the plan in ``model`` (in place)."""
+    for gp in group_plans:
+        gp.check()
     groups = [group_at(dg, model, gp.root, k) for k, gp in enumerate(group_plans)]
     for gp, grp in zip(group_plans, groups, strict=True):
         _check_group(gp, grp)
