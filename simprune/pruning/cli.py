@@ -31,16 +31,52 @@ def _torchvision(name: str) -> nn.Module:
         raise SystemExit(f"error: torchvision has no model named {name!r}") from None
 
 
+def _read(path: str, what: str, weights_only: bool) -> Any:
+    if not os.path.exists(path):
+        raise SystemExit(f"error: {what} {path!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as e:  # noqa: BLE001 - any unreadable file: one clear message
+        raise SystemExit(
+            f"error: cannot read {what} {path!r} (not a torch.save file?): {e}"
+        ) from None
+
+
+def _load_state(model: nn.Module, sd: Any, source: str, arch: str) -> None:
+    """Load a state dict into ``model``, or exit naming what does not fit."""
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise SystemExit(f"error: {source} holds a {type(sd).__name__}, not a state dict")
+    want = model.state_dict()
+    problems = []
+    missing = [k for k in want if k not in sd]
+    unexpected = [k for k in sd if k not in want]
+    shapes = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"
+        for k, v in want.items()
+        if k in sd and isinstance(sd[k], torch.Tensor) and sd[k].shape != v.shape
+    ]
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+        if keys:
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            problems.append(f"{len(keys)} {what} ({', '.join(keys[:3])}{more})")
+    if problems:
+        raise SystemExit(f"error: {source} does not fit {arch}: " + "; ".join(problems))
+    model.load_state_dict(sd)
+
+
 def load_model(spec: str, arch: str | None = None, weights: str | None = None) -> nn.Module:
     """A model from ``torchvision:NAME`` or a file (whole model, or state dict with ``arch``)."""
     if spec.startswith("torchvision:"):
         model = _torchvision(spec.split(":", 1)[1])
         if weights:
-            model.load_state_dict(torch.load(weights, map_location="cpu"))
+            sd = _read(weights, "--weights", weights_only=True)
+            _load_state(model, sd, f"--weights {weights!r}", spec)
         return model
     if not os.path.exists(spec):
         raise SystemExit(f"error: {spec!r} is neither torchvision:NAME nor an existing file")
-    obj = torch.load(spec, map_location="cpu", weights_only=False)
+    obj = _read(spec, "MODEL", weights_only=False)
     if isinstance(obj, nn.Module):
         return obj
     if isinstance(obj, dict):
@@ -52,8 +88,7 @@ def load_model(spec: str, arch: str | None = None, weights: str | None = None) -
         if not arch.startswith("torchvision:"):
             raise SystemExit("error: --arch must be torchvision:NAME")
         model = _torchvision(arch.split(":", 1)[1])
-        sd = obj.get("state_dict", obj)
-        model.load_state_dict(sd)
+        _load_state(model, obj, repr(spec), arch)
         return model
     raise SystemExit(f"error: {spec!r} holds a {type(obj).__name__}, not a model or a state dict")
 
