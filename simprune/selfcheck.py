@@ -25,55 +25,25 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import scipy.cluster.hierarchy as sch
 import torch
 from scipy.spatial.distance import pdist
 
-REDUCIBLE = ("single", "complete", "average", "weighted", "ward")
+from .testing import (
+    REDUCIBLE,
+    TOLERANCES,
+    bitwise_mismatch,
+    gaussian,
+    half_integer_grid,
+    max_relative_error,
+    mixture,
+    near_duplicates,
+    sorted_heights_error,
+    tree_mismatch,
+)
 
-
-def _points(n: int, d: int, seed: int, near_duplicates: bool = False) -> torch.Tensor:
-    """Gaussian rows (float64); with near_duplicates, every 8th row a copy of the previous one
-    plus 1e-4 noise, and one exact copy (a zero distance)."""
-    g = np.random.default_rng(seed)
-    x = g.standard_normal((n, d))
-    if near_duplicates and n >= 4:
-        x[1::8] = x[0::8][: len(x[1::8])] + 1e-4 * g.standard_normal(x[1::8].shape)
-        x[-1] = x[-2]
-    return torch.from_numpy(x)
-
-
-def _mixture(n: int, seed: int = 0) -> torch.Tensor:
-    g = np.random.default_rng(seed)
-    centres = 4.0 * g.standard_normal((32, 16))
-    return torch.from_numpy(centres[g.integers(0, 32, n)] + g.standard_normal((n, 16)))
-
-
-def _rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    """Max elementwise relative error; an exact zero of ``ref`` (duplicate rows, the diagonal) must
-    come out exactly zero (else inf). Also the distance tests' measure."""
-    got, ref = got.double().cpu(), ref.double().cpu()
-    if ref.numel() == 0:
-        return 0.0
-    err = (got - ref).abs()
-    rel = torch.where(ref == 0, torch.where(err == 0, 0.0, float("inf")), err / ref.abs())
-    return float(rel.max())
-
-
-def _tree_error(z: np.ndarray, zs: np.ndarray, method: str) -> str | None:
-    """None when z is scipy's tree (the tie-free gate), else what differs."""
-    if z.shape != zs.shape:
-        return f"shape {z.shape} vs scipy's {zs.shape}"
-    bad = np.flatnonzero(np.any(z[:, [0, 1, 3]] != zs[:, [0, 1, 3]], axis=1))
-    if bad.size:
-        return f"{bad.size} merges differ from scipy's (first row {bad[0]})"
-    if method in ("single", "complete"):
-        if not np.array_equal(z[:, 2], zs[:, 2]):
-            return "heights not bitwise scipy's"
-        return None
-    rel = np.abs(z[:, 2] - zs[:, 2]) / np.maximum(np.abs(zs[:, 2]), 1e-300)
-    return None if rel.max() <= 1e-12 else f"height rel. error {rel.max():.2e} > 1e-12"
+# tests/test_distance_kernels.py imports the distance tests' measure under this name.
+_rel_err = max_relative_error
 
 
 class _Report:
@@ -105,7 +75,7 @@ def _check_distance(rep: _Report, backend: str, device: str) -> None:
     def ref(x: torch.Tensor, metric: str, condensed: bool) -> torch.Tensor:
         return pairwise_distance_ref(x.double(), None, metric, condensed, torch.float64)
 
-    x = _points(97, 33, seed=1, near_duplicates=True)
+    x = torch.from_numpy(near_duplicates(97, 33, seed=1))
     x32 = x.float().double()  # the float32 inputs' reference: float64 on the rounded rows
     for metric in ("sqeuclidean", "euclidean", "cosine"):
         refs = {
@@ -113,7 +83,7 @@ def _check_distance(rep: _Report, backend: str, device: str) -> None:
             torch.float32: (ref(x32, metric, False), ref(x32, metric, True)),
         }
         for out in (torch.float32, torch.float64):
-            tol = 1e-6 if out == torch.float32 else 1e-12
+            tol = TOLERANCES[("distance", out)]
 
             def run(out=out, tol=tol, metric=metric, refs=refs) -> str | None:
                 xd = x.to(device=device, dtype=torch.float32 if out == torch.float32 else x.dtype)
@@ -126,7 +96,7 @@ def _check_distance(rep: _Report, backend: str, device: str) -> None:
                 if not torch.equal(sq, sq.T) or bool((sq.diagonal() != 0).any()):
                     return "square result not exactly symmetric with a zero diagonal"
                 ref_sq, ref_c = refs[out]
-                err = max(_rel_err(sq, ref_sq), _rel_err(c, ref_c))
+                err = max(max_relative_error(sq, ref_sq), max_relative_error(c, ref_c))
                 return None if err <= tol else f"max rel. error {err:.2e} > {tol:g}"
 
             name = "float32" if out == torch.float32 else "float64"
@@ -142,18 +112,16 @@ def _check_linkage(rep: _Report, backend: str, device: str) -> None:
     cases = [(257, m) for m in REDUCIBLE]
     if device == "cuda":
         cases += [(1500, "average"), (1500, "ward")]
-    ds = {n: torch.from_numpy(pdist(_points(n, 16, seed=2).numpy())) for n in (257, 1500)}
+    ds = {n: torch.from_numpy(pdist(gaussian(n, 16, seed=2))) for n in (257, 1500)}
     for n, method in cases:
 
         def run(method=method, d=ds[n]) -> str | None:
             z = linkage(d.to(device), method, backend=backend)
-            return _tree_error(z.cpu().numpy(), sch.linkage(d.numpy(), method), method)
+            return tree_mismatch(z.cpu().numpy(), sch.linkage(d.numpy(), method), method)
 
         rep.check("linkage", backend, device, f"{method}, exact, n={n}", run)
     # Strict mode on tied data: a half-integer grid (many equal distances).
-    g = np.random.default_rng(3)
-    q = g.integers(0, 4, (120, 4)).astype(np.float64) / 2
-    dq = torch.from_numpy(pdist(q))
+    dq = torch.from_numpy(pdist(half_integer_grid(120, 4, seed=3)))
     for method in REDUCIBLE:
 
         def run_strict(method=method) -> str | None:
@@ -161,16 +129,14 @@ def _check_linkage(rep: _Report, backend: str, device: str) -> None:
                 z = linkage(dq.to(device), method, mode="strict", backend=backend)
             except (NotImplementedError, BackendUnavailableError):
                 return "skip"
-            zs = sch.linkage(dq.numpy(), method)
-            if z.shape != zs.shape or not np.array_equal(
-                z.cpu().numpy().view(np.uint64), zs.view(np.uint64)
-            ):
+            if bitwise_mismatch(z.cpu().numpy(), sch.linkage(dq.numpy(), method)) is not None:
                 return "Z not bitwise equal to scipy's under ties"
             return None
 
         rep.check("linkage", backend, device, f"{method}, strict, ties, n=120", run_strict)
-    xm = _mixture(400)
-    dm = torch.from_numpy(pdist(xm.numpy()))
+    dm = torch.from_numpy(pdist(mixture(400, 16)))
+    f32_rtol = TOLERANCES[("exact", torch.float32)]
+    f32_tol_text = format(f32_rtol, ".0e").replace("e-0", "e-")  # "1e-5"
     for method in ("single", "average", "ward"):
 
         def run_f32(method=method) -> str | None:
@@ -178,10 +144,8 @@ def _check_linkage(rep: _Report, backend: str, device: str) -> None:
                 z = linkage(dm.to(device), method, storage=torch.float32, backend=backend)
             except (NotImplementedError, BackendUnavailableError):
                 return "skip"
-            zs = sch.linkage(dm.numpy(), method)
-            h, hs = np.sort(z.cpu().numpy()[:, 2]), np.sort(zs[:, 2])
-            rel = float(np.max(np.abs(h - hs) / hs))
-            return None if rel <= 1e-5 else f"height rel. error {rel:.2e} > 1e-5"
+            rel = sorted_heights_error(z.cpu().numpy(), sch.linkage(dm.numpy(), method))
+            return None if rel <= f32_rtol else f"height rel. error {rel:.2e} > {f32_tol_text}"
 
         rep.check("linkage", backend, device, f"{method}, float32 storage, n=400", run_f32)
 
@@ -190,7 +154,7 @@ def _check_batched(rep: _Report, backend: str, device: str) -> None:
     from .hierarchy import linkage_batched
 
     sizes = [1, 2, 64, 257]
-    ds = [torch.from_numpy(pdist(_points(n, 8, seed=10 + n).numpy())) for n in sizes]
+    ds = [torch.from_numpy(pdist(gaussian(n, 8, seed=10 + n))) for n in sizes]
 
     def run() -> str | None:
         zs = linkage_batched([d.to(device) for d in ds], "average", backend=backend)
@@ -199,7 +163,7 @@ def _check_batched(rep: _Report, backend: str, device: str) -> None:
                 if z.shape != (0, 4):
                     return f"n=1 gave shape {tuple(z.shape)}"
                 continue
-            problem = _tree_error(z.cpu().numpy(), sch.linkage(d.numpy(), "average"), "average")
+            problem = tree_mismatch(z.cpu().numpy(), sch.linkage(d.numpy(), "average"), "average")
             if problem:
                 return f"n={n}: {problem}"
         return None

@@ -1,13 +1,19 @@
-"""``simprune selfcheck``: passes on this machine, and fails (naming the check) on a broken backend."""
+"""``simprune selfcheck``: passes on this machine, and fails (naming the check) on a broken backend;
+``simprune.testing`` (its data, tolerances and scipy oracles, shared with the tests): examples run, and
+it imports no test-only package."""
 
 from __future__ import annotations
 
 import dataclasses
+import doctest
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
+import simprune.testing
 from simprune import backends
 from simprune.backends import available_backends
 from simprune.cli import main
@@ -95,3 +101,20 @@ def test_selfcheck_on_the_gpu():
     rows = selfcheck(["cuda"])
     bad = [r for r in rows if not r["ok"]]
     assert rows and not bad, format_rows(bad)
+
+
+def test_testing_module_examples_run():
+    res = doctest.testmod(simprune.testing, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert res.attempted >= 10 and res.failed == 0
+
+
+def test_testing_module_imports_no_test_dependency():
+    # selfcheck runs on users' machines: neither pytest nor hypothesis is installed there.
+    code = (
+        "import sys, simprune.selfcheck, simprune.testing\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('pytest', '_pytest', 'hypothesis'))\n"
+        "assert not bad, bad\n"
+        "print('clean')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and "clean" in out.stdout, out.stderr
