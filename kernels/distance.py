@@ -75,9 +75,6 @@ CONFIGS = {
 REPAIR_BP, REPAIR_BK = 64, 32
 # Initial capacity of the near-pair list: max(MIN_REPAIR_CAP, 8 * rows).
 MIN_REPAIR_CAP = 4096
-# What the last launch did (kernel mode, tile launches, pairs flagged for repair): for tests and
-# benchmarks (how much of the matrix the exact repair touched). Not thread-safe; diagnostics only.
-LAST_RUN: dict[str, int] = {}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -92,6 +89,14 @@ def _tri_tile(pid):
     tj = tl.where((tj + 1) * (tj + 2) // 2 <= pid, tj + 1, tj)
     ti = pid - tj * (tj + 1) // 2
     return ti, tj
+
+
+@triton.jit
+def _group_row(groups_ptr, g):
+    """Row g of a group table: (elem_off, row_off, n, d, fifth column) -- the fifth is the output
+    offset in the distance kernels' table and the column offset in the prep kernels' one."""
+    gp = groups_ptr + 5 * g
+    return tl.load(gp), tl.load(gp + 1), tl.load(gp + 2), tl.load(gp + 3), tl.load(gp + 4)
 
 
 @triton.jit
@@ -214,11 +219,9 @@ def _distance_kernel(
         g = tl.load(tiles_ptr + 3 * pid)
         ti = tl.load(tiles_ptr + 3 * pid + 1)
         tj = tl.load(tiles_ptr + 3 * pid + 2)
-        elem_off = tl.load(groups_ptr + 5 * g)
-        row_off = tl.load(groups_ptr + 5 * g + 1)
-        n = tl.load(groups_ptr + 5 * g + 2).to(tl.int32)
-        d = tl.load(groups_ptr + 5 * g + 3).to(tl.int32)
-        out_off = tl.load(groups_ptr + 5 * g + 4)
+        elem_off, row_off, gn, gd, out_off = _group_row(groups_ptr, g)
+        n = gn.to(tl.int32)
+        d = gd.to(tl.int32)
         m = n
         ld = n
     elif SYM:
@@ -384,15 +387,19 @@ PREP_BR, PREP_BK = 32, 64
 
 
 @triton.jit
-def _rownorm_kernel(x_ptr, nrm_ptr, blocks_ptr, groups_ptr, BR: tl.constexpr, BK: tl.constexpr):
-    """|x_i| in fp64 (1 for an all-zero row, which then stays zero), one row block per program."""
+def _prep_block(blocks_ptr, groups_ptr):
+    """This program's (group, block) entry of a prep launch, with the group's table row:
+    (block, elem_off, row_off, n, d, col_off)."""
     pid = tl.program_id(0)
     g = tl.load(blocks_ptr + 2 * pid)
-    rb = tl.load(blocks_ptr + 2 * pid + 1)
-    eoff = tl.load(groups_ptr + 5 * g)
-    roff = tl.load(groups_ptr + 5 * g + 1)
-    n = tl.load(groups_ptr + 5 * g + 2)
-    d = tl.load(groups_ptr + 5 * g + 3)
+    eoff, roff, n, d, coff = _group_row(groups_ptr, g)
+    return tl.load(blocks_ptr + 2 * pid + 1), eoff, roff, n, d, coff
+
+
+@triton.jit
+def _rownorm_kernel(x_ptr, nrm_ptr, blocks_ptr, groups_ptr, BR: tl.constexpr, BK: tl.constexpr):
+    """|x_i| in fp64 (1 for an all-zero row, which then stays zero), one row block per program."""
+    rb, eoff, roff, n, d, _ = _prep_block(blocks_ptr, groups_ptr)
     rows = rb * BR + tl.arange(0, BR)
     rm = rows < n
     ro = eoff + rows.to(tl.int64)[:, None] * d
@@ -414,14 +421,7 @@ def _colmean_kernel(
     """Column means (of the normalised rows when SCALED) in fp64, one column block per program.
 
     A fixed loop over row chunks (no atomics): the centre, hence every result, is reproducible."""
-    pid = tl.program_id(0)
-    g = tl.load(blocks_ptr + 2 * pid)
-    cb = tl.load(blocks_ptr + 2 * pid + 1)
-    eoff = tl.load(groups_ptr + 5 * g)
-    roff = tl.load(groups_ptr + 5 * g + 1)
-    n = tl.load(groups_ptr + 5 * g + 2)
-    d = tl.load(groups_ptr + 5 * g + 3)
-    coff = tl.load(groups_ptr + 5 * g + 4)
+    cb, eoff, roff, n, d, coff = _prep_block(blocks_ptr, groups_ptr)
     cols = cb * BC + tl.arange(0, BC)
     cm = cols < d
     acc = tl.zeros((BC,), dtype=tl.float64)
@@ -445,14 +445,7 @@ def _centre_kernel(
     BR: tl.constexpr, BK: tl.constexpr,
 ):  # fmt: skip
     """cent = x (/ |x| when SCALED) - mu, rounded to the compute dtype, and |cent|^2 (from fp64)."""
-    pid = tl.program_id(0)
-    g = tl.load(blocks_ptr + 2 * pid)
-    rb = tl.load(blocks_ptr + 2 * pid + 1)
-    eoff = tl.load(groups_ptr + 5 * g)
-    roff = tl.load(groups_ptr + 5 * g + 1)
-    n = tl.load(groups_ptr + 5 * g + 2)
-    d = tl.load(groups_ptr + 5 * g + 3)
-    coff = tl.load(groups_ptr + 5 * g + 4)
+    rb, eoff, roff, n, d, coff = _prep_block(blocks_ptr, groups_ptr)
     rows = rb * BR + tl.arange(0, BR)
     rm = rows < n
     ro = eoff + rows.to(tl.int64)[:, None] * d
@@ -535,20 +528,33 @@ def _prec(cdt: torch.dtype, precision: str) -> str:
     return "tf32x3" if precision == "exact" else "tf32"
 
 
+def _new_stats(stats: dict[str, int] | None) -> dict[str, int]:
+    """The caller's stats dict, cleared (or a throwaway one): what one call does is counted afresh."""
+    if stats is None:
+        return {}
+    stats.clear()
+    return stats
+
+
 def _run(
     xc, yc, nx, ny, xo, yo, sx, sy, out, tiles, groups, grid, n, m, d, ld, cdt, mode, cfg, metric,
-    sym, condensed, ragged, precision, total_rows,
+    sym, condensed, ragged, precision, total_rows, stats,
 ):  # fmt: skip
-    """Launch the tile kernel, then repair the flagged pairs (retrying once if the list overflowed)."""
+    """Launch the tile kernel, then repair the flagged pairs (retrying once if the list overflowed).
+
+    Adds to ``stats``: ``mode`` (the kernel mode, MODE_EXPAND or MODE_DIRECT; the last launch's),
+    ``launches`` (tile-kernel launches: 2 when the near-pair list overflowed and the launch was
+    repeated) and ``flagged`` (pairs flagged for the exact repair)."""
     bm, bk, warps, stages = cfg
     dev = out.device
     scaled = metric == "cosine"
     # Room for a few near pairs per row: enough for near-duplicate sets; clustered data may overflow
     # once (then the launch is repeated with the exact count).
     cap = 0 if mode == MODE_DIRECT else max(MIN_REPAIR_CAP, 8 * total_rows)
-    LAST_RUN.update(mode=mode, launches=0, flagged=0)
+    stats["mode"] = mode
+    stats.setdefault("flagged", 0)
     for _ in range(2):
-        LAST_RUN["launches"] += 1
+        stats["launches"] = stats.get("launches", 0) + 1
         near = torch.empty((max(cap, 1), 3), dtype=torch.int32, device=dev)
         count = torch.zeros(1, dtype=torch.int32, device=dev)
         _distance_kernel[(grid,)](
@@ -561,10 +567,10 @@ def _run(
         if mode == MODE_DIRECT:
             return out
         flagged = int(count.item())
-        LAST_RUN["flagged"] = flagged
         if flagged <= cap:
             break
         cap = flagged  # rare (e.g. strongly clustered data): rerun with room for every pair
+    stats["flagged"] += flagged
     if flagged:
         _repair_kernel[(triton.cdiv(flagged, REPAIR_BP),)](
             xo, yo, sx, sy, out, groups, near, flagged, n, m, d, ld,
@@ -583,11 +589,17 @@ def pairwise_distance_triton(
     precision: str = "exact",
     *,
     out: torch.Tensor | None = None,
+    stats: dict[str, int] | None = None,
 ) -> torch.Tensor:
     """Triton implementation of ``simprune.pairwise_distance`` (inputs already validated).
 
     ``out`` (optional, for tests): a preallocated result buffer of the right shape and dtype.
+    ``stats`` (optional, for tests and benchmarks): a dict, cleared and then filled with what the call
+    did -- ``mode`` (MODE_EXPAND or MODE_DIRECT), ``launches`` (tile-kernel launches; 2 when the
+    near-pair list overflowed) and ``flagged`` (pairs recomputed by the exact repair). Left empty when
+    there is nothing to compute.
     """
+    stats = _new_stats(stats)
     n, d = x.shape
     out_dtype = out_dtype or torch.promote_types(x.dtype, torch.float32)
     in_dtype = x.dtype if y is None else torch.promote_types(x.dtype, y.dtype)
@@ -618,7 +630,7 @@ def pairwise_distance_triton(
     return _run(
         cent, cent[ye:], sq, sq[yr:], orig, orig[ye:], nrm, nrm[yr:], out,
         dummy, dummy, grid, n, m, d, m, cdt, mode, cfg, metric, sym, condensed, False, precision,
-        n + (0 if sym else m),
+        n + (0 if sym else m), stats,
     )  # fmt: skip
 
 
@@ -636,14 +648,17 @@ def pairwise_distance_ragged_triton(
     precision: str = "exact",
     *,
     out: torch.Tensor | None = None,
+    stats: dict[str, int] | None = None,
 ) -> torch.Tensor:
     """Distances of many groups in one launch.
 
     ``packed`` is the flat concatenation of every group's row-major (rows[g], cols[g]) matrix. The
     result is the flat concatenation of every group's condensed vector (or flattened square matrix).
     Groups are split by feature count: those with d <= DIRECT_MAX_D go to one direct-difference
-    launch, the others to one expansion launch (two launches at most).
+    launch, the others to one expansion launch (two launches at most). ``stats``: as for
+    ``pairwise_distance_triton``, summed over both launches (``mode``: the last one's).
     """
+    stats = _new_stats(stats)
     dev = packed.device
     out_dtype = out_dtype or torch.promote_types(packed.dtype, torch.float32)
     cdt = _compute_dtype(packed.dtype, precision, out_dtype)
@@ -680,186 +695,6 @@ def pairwise_distance_ragged_triton(
         _run(
             cent, cent, sq, sq, orig, orig, nrm, nrm, out, tiles_t, groups_t, tiles_t.shape[0],
             0, 0, 0, 0, cdt, mode, cfg, metric, True, condensed, True, precision,
-            sum(rows[g] for g in sel),
+            sum(rows[g] for g in sel), stats,
         )  # fmt: skip
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# AOT specs: every launch configuration above, compiled for sm_90 and sm_80 by scripts/aot_check.py
-# --------------------------------------------------------------------------------------------------
-def _main_sig(cdt: str, in_dt: str, out_dt: str) -> dict[str, str]:
-    sig = {
-        "xc_ptr": f"*{cdt}",
-        "yc_ptr": f"*{cdt}",
-        "nx_ptr": f"*{cdt}",
-        "ny_ptr": f"*{cdt}",
-        "xo_ptr": f"*{in_dt}",
-        "yo_ptr": f"*{in_dt}",
-        "sx_ptr": "*fp64",
-        "sy_ptr": "*fp64",
-        "out_ptr": f"*{out_dt}",
-        "tiles_ptr": "*i32",
-        "groups_ptr": "*i64",
-        "near_ptr": "*i32",
-        "count_ptr": "*i32",
-        "n": "i32",
-        "m": "i32",
-        "d": "i32",
-        "ld": "i32",
-        "cap": "i32",
-        "ratio": "fp32",
-    }
-    for c in ("METRIC", "MODE", "PREC", "SYM", "CONDENSED", "RAGGED", "SCALED", "BM", "BK"):
-        sig[c] = "constexpr"
-    return sig
-
-
-def _repair_sig(cdt: str, out_dt: str) -> dict[str, str]:
-    sig = {
-        "xo_ptr": f"*{cdt}",
-        "yo_ptr": f"*{cdt}",
-        "sx_ptr": "*fp64",
-        "sy_ptr": "*fp64",
-        "out_ptr": f"*{out_dt}",
-        "groups_ptr": "*i64",
-        "near_ptr": "*i32",
-        "n_pairs": "i32",
-        "n": "i32",
-        "m": "i32",
-        "d": "i32",
-        "ld": "i32",
-    }
-    for c in ("METRIC", "SYM", "CONDENSED", "RAGGED", "SCALED", "BP", "BK"):
-        sig[c] = "constexpr"
-    return sig
-
-
-_TNAME = {torch.float32: "fp32", torch.float64: "fp64"}
-
-
-def _aot_specs() -> list[dict]:
-    specs = []
-    # (compute dtype, mode, precision, metric, sym, condensed, ragged, out dtype)
-    variants = [
-        (torch.float32, MODE_EXPAND, "tf32x3", 0, True, False, False, "fp32"),
-        (torch.float32, MODE_EXPAND, "tf32x3", 1, True, True, False, "fp32"),
-        (torch.float32, MODE_EXPAND, "tf32x3", 2, False, False, False, "fp64"),
-        (torch.float32, MODE_EXPAND, "tf32x3", 0, True, True, True, "fp32"),
-        (torch.float32, MODE_EXPAND, "tf32", 0, True, False, False, "fp32"),
-        (torch.float64, MODE_EXPAND, "ieee", 0, True, False, False, "fp64"),
-        (torch.float64, MODE_EXPAND, "ieee", 2, True, True, True, "fp64"),
-        (torch.float32, MODE_DIRECT, "tf32x3", 0, True, False, False, "fp32"),
-        (torch.float32, MODE_DIRECT, "tf32x3", 2, True, True, True, "fp32"),
-        (torch.float64, MODE_DIRECT, "ieee", 1, False, False, False, "fp64"),
-    ]
-    for cdt, mode, prec, metric, sym, cond, rag, out_dt in variants:
-        bm, bk, warps, stages = CONFIGS[(cdt, mode)]
-        c = _TNAME[cdt]
-        name = (
-            f"dist_{'expand' if mode == MODE_EXPAND else 'direct'}_{c}_{prec}_m{metric}"
-            f"{'_sym' if sym else '_xy'}{'_cond' if cond else ''}{'_ragged' if rag else ''}"
-            f"_{out_dt}_bm{bm}_bk{bk}_w{warps}_s{stages}"
-        )
-        specs.append(
-            dict(
-                name=name,
-                fn=_distance_kernel,
-                signature=_main_sig(c, c, out_dt),
-                constexprs=dict(
-                    METRIC=metric,
-                    MODE=mode,
-                    PREC=prec,
-                    SYM=sym,
-                    CONDENSED=cond,
-                    RAGGED=rag,
-                    SCALED=metric == 2,
-                    BM=bm,
-                    BK=bk,
-                ),  # fmt: skip
-                num_warps=warps,
-                num_stages=stages,
-            )
-        )
-    for cdt, metric, sym, cond, rag, out_dt in [
-        (torch.float32, 0, True, False, False, "fp32"),
-        (torch.float32, 2, True, True, True, "fp32"),
-        (torch.float64, 1, False, False, False, "fp64"),
-    ]:
-        c = _TNAME[cdt]
-        specs.append(
-            dict(
-                name=f"repair_{c}_m{metric}{'_sym' if sym else '_xy'}{'_cond' if cond else ''}"
-                f"{'_ragged' if rag else ''}_{out_dt}_bp{REPAIR_BP}_bk{REPAIR_BK}",
-                fn=_repair_kernel,
-                signature=_repair_sig(c, out_dt),
-                constexprs=dict(
-                    METRIC=metric,
-                    SYM=sym,
-                    CONDENSED=cond,
-                    RAGGED=rag,
-                    SCALED=metric == 2,
-                    BP=REPAIR_BP,
-                    BK=REPAIR_BK,
-                ),  # fmt: skip
-                num_warps=4,
-            )
-        )
-    for in_dt, cdt_name, scaled in [("fp32", "fp32", False), ("fp16", "fp32", True),
-                                    ("bf16", "fp32", False), ("fp64", "fp64", True)]:  # fmt: skip
-        gsig = {"blocks_ptr": "*i32", "groups_ptr": "*i64"}
-        specs.append(
-            dict(
-                name=f"prep_rownorm_{in_dt}_br{PREP_BR}_bk{PREP_BK}",
-                fn=_rownorm_kernel,
-                signature={
-                    "x_ptr": f"*{in_dt}",
-                    "nrm_ptr": "*fp64",
-                    **gsig,
-                    "BR": "constexpr",
-                    "BK": "constexpr",
-                },  # fmt: skip
-                constexprs=dict(BR=PREP_BR, BK=PREP_BK),
-                num_warps=4,
-            )
-        )
-        specs.append(
-            dict(
-                name=f"prep_colmean_{in_dt}_s{int(scaled)}_br{PREP_BR}_bc{PREP_BK}",
-                fn=_colmean_kernel,
-                signature={
-                    "x_ptr": f"*{in_dt}",
-                    "nrm_ptr": "*fp64",
-                    "mu_ptr": "*fp64",
-                    **gsig,
-                    "SCALED": "constexpr",
-                    "BR": "constexpr",
-                    "BC": "constexpr",
-                },  # fmt: skip
-                constexprs=dict(SCALED=scaled, BR=PREP_BR, BC=PREP_BK),
-                num_warps=4,
-            )
-        )
-        specs.append(
-            dict(
-                name=f"prep_centre_{in_dt}_to_{cdt_name}_s{int(scaled)}_br{PREP_BR}_bk{PREP_BK}",
-                fn=_centre_kernel,
-                signature={
-                    "x_ptr": f"*{in_dt}",
-                    "nrm_ptr": "*fp64",
-                    "mu_ptr": "*fp64",
-                    "cent_ptr": f"*{cdt_name}",
-                    "sq_ptr": f"*{cdt_name}",
-                    **gsig,
-                    "SCALED": "constexpr",
-                    "BR": "constexpr",
-                    "BK": "constexpr",
-                },  # fmt: skip
-                constexprs=dict(SCALED=scaled, BR=PREP_BR, BK=PREP_BK),
-                num_warps=4,
-            )
-        )
-    return specs
-
-
-AOT_SPECS = _aot_specs()

@@ -108,7 +108,10 @@ def test_near_duplicate_accuracy_fp32(d, metric):
     x = torch.tensor(datasets.channel_like(300, d, seed=d), dtype=torch.float32)
     ref = pairwise_distance_ref(x, None, metric, True, torch.float64)
     out = simprune.pairwise_distance(x, metric=metric, condensed=True, backend="triton")
-    assert kd.LAST_RUN["mode"] == kd.MODE_EXPAND and kd.LAST_RUN["flagged"] >= 15  # the repair ran
+    stats: dict[str, int] = {}
+    same = kd.pairwise_distance_triton(x, None, metric, True, None, stats=stats)
+    assert torch.equal(same, out)  # the public call ran this kernel, ...
+    assert stats["mode"] == kd.MODE_EXPAND and stats["flagged"] >= 15  # ... and the repair ran
     assert out.dtype == torch.float32
     assert _rel_err(out, ref) <= 1e-6
     # A float64 result of fp32 input computes in fp64: float64 accuracy.
@@ -140,10 +143,11 @@ def test_repair_list_overflow_retries(monkeypatch):
     monkeypatch.setattr(kd, "MIN_REPAIR_CAP", 1)
     x = torch.tensor(datasets.mixture(130, 48, k=4, seed=1), dtype=torch.float32)
     ref = pairwise_distance_ref(x, None, "sqeuclidean", False, torch.float64)
+    stats: dict[str, int] = {}
     out = kd.pairwise_distance_triton(
-        x, None, "sqeuclidean", False, None, out=_poisoned((130, 130), torch.float32)
+        x, None, "sqeuclidean", False, None, out=_poisoned((130, 130), torch.float32), stats=stats
     )
-    assert kd.LAST_RUN["launches"] == 2 and kd.LAST_RUN["flagged"] > 8 * 130  # it did overflow
+    assert stats["launches"] == 2 and stats["flagged"] > 8 * 130  # it did overflow
     _check_square(out, ref, 1e-6)
 
 
