@@ -41,11 +41,14 @@ Indices are int64 throughout (n^2 overflows int32 above n = 46,340).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import torch
 import triton
 import triton.language as tl
+
+from simprune.ops import n_from_condensed
 
 METHOD_CODE = {"single": 0, "complete": 1, "average": 2, "weighted": 3, "ward": 4}
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -340,20 +343,20 @@ def check_input(d: torch.Tensor, method: str, op: str, storage: torch.dtype = to
     if d.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{op}: distances must be float32 or float64, got {d.dtype}")
     m = d.numel()
-    n = int(round((1 + (1 + 8 * m) ** 0.5) / 2)) if m else 1
-    if n * (n - 1) // 2 != m:
-        raise ValueError(
-            f"{op}: a condensed distance vector must have length n(n-1)/2 for some n; got length {m}"
-        )
+    try:
+        n = n_from_condensed(m)
+    except ValueError as e:
+        raise ValueError(f"{op}: {e}") from None
     # Before the value checks, which themselves allocate O(n^2).
     _check_memory(n, d.device, torch.finfo(storage).bits // 8)
     if m:
-        n_nan = int(torch.isnan(d).sum())
         if storage == torch.float32 and d.dtype == torch.float64:
             # Inf, and the values that would become Inf in the float32 matrix.
-            n_inf = int((d.abs() > torch.finfo(torch.float32).max).sum())
+            inf = (d.abs() > torch.finfo(torch.float32).max).sum()
         else:
-            n_inf = int(torch.isinf(d).sum())
+            inf = torch.isinf(d).sum()
+        # The three counts in one host round trip.
+        n_nan, n_inf, n_neg = torch.stack([torch.isnan(d).sum(), inf, (d < 0).sum()]).tolist()
         if n_nan or n_inf:
             raise ValueError(
                 f"{op}: distances contain {n_nan} NaN and {n_inf} Inf value(s); linkage needs "
@@ -365,7 +368,6 @@ def check_input(d: torch.Tensor, method: str, op: str, storage: torch.dtype = to
                     else ""
                 )
             )
-        n_neg = int((d < 0).sum())
         if n_neg:
             raise ValueError(
                 f"{op}: distances must be non-negative; found {n_neg} negative value(s)"
@@ -428,7 +430,7 @@ def linkage_rounds_triton(
     s = torch.empty(n * n, dtype=sdtype, device=dev)
     _square_kernel[(_cdiv(n, SQ_B), _cdiv(n, SQ_B))](d, s, n, B=SQ_B, **_LAUNCH)
 
-    i64 = dict(dtype=torch.int64, device=dev)
+    i64: dict[str, Any] = dict(dtype=torch.int64, device=dev)  # int64 tensors on d's device
     rep = torch.arange(n, **i64)  # representative leaf per slot
     size = torch.ones(n, **i64)
     last = torch.full((n,), -1, **i64)  # the slot's latest merge (for the monotone guard)
@@ -522,7 +524,7 @@ def linkage_boruvka_triton(
     d = d.contiguous()
     s = torch.empty(n * n, dtype=sdtype, device=dev)
     _square_kernel[(_cdiv(n, SQ_B), _cdiv(n, SQ_B))](d, s, n, B=SQ_B, **_LAUNCH)
-    i64 = dict(dtype=torch.int64, device=dev)
+    i64: dict[str, Any] = dict(dtype=torch.int64, device=dev)  # int64 tensors on d's device
     ids = torch.arange(n, **i64)
     comp = ids.clone()  # component label = one of its vertices (that vertex's own label)
     w = torch.empty(n, dtype=torch.float64, device=dev)

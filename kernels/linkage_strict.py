@@ -89,6 +89,14 @@ def _first_min(best_v, best_i):
 
 
 @triton.jit
+def _fold_min(v, cols, best_v, best_i):
+    """Fold one chunk into the per-lane running (best_v, best_i) with a strict '<': an earlier chunk
+    (a smaller index) wins a tie, and NaN never wins, as with scipy's '<'."""
+    better = v < best_v
+    return tl.where(better, v, best_v), tl.where(better, cols, best_i)
+
+
+@triton.jit
 def _nn_chain_kernel(
     s_ptr,
     size_ptr,
@@ -144,9 +152,7 @@ def _nn_chain_kernel(
             sz = tl.load(size_ptr + cols, mask=live, other=0)
             live = live & (sz > 0) & (cols != x)
             v = tl.load(s_ptr + x * nl + cols, mask=live, other=float("inf"))
-            better = v < best_v  # NaN never wins, as with scipy's '<'
-            best_v = tl.where(better, v, best_v)
-            best_i = tl.where(better, cols, best_i)
+            best_v, best_i = _fold_min(v, cols, best_v, best_i)
         row_min, row_arg = _first_min(best_v, best_i)
         if row_min < cur:
             cur = row_min
@@ -220,9 +226,8 @@ def _mst_single_kernel(s_ptr, dmin_ptr, merged_ptr, log_ptr, n, BLOCK: tl.conste
             dm = tl.load(dmin_ptr + cols, mask=live, other=float("inf"))
             dm = tl.where(dm > dist, dist, dm)  # scipy: if D[i] > dist: D[i] = dist
             tl.store(dmin_ptr + cols, dm, mask=live)
-            better = dm < best_v  # scipy: if D[i] < current_min (first index wins ties)
-            best_v = tl.where(better, dm, best_v)
-            best_i = tl.where(better, cols, best_i)
+            # scipy: if D[i] < current_min (first index wins ties)
+            best_v, best_i = _fold_min(dm, cols, best_v, best_i)
         cur, arg = _first_min(best_v, best_i)  # scipy's current_min is D[y] itself
         if cur < float("inf"):
             y = arg
