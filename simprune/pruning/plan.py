@@ -109,7 +109,7 @@ class PruningPlan:
         if d.get("format") != PLAN_FORMAT:
             raise ValueError(f"unsupported plan format {d.get('format')!r}; expected {PLAN_FORMAT}")
         groups = []
-        for k, g in enumerate(d["groups"]):
+        for k, g in enumerate(copy.deepcopy(d["groups"])):  # the plan owns its lists
             try:
                 gp = GroupPlan(**g)
             except TypeError as e:
