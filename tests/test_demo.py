@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from simprune import apply_plan
-from simprune import demo
+from simprune import apply_plan, demo
 from simprune.pruning import PruningPlan, prune
 from simprune.pruning.groups import build_dependency_graph, group_at
 from simprune.pruning.macs import CostModel
 from simprune.zoo import load_baseline
+from tests._helpers import layer_widths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,14 +40,6 @@ def sim_plans(base, data):
     return out
 
 
-def _widths(model: nn.Module) -> dict[str, int]:
-    return {
-        n: int(getattr(m, "out_channels", 0) or getattr(m, "out_features", 0))
-        for n, m in model.named_modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    }
-
-
 @pytest.mark.parametrize("level", [0.3, 0.5])
 def test_demo_similarity_models_hit_their_macs_target(base, data, sim_plans, level):
     pruned, plan, report = sim_plans[level]
@@ -65,7 +57,7 @@ def test_peer_selection_has_identical_widths_and_macs(base, data, sim_plans, cri
     assert [len(g.kept) for g in pp.groups] == [len(g.kept) for g in plan.groups]
     assert all(not g.merges for g in pp.groups)
     peer = apply_plan(base, pp, data.example)
-    assert _widths(peer) == _widths(pruned)
+    assert layer_widths(peer) == layer_widths(pruned)
     cm = CostModel(base, data.example)
     assert cm.measure(peer) == cm.measure(pruned)
     out = peer(data.x_test[:4])

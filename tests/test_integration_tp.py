@@ -22,25 +22,14 @@ from simprune.functional import channel_dendrogram
 from simprune.integrations.torch_pruning import SimilarityImportance, representatives_of_removed
 from simprune.pruning.descriptors import group_descriptors
 from simprune.pruning.groups import collect_groups
-from tests.test_prune_exact import _dup
+from tests._helpers import MLP, conv_bn, duplicate_channels, layer_widths, randomise_bns
 
 EX = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-def _randomise_bns(model: nn.Module, seed: int) -> nn.Module:
-    """Trained-looking BatchNorms (random gamma/beta): the gaussian metric then sees both terms."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.3)
-    return model.eval()
-
-
 def _model(name: str) -> nn.Module:
     torch.manual_seed(1)
-    return _randomise_bns(getattr(torchvision.models, name)(), 2)
+    return randomise_bns(getattr(torchvision.models, name)(), 2)
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +76,6 @@ def _step_checked(pruner, model, imp) -> dict[str, list[int]]:
         removed_by[root] = removed
         group.prune()
     return removed_by
-
-
-def _widths(model: nn.Module) -> dict[str, int]:
-    return {
-        n: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
-        for n, m in model.named_modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    }
 
 
 # ------------------------------------------------------------------------------ scores
@@ -287,9 +268,9 @@ def test_schedule_options_work_unchanged(mobilenet_v2, resnet18, opts):
         for _ in range(kw.get("iterative_steps", 1)):
             pr.step()
         model(EX)
-        widths.append(_widths(model))
+        widths.append(layer_widths(model))
     assert widths[0] == widths[1]
-    assert widths[0] != _widths(base)
+    assert widths[0] != layer_widths(base)
 
 
 # --------------------------------------------------------------------- grouped convolutions
@@ -298,10 +279,8 @@ def test_schedule_options_work_unchanged(mobilenet_v2, resnet18, opts):
 class GroupedNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.conv2 = nn.Conv2d(16, 16, 3, padding=1, groups=4, bias=False)
-        self.bn2 = nn.BatchNorm2d(16)
+        self.conv1, self.bn1 = conv_bn(3, 16, 3, padding=1, bias=False)
+        self.conv2, self.bn2 = conv_bn(16, 16, 3, padding=1, groups=4, bias=False)
         self.conv3 = nn.Conv2d(16, 8, 1)
         self.fc = nn.Linear(8, 3)
 
@@ -313,7 +292,7 @@ class GroupedNet(nn.Module):
 
 def test_grouped_conv_scores_are_position_wise():
     torch.manual_seed(3)
-    model = _randomise_bns(GroupedNet(), 4)
+    model = randomise_bns(GroupedNet(), 4)
     ex = torch.randn(1, 3, 8, 8)
     imp = SimilarityImportance()
     pr = tp.pruner.MetaPruner(model, ex, imp, pruning_ratio=0.5, ignored_layers=[model.fc])
@@ -344,10 +323,10 @@ def test_grouped_conv_scores_are_position_wise():
 def test_grouped_conv_interactive_merge_is_exact():
     """Positions 2, 3 duplicate 0, 1 in every conv group (conv1 and the grouped conv2)."""
     torch.manual_seed(8)
-    model = _randomise_bns(GroupedNet(), 9).double()
+    model = randomise_bns(GroupedNet(), 9).double()
     pairs = [(2 + 4 * k, 4 * k) for k in range(4)] + [(3 + 4 * k, 1 + 4 * k) for k in range(4)]
-    _dup(model.conv1, model.bn1, pairs)
-    _dup(model.conv2, model.bn2, pairs)
+    duplicate_channels(model.conv1, model.bn1, pairs)
+    duplicate_channels(model.conv2, model.bn2, pairs)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     y0 = model(x)
     imp = SimilarityImportance()
@@ -390,12 +369,9 @@ class DupChain(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 12, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(12)
-        self.conv2 = nn.Conv2d(12, 12, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(12)
-        self.conv3 = nn.Conv2d(12, 10, 3, padding=1, stride=2, bias=False)
-        self.bn3 = nn.BatchNorm2d(10)
+        self.conv1, self.bn1 = conv_bn(3, 12, 3, padding=1)
+        self.conv2, self.bn2 = conv_bn(12, 12, 3, padding=1, bias=False)
+        self.conv3, self.bn3 = conv_bn(12, 10, 3, padding=1, stride=2, bias=False)
         self.fc = nn.Linear(10 * 4 * 4, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -405,39 +381,28 @@ class DupChain(nn.Module):
         return self.fc(x.flatten(1))
 
 
-class DupMLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.l1 = nn.Linear(10, 16)
-        self.l2 = nn.Linear(16, 12)
-        self.l3 = nn.Linear(12, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.l3(torch.relu(self.l2(torch.relu(self.l1(x)))))
-
-
 def _dup_chain() -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(5)
-    m = _randomise_bns(DupChain(), 6).double()
+    m = randomise_bns(DupChain(), 6).double()
     with torch.no_grad():
         for bn in (m.bn1, m.bn2, m.bn3):
             bn.running_mean.uniform_(-0.2, 0.2)
             bn.running_var.uniform_(0.5, 1.5)
     half = [(j, j - 6) for j in range(6, 12)]
-    _dup(m.conv1, m.bn1, half)
-    _dup(m.conv2, m.bn2, half)
+    duplicate_channels(m.conv1, m.bn1, half)
+    duplicate_channels(m.conv2, m.bn2, half)
     # conv2 reads its input twice (channels j and j-6 are equal): its weights must not depend on
     # which copy they read for the residual duplicates to stay duplicates -- they need not: the
     # input copies are equal, so any weights give equal outputs for equal *output* rows.
-    _dup(m.conv3, m.bn3, [(j, j - 5) for j in range(5, 10)])
+    duplicate_channels(m.conv3, m.bn3, [(j, j - 5) for j in range(5, 10)])
     return m, torch.randn(2, 3, 8, 8, dtype=torch.float64)
 
 
 def _dup_mlp() -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(7)
-    m = DupMLP().double()
-    _dup(m.l1, None, [(j, j - 8) for j in range(8, 16)])
-    _dup(m.l2, None, [(j, j - 6) for j in range(6, 12)])
+    m = MLP((10, 16, 12, 3)).double()
+    duplicate_channels(m.fc1, None, [(j, j - 8) for j in range(8, 16)])
+    duplicate_channels(m.fc2, None, [(j, j - 6) for j in range(6, 12)])
     return m, torch.randn(4, 10, dtype=torch.float64)
 
 
@@ -447,7 +412,7 @@ def test_interactive_merge_keeps_outputs(build, merge):
     model, x = build()
     model.eval()
     y0 = model(x)
-    head = model.fc if hasattr(model, "fc") else model.l3
+    head = model.fc if hasattr(model, "fc") else model.fc3
     imp = SimilarityImportance(merge=merge)
     pr = tp.pruner.MetaPruner(model, x, imp, pruning_ratio=0.5, ignored_layers=[head])
     folded = 0
@@ -467,7 +432,7 @@ def test_without_merge_outputs_change(build):
     model, x = build()
     model.eval()
     y0 = model(x)
-    head = model.fc if hasattr(model, "fc") else model.l3
+    head = model.fc if hasattr(model, "fc") else model.fc3
     pr = tp.pruner.MetaPruner(
         model, x, SimilarityImportance(), pruning_ratio=0.5, ignored_layers=[head]
     )
@@ -478,7 +443,7 @@ def test_without_merge_outputs_change(build):
 def test_merge_rejects_stale_scores():
     model, x = _dup_mlp()
     imp = SimilarityImportance()
-    pr = tp.pruner.MetaPruner(model, x, imp, pruning_ratio=0.5, ignored_layers=[model.l3])
+    pr = tp.pruner.MetaPruner(model, x, imp, pruning_ratio=0.5, ignored_layers=[model.fc3])
     groups = list(pr.step(interactive=True))
     groups[0].prune()
     with pytest.raises(ValueError, match="score it again"):
@@ -489,16 +454,16 @@ def test_cache_follows_in_place_updates():
     model, x = _dup_mlp()
     imp = SimilarityImportance()
     dg = tp.DependencyGraph().build_dependency(model, x)
-    g = dg.get_pruning_group(model.l1, tp.prune_linear_out_channels, list(range(16)))
+    g = dg.get_pruning_group(model.fc1, tp.prune_linear_out_channels, list(range(16)))
     s0 = imp(g)
     imp(g)
     assert imp.passes == 1
     with torch.no_grad():
-        model.l1.weight[0] += 1.0  # an optimiser step: in place, bumps the version counter
+        model.fc1.weight[0] += 1.0  # an optimiser step: in place, bumps the version counter
     s1 = imp(g)
     assert imp.passes == 2 and not torch.equal(s0, s1)
     with torch.no_grad():
-        model.l1.weight.data[1] += 1.0  # invisible to the version counter ...
+        model.fc1.weight.data[1] += 1.0  # invisible to the version counter ...
     imp.invalidate()  # ... hence invalidate()
     imp(g)
     assert imp.passes == 3

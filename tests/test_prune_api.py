@@ -11,52 +11,11 @@ import torch
 from torch import nn
 
 from simprune.pruning import PruningPlan, TracingError, apply_plan, prune
-
-from .test_prune_exact import ResBlockNet, _build
-
-
-class Small(nn.Module):
-    """Plain CNN with random weights: conv-BN-ReLU x3 + grouped conv + Linear head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
-        self.b1 = nn.BatchNorm2d(16)
-        self.c2 = nn.Conv2d(16, 24, 3, padding=1, bias=False)
-        self.b2 = nn.BatchNorm2d(24)
-        self.c3 = nn.Conv2d(24, 24, 3, padding=1, groups=4, bias=False)
-        self.b3 = nn.BatchNorm2d(24)
-        self.c4 = nn.Conv2d(24, 32, 1)
-        self.fc = nn.Linear(32, 7)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.b1(self.c1(x)))
-        x = torch.relu(self.b2(self.c2(x)))
-        x = torch.relu(self.b3(self.c3(x)))
-        x = torch.relu(self.c4(x))
-        return self.fc(x.mean((2, 3)))
-
-
-def _small():
-    torch.manual_seed(0)
-    m = Small().eval()
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            with torch.no_grad():
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.normal_(0, 0.2)
-    return m, torch.randn(1, 3, 8, 8)
-
-
-def _state_equal(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(
-        sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa
-    )
+from tests._helpers import ResBlockNet, SmallCNN, duplicate_model, small_cnn, state_dicts_equal
 
 
 def test_caller_model_untouched_unless_inplace():
-    m, x = _small()
+    m, x = small_cnn()
     before = {k: v.clone() for k, v in m.state_dict().items()}
     pruned, plan, _ = prune(m, x, pruning_ratio=0.3, progress=False)
     assert plan.n_removed > 0
@@ -67,26 +26,26 @@ def test_caller_model_untouched_unless_inplace():
     pruned2, _, _ = prune(m, x, pruning_ratio=0.3, inplace=True, progress=False)
     assert pruned2 is m
     assert m.c1.out_channels < 16 or m.c2.out_channels < 24
-    assert _state_equal(pruned, m)
+    assert state_dicts_equal(pruned, m)
 
 
 def test_training_mode_is_kept():
-    m, x = _small()
+    m, x = small_cnn()
     m.train()
     pruned, _, _ = prune(m, x, pruning_ratio=0.2, progress=False)
     assert pruned.training and m.training
 
 
 def test_prunes_nothing_warns():
-    m, x = _small()
+    m, x = small_cnn()
     with pytest.warns(UserWarning, match="removed no channel"):
         pruned, plan, _ = prune(m, x, pruning_ratio=0.0, progress=False)
     assert plan.n_removed == 0
-    assert _state_equal(pruned, m)
+    assert state_dicts_equal(pruned, m)
 
 
 def test_no_layer_is_emptied():
-    m, x = _small()
+    m, x = small_cnn()
     pruned, plan, _ = prune(m, x, pruning_ratio=0.9, min_keep_ratio=0.0, progress=False)
     for mod in pruned.modules():
         if isinstance(mod, nn.Conv2d):
@@ -96,20 +55,20 @@ def test_no_layer_is_emptied():
 
 
 def test_min_keep_ratio_guard():
-    m, x = _small()
+    m, x = small_cnn()
     _, plan, _ = prune(m, x, pruning_ratio=0.8, min_keep_ratio=0.5, cut="uniform", progress=False)
     for gp in plan.groups:
         assert len(gp.kept) >= math.ceil(0.5 * gp.n_channels / gp.ch_groups) * gp.ch_groups
 
 
 def test_unreachable_target_raises_with_the_limit():
-    m, x = _small()
+    m, x = small_cnn()
     with pytest.raises(ValueError, match="the most this model allows"):
         prune(m, x, macs_reduction=0.95, min_keep_ratio=0.5, progress=False)
 
 
 def test_grouped_conv_prunes_same_positions_in_every_group():
-    m, x = _small()
+    m, x = small_cnn()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 4-channel steps may miss the ratio by more than 1 %
         pruned, plan, _ = prune(m, x, pruning_ratio=0.4, progress=False)
@@ -125,14 +84,14 @@ def test_grouped_conv_prunes_same_positions_in_every_group():
 
 @pytest.mark.parametrize("round_to", [4, 8])
 def test_round_to(round_to):
-    m, x = _small()
+    m, x = small_cnn()
     _, plan, _ = prune(m, x, pruning_ratio=0.3, round_to=round_to, progress=False)
     for gp in plan.groups:
         assert len(gp.kept) % round_to == 0 or len(gp.kept) == gp.n_channels
 
 
 def test_uniform_cut_keeps_the_same_ratio():
-    m, x = _build("mlp")[:2]
+    m, x = duplicate_model("mlp")[:2]
     _, plan, _ = prune(m, x, pruning_ratio=0.25, cut="uniform", min_keep_ratio=0.0, progress=False)
     for gp in plan.groups:
         assert len(gp.kept) == gp.n_channels - round(0.25 * gp.n_channels)
@@ -153,7 +112,7 @@ def test_uniform_cut_keeps_the_same_ratio():
     ],
 )
 def test_options_run_and_meet_targets(kwargs):
-    m, x = _small()
+    m, x = small_cnn()
     args = {"pruning_ratio": 0.3, **kwargs}
     args = {k: v for k, v in args.items() if v is not None}
     pruned, plan, report = prune(m, x, progress=False, **args)
@@ -167,7 +126,7 @@ def test_options_run_and_meet_targets(kwargs):
 
 
 def test_bad_arguments():
-    m, x = _small()
+    m, x = small_cnn()
     with pytest.raises(ValueError, match="exactly one target"):
         prune(m, x, progress=False)
     with pytest.raises(ValueError, match="exactly one target"):
@@ -185,7 +144,7 @@ def test_bad_arguments():
 
 
 def test_nan_weights_name_the_layer():
-    m, x = _small()
+    m, x = small_cnn()
     with torch.no_grad():
         m.c2.weight[3, 1, 0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"c2\.weight.*non-finite"):
@@ -223,21 +182,21 @@ def test_untraceable_models_name_the_problem():
 
 
 def test_ignored_layers_keep_their_width():
-    m, x = _small()
+    m, x = small_cnn()
     pruned, plan, _ = prune(m, x, pruning_ratio=0.4, ignored_layers=[m.c2], progress=False)
     assert pruned.c2.out_channels == 24
     assert pruned.c1.out_channels < 16
 
 
 def test_output_channels_are_never_pruned():
-    m, x = _small()
+    m, x = small_cnn()
     pruned, _, report = prune(m, x, pruning_ratio=0.5, progress=False)
     assert pruned.fc.out_features == 7
     assert any(root == "fc" for root, _ in report.skipped)
 
 
 def test_plan_json_roundtrip_and_replay(tmp_path):
-    m, x = _small()
+    m, x = small_cnn()
     pruned, plan, _ = prune(m, x, pruning_ratio=0.35, progress=False)
     path = tmp_path / "plan.json"
     plan.save(path)
@@ -247,8 +206,8 @@ def test_plan_json_roundtrip_and_replay(tmp_path):
     loaded = PruningPlan.load(path)
     assert loaded == plan
     replayed = apply_plan(m, loaded)
-    assert _state_equal(replayed, pruned)
-    assert _state_equal(apply_plan(m, path), pruned)
+    assert state_dicts_equal(replayed, pruned)
+    assert state_dicts_equal(apply_plan(m, path), pruned)
     torch.testing.assert_close(replayed(x), pruned(x), rtol=0, atol=0)
     # The pruned model saves and loads through a state_dict into the replayed architecture.
     fresh = apply_plan(m, plan)
@@ -256,9 +215,9 @@ def test_plan_json_roundtrip_and_replay(tmp_path):
 
 
 def test_plan_on_another_architecture_names_the_first_mismatch():
-    m, x = _small()
+    m, x = small_cnn()
     _, plan, _ = prune(m, x, pruning_ratio=0.3, progress=False)
-    other = Small().eval()
+    other = SmallCNN().eval()
     other.c2 = nn.Conv2d(16, 20, 3, padding=1, bias=False)
     other.b2 = nn.BatchNorm2d(20)
     other.c3 = nn.Conv2d(20, 24, 3, padding=1, groups=4, bias=False)
@@ -272,7 +231,7 @@ def test_plan_on_another_architecture_names_the_first_mismatch():
 
 
 def test_report_table_and_dict():
-    m, x = _small()
+    m, x = small_cnn()
     _, plan, report = prune(m, x, pruning_ratio=0.3, progress=False)
     d = report.to_dict()
     assert d["macs_before"] > d["macs_after"] > 0
@@ -286,7 +245,7 @@ def test_report_table_and_dict():
 
 
 def test_progress_bar_writes_to_stderr(capsys):
-    m, x = _small()
+    m, x = small_cnn()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prune(m, x, pruning_ratio=0.2, progress=True)

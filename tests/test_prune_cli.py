@@ -11,6 +11,7 @@ import torchvision
 
 from simprune.cli import main
 from simprune.pruning import PruningPlan, apply_plan
+from tests._helpers import state_dicts_equal
 
 
 def _run(tmp_path, *args):
@@ -49,8 +50,7 @@ def test_cli_state_dict_with_arch_and_replay(tmp_path):
     assert rc == 0 and not (out / "pruning.png").exists()
     pruned = torch.load(out / "pruned_model.pt", weights_only=False)
     replay = apply_plan(src, PruningPlan.load(out / "plan.json"))
-    sd, rsd = pruned.state_dict(), replay.state_dict()
-    assert all(torch.equal(sd[k], rsd[k]) for k in sd)
+    assert state_dicts_equal(pruned, replay)
 
 
 def test_cli_whole_model_file(tmp_path):

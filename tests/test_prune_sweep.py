@@ -9,7 +9,6 @@ the residual stream are in ignored_layers).
 
 from __future__ import annotations
 
-import io
 import warnings
 
 import pytest
@@ -18,6 +17,7 @@ import torchvision
 from torch import nn
 
 from simprune.pruning import PruningPlan, apply_plan, prune
+from tests._helpers import load_through_bytes, state_dicts_equal
 
 
 def _setup(name: str):
@@ -77,16 +77,9 @@ def test_torchvision_sweep(name):
         y1 = pm(x)
         assert y1.shape == y0.shape and bool(torch.isfinite(y1).all())
         # Replay reproduces the pruned weights exactly.
-        sd = pm.state_dict()
-        rsd = replay.state_dict()
-        assert sd.keys() == rsd.keys()
-        assert all(torch.equal(sd[k], rsd[k]) for k in sd), name
+        assert state_dicts_equal(pm, replay), name
         # The state_dict saves and loads into the replayed architecture.
-        buf = io.BytesIO()
-        torch.save(sd, buf)
-        buf.seek(0)
-        fresh = apply_plan(model, plan, x)
-        fresh.load_state_dict(torch.load(buf))
+        fresh = load_through_bytes(apply_plan(model, plan, x), pm)
         torch.testing.assert_close(fresh(x), y1, rtol=0, atol=0)
 
 

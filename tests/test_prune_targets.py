@@ -3,14 +3,13 @@ Torch-Pruning's counter, and the rewrite round-trips (forward, state_dict, plan 
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 import torch_pruning as tp
 import torchvision
 
 from simprune.pruning import CostModel, PruningPlan, apply_plan, prune
+from tests._helpers import load_through_bytes, state_dicts_equal
 
 TARGET = 0.3
 MODELS = ["resnet18", "resnet50", "mobilenet_v2"]
@@ -69,13 +68,8 @@ def test_forward_state_dict_and_replay(pruned):
     name, model, x, (pm, plan, _) = pruned
     assert pm(x).shape == model(x).shape
     replay = apply_plan(model, PruningPlan.from_json(plan.to_json()))
-    sd = pm.state_dict()
-    assert sd.keys() == replay.state_dict().keys()
-    assert all(torch.equal(sd[k], replay.state_dict()[k]) for k in sd)
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    replay.load_state_dict(torch.load(buf))
+    assert state_dicts_equal(pm, replay)
+    load_through_bytes(replay, pm)
     torch.testing.assert_close(replay(x), pm(x), rtol=0, atol=0)
 
 
