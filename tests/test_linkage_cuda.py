@@ -1,15 +1,21 @@
-"""GPU linkage (``-m gpu``, run by scripts/gpu_check.sh): the CUDA rounds kernel (csrc/cuda/linkage.cu)
-and the Triton primitives on a real device, against scipy (the oracle) and the CPU twin (the same
-algorithm and the same arithmetic: bitwise equal Z and equal round statistics, ties included).
+"""What only the CUDA linkage (csrc/cuda: the rounds kernel, Boruvka for single, the batched kernel and
+strict mode replayed in one thread block) has: memory refusals, the batched launches, the public API
+on the device, the int32 index boundary, the strict kernels' PTX and timing.
 
-Sizes hit every code path of the CUDA kernel: n <= 512 (one block from the start), n just above it
-(grid-wide rounds, then the hand-off to one block), several compactions (n = 4097), the worst-case
-chain (n/2 rounds).
+The ``gpu``-marked tests need a CUDA device (scripts/gpu_check.sh runs them). The gates shared with
+the other backends (strict bitwise scipy, exact tree / partitions / valid HAC and the twin's Z bit for
+bit, float32 input and storage, properties, the raw op's errors, opcheck) are in
+tests/test_linkage_matrix.py. One CPU-only test compiles the strict kernels to PTX and checks that
+they contain no fused multiply-add (scipy's rounding, operation by operation).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -17,21 +23,19 @@ import scipy.cluster.hierarchy as sch
 import torch
 
 import simprune
-from simprune.backends import has_kernel
+from simprune.backends import has_cuda_extension, has_kernel, has_triton, triton_interpret
 from simprune.hierarchy import BATCHED_MAX_N, linkage_rounds
-from tests.test_linkage_cpu import (
+from simprune.testing import (
     REDUCIBLE,
-    accepted_by_scipy,
     assert_bitwise,
     assert_same_partitions,
     assert_same_tree,
-    assert_valid_hac,
-    data,
-    scipy_z,
 )
+from tests._helpers import data, scipy_z
 
-ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
-HAS_CUDA_LINKAGE = has_kernel("linkage_cuda", "CUDA")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ON_GPU = torch.cuda.is_available() and not triton_interpret()
+HAS_CUDA_LINKAGE = has_cuda_extension() and has_kernel("linkage_cuda", "CUDA")
 gpu = pytest.mark.gpu  # skipped without a CUDA device (tests/conftest.py)
 _no_kernel = pytest.mark.skipif(
     not HAS_CUDA_LINKAGE, reason="simprune._C was built without the CUDA linkage kernel"
@@ -47,81 +51,48 @@ def twin(d, method):
     return z.numpy(), stats.tolist()
 
 
-def cuda_rounds(d, method):
+def strict(d, method) -> np.ndarray:
+    """Through the registered op, as backend="cuda" calls it."""
     dg = torch.as_tensor(d).cuda()
-    z, stats = torch.ops.simprune.linkage_rounds_cuda(dg, method)
-    assert z.device == dg.device and z.dtype == torch.float64 and stats.device == dg.device
-    return z.cpu().numpy(), stats.cpu().tolist()
+    z = torch.ops.simprune.linkage_cuda(dg, method, "strict")
+    assert z.device == dg.device and z.dtype == torch.float64
+    return z.cpu().numpy()
 
 
-TIE_FREE_CASES = [
-    (name, n, method)
-    for name in ("gaussian", "mixture", "channel_like")
-    for n in (2, 3, 31, 512, 513, 1000)
-    for method in REDUCIBLE
-] + [("chain_1d", n, m) for n in (513, 2000) for m in REDUCIBLE]
-# Several compactions and the grid-to-block hand-off after them (scipy takes ~1 s per call here).
-TIE_FREE_CASES += [("gaussian", 4097, m) for m in REDUCIBLE]
-
-
-@needs_cuda_kernel
-@pytest.mark.parametrize("name,n,method", TIE_FREE_CASES)
-def test_cuda_tie_free_same_tree_as_scipy_and_twin(name, n, method):
-    d = data(name, n)
-    z, stats = cuda_rounds(d, method)
-    assert_same_tree(z, scipy_z(name, n, method), method)
-    accepted_by_scipy(z, n)
-    zt, st_twin = twin(d, method)
-    assert_bitwise(z, zt)
-    assert stats == st_twin
+# ---------------------------------------------------------------------------------------------------
+# Exact mode: the public API, memory refusals, the strict-mode fallback of "auto".
 
 
 @needs_cuda_kernel
 @pytest.mark.parametrize("method", REDUCIBLE)
-@pytest.mark.parametrize("n", [31, 1000])
-def test_cuda_ties_same_as_twin(n, method):
-    d = data("dead_duplicate", n)
-    z, stats = cuda_rounds(d, method)
-    assert_same_partitions(z, scipy_z("dead_duplicate", n, method))
-    assert_bitwise(z, twin(d, method)[0])
-    dq = data("quantised", 300)
-    zq, _ = cuda_rounds(dq, method)
-    assert_valid_hac(zq, dq, method)
-    assert_bitwise(zq, twin(dq, method)[0])
-
-
-@needs_cuda_kernel
-@pytest.mark.parametrize("method", REDUCIBLE)
-def test_cuda_public_api_and_float32(method):
+def test_cuda_public_api(method):
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((700, 16)))
     z = simprune.linkage(x.cuda(), method, backend="cuda")
     assert z.is_cuda
     assert_same_tree(z.cpu().numpy(), sch.linkage(x.numpy(), method), method)
-    d32 = data("gaussian", 600).astype(np.float32)
-    z32, _ = cuda_rounds(torch.from_numpy(d32), method)
-    assert_same_tree(z32, sch.linkage(d32.astype(np.float64), method), method)
 
 
 @needs_cuda_kernel
-def test_cuda_bad_input_and_memory_refusal():
-    op = torch.ops.simprune.linkage_cuda
-    dev = "cuda"
-    with pytest.raises(ValueError, match="NaN"):
-        op(torch.tensor([1.0, float("nan"), 2.0], device=dev), "average", "exact")
-    with pytest.raises(ValueError, match="non-negative"):
-        op(torch.tensor([1.0, -1.0, 2.0], device=dev), "average", "exact")
-    z = op(torch.tensor([1.0, 1.0, 2.0], device=dev), "average", "strict")
-    assert_bitwise(z.cpu().numpy(), sch.linkage(np.array([1.0, 1.0, 2.0]), "average"))
-    with pytest.raises(NotImplementedError, match="median"):
-        op(torch.tensor([1.0, 1.0, 2.0], device=dev), "median", "exact")
-    z = op(torch.tensor([2.5], dtype=torch.float64, device=dev), "ward", "exact")
-    assert z.cpu().tolist() == [[0.0, 1.0, 2.5, 2.0]]
+def test_cuda_memory_refusal():
     # n = 400,000 would need ~1.6 TB: refused with the numbers, before any O(n^2) allocation
     # (the input is a stride-0 view).
     n = 400_000
-    huge = torch.zeros(1, dtype=torch.float64, device=dev).expand(n * (n - 1) // 2)
+    huge = torch.zeros(1, dtype=torch.float64, device="cuda").expand(n * (n - 1) // 2)
     with pytest.raises(torch.OutOfMemoryError, match="needs .* bytes"):
-        op(huge, "average", "exact")
+        torch.ops.simprune.linkage_cuda(huge, "average", "exact")
+    # The same in strict mode (~1.3 TB).
+    with pytest.raises(torch.OutOfMemoryError, match="strict.*needs .* bytes"):
+        torch.ops.simprune.linkage_cuda(huge, "average", "strict")
+
+
+@needs_cuda_kernel
+def test_cuda_float32_storage_memory_refusal_names_the_storage():
+    n = 400_000
+    huge = torch.zeros(1, dtype=torch.float32, device="cuda").expand(n * (n - 1) // 2)
+    with pytest.raises(torch.OutOfMemoryError, match=r"matrix in float32, 4 n\^2 bytes"):
+        torch.ops.simprune.linkage_cuda(huge, "average", "exact", torch.float32)
+    with pytest.raises(ValueError, match="strict.*float64 storage"):
+        torch.ops.simprune.linkage_cuda(huge[:3], "average", "strict", torch.float32)
 
 
 @needs_cuda_kernel
@@ -131,50 +102,10 @@ def test_cuda_auto_strict_falls_back_to_the_reference():
     assert_bitwise(z.cpu().numpy(), scipy_z("quantised", 60, "average"))
 
 
-@needs_cuda_kernel
-def test_opcheck_cuda_ops():
-    d = torch.from_numpy(data("gaussian", 40)).cuda()
-    torch.library.opcheck(torch.ops.simprune.linkage_cuda, (d, "average", "exact"))
-    torch.library.opcheck(torch.ops.simprune.linkage_rounds_cuda, (d, "ward"))
-
-
-@gpu
-@pytest.mark.skipif(not ON_GPU, reason="Triton on the GPU (TRITON_INTERPRET unset)")
-@pytest.mark.parametrize("method", REDUCIBLE)
-@pytest.mark.parametrize("name,n", [("gaussian", 1000), ("channel_like", 513), ("quantised", 300)])
-def test_triton_on_gpu_same_as_twin(name, n, method):
-    from simprune.kernels.linkage import linkage_rounds_triton
-
-    d = data(name, n)
-    z, stats = linkage_rounds_triton(torch.from_numpy(d).cuda(), method)
-    zt, st_twin = twin(d, method)
-    assert_bitwise(z.cpu().numpy(), zt)  # no FMA contraction: the twin's arithmetic
-    assert stats.tolist() == st_twin
-    z_api = simprune.linkage(torch.from_numpy(d).cuda(), method, backend="triton")
-    assert_bitwise(z_api.cpu().numpy(), zt)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Batched small layers: one launch, one block per problem.
 
 BATCH_SIZES = [1, 2, 3, 64, 100, 513, 1000, 31]
-
-
-def test_linkage_batched_reference_backend():
-    """The API and the reference (CPU): one Z per problem, each scipy's."""
-    ds = [
-        torch.from_numpy(data("gaussian", n)) if n > 1 else torch.zeros(0) for n in BATCH_SIZES[:5]
-    ]
-    zs = simprune.linkage_batched(ds, "ward", backend="torch")
-    assert [tuple(z.shape) for z in zs] == [(max(n - 1, 0), 4) for n in BATCH_SIZES[:5]]
-    for n, z in zip(BATCH_SIZES[:5], zs, strict=True):
-        if n > 1:
-            assert_bitwise(z.numpy(), scipy_z("gaussian", n, "ward"))
-    assert simprune.linkage_batched([], "average") == []
-    with pytest.raises(ValueError, match="non-negative"):
-        simprune.linkage_batched([torch.tensor([1.0, -1.0, 2.0])], backend="torch")
-    with pytest.raises(ValueError, match="1-D"):
-        simprune.linkage_batched([torch.zeros(2, 2)], backend="torch")
 
 
 @needs_cuda_kernel
@@ -193,6 +124,21 @@ def test_cuda_batched_same_as_twin(name, method):
     # The raw op: sizes must match the packed length.
     with pytest.raises(ValueError, match="condensed distances"):
         torch.ops.simprune.linkage_batched_cuda(torch.zeros(4, device="cuda"), [3], method)
+
+
+@needs_cuda_kernel
+@pytest.mark.parametrize("method", ["single", "average"])
+def test_cuda_batched_wide_problem_goes_through_the_whole_gpu_kernel(method):
+    n_wide = BATCHED_MAX_N + 52
+    ds = [torch.from_numpy(data("gaussian", n)) for n in (31, n_wide, 100)]
+    zs = simprune.linkage_batched([d.cuda() for d in ds], method, backend="cuda")
+    assert [z.shape[0] for z in zs] == [30, n_wide - 1, 99]
+    for d, z in zip(ds, zs, strict=True):
+        n = z.shape[0] + 1
+        assert_bitwise(
+            z.cpu().numpy(),
+            scipy_z("gaussian", n, method) if method == "single" else twin(d.numpy(), method)[0],
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -215,82 +161,116 @@ def test_cuda_single_boruvka(name, n):
         assert_same_partitions(z, zs)
     else:
         assert_bitwise(z, zs)
-    if ON_GPU:  # the Triton Boruvka follows the same rules and log order: the same Z bit for bit
+    if ON_GPU and has_triton():  # the Triton Boruvka follows the same rules and log order
         from simprune.kernels.linkage import linkage_boruvka_triton
 
         zt, _ = linkage_boruvka_triton(torch.from_numpy(d).cuda())
         assert_bitwise(z, zt.cpu().numpy())
 
 
+# ---------------------------------------------------------------------------------------------------
+# Strict mode (csrc/cuda/linkage_strict.cu): scipy's NN-chain and Prim in one thread block.
+
+
 @needs_cuda_kernel
-@pytest.mark.parametrize("method", ["single", "average"])
-def test_cuda_batched_wide_problem_goes_through_the_whole_gpu_kernel(method):
-    n_wide = BATCHED_MAX_N + 52
-    ds = [torch.from_numpy(data("gaussian", n)) for n in (31, n_wide, 100)]
-    zs = simprune.linkage_batched([d.cuda() for d in ds], method, backend="cuda")
-    assert [z.shape[0] for z in zs] == [30, n_wide - 1, 99]
-    for d, z in zip(ds, zs, strict=True):
-        n = z.shape[0] + 1
-        assert_bitwise(
-            z.cpu().numpy(),
-            scipy_z("gaussian", n, method) if method == "single" else twin(d.numpy(), method)[0],
-        )
+@pytest.mark.parametrize("method", REDUCIBLE)
+def test_cuda_strict_public_api(method):
+    # Condensed distances: bitwise scipy.
+    d = data("quantised", 700)
+    z = simprune.linkage(torch.from_numpy(d).cuda(), method, mode="strict", backend="cuda")
+    assert z.is_cuda and z.dtype == torch.float64
+    assert_bitwise(z.cpu().numpy(), scipy_z("quantised", 700, method))
+    # Observations: the distances come from the cuda backend too; the linkage of exactly those
+    # distances is scipy's, bit for bit.
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((300, 16))).cuda()
+    z = simprune.linkage(x, method, mode="strict", backend="cuda")
+    dx = simprune.pairwise_distance(
+        x, metric="euclidean", condensed=True, out_dtype=torch.float64, backend="cuda"
+    )
+    assert z.is_cuda
+    assert_bitwise(z.cpu().numpy(), sch.linkage(dx.cpu().numpy(), method))
+    # float32 observations (widened like scipy after the distances).
+    x32 = x.float()
+    z = simprune.linkage(x32, method, mode="strict", backend="cuda")
+    dx = simprune.pairwise_distance(
+        x32, metric="euclidean", condensed=True, out_dtype=torch.float64, backend="cuda"
+    )
+    assert_bitwise(z.cpu().numpy(), sch.linkage(dx.cpu().numpy(), method))
+
+
+@needs_cuda_kernel
+def test_cuda_strict_signed_zeros_over_a_wide_row():
+    # Signed zeros spread over a wide row (many threads and warps hold a zero of either sign; the
+    # chosen entry's own value in the argmin). The 3-point cases: test_linkage_matrix.py.
+    rng = np.random.default_rng(3)
+    d = rng.choice(np.array([0.0, -0.0, 1.0, 2.0]), size=1000 * 999 // 2)
+    assert np.signbit(d).any() and (d == 0).sum() > np.signbit(d).sum()
+    for method in ("single", "complete", "average", "weighted"):
+        assert_bitwise(strict(d, method), sch.linkage(d, method))
+
+
+@needs_cuda_kernel
+@pytest.mark.parametrize("method", REDUCIBLE)
+def test_cuda_strict_larger_problem_and_timing(method):
+    # n = 4097 (eight columns per thread); the strict CPU backend is scipy bit for bit as well and
+    # much faster than scipy here. Prints the time of one call (gpu_check's log).
+    name, n = "channel_like", 4097
+    d = torch.from_numpy(data(name, n))
+    dg = d.cuda()
+    torch.ops.simprune.linkage_cuda(dg[:3], method, "strict")  # warm-up (context, allocator)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    z = torch.ops.simprune.linkage_cuda(dg, method, "strict")
+    torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    zc = simprune.linkage(d, method, mode="strict", backend="cpu")
+    assert_bitwise(z.cpu().numpy(), zc.numpy())
+    print(f"strict cuda {method} {name} n={n}: {dt * 1e3:.1f} ms")
+
+
+def test_strict_kernels_have_barriers_and_no_fma(tmp_path):
+    """CPU only (nvcc, no GPU needed). The device code of linkage_strict.cu alone
+    (SIMPRUNE_STRICT_DEVICE_ONLY: no torch headers), compiled for sm_90 WITHOUT --fmad=false: the
+    explicitly rounded intrinsics of linkage_common.h leave no fused multiply-add whatever --fmad
+    says; ward keeps IEEE division and square root; every kernel that the host launches is there,
+    and the block barriers survive."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not found")
+    ptx = tmp_path / "strict.ptx"
+    out = subprocess.run(
+        [
+            nvcc,
+            "-std=c++20",
+            "-arch=sm_90",
+            "-O3",
+            "-DSIMPRUNE_STRICT_DEVICE_ONLY",
+            "-I",
+            os.path.join(ROOT, "csrc", "include"),
+            "-ptx",
+            os.path.join(ROOT, "csrc", "cuda", "linkage_strict.cu"),
+            "-o",
+            str(ptx),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    text = ptx.read_text()
+    entries = re.findall(r"\.entry\s+(\w+)\(", text)
+    names = " ".join(entries)
+    assert len(entries) == 7, entries  # 4 nn_chain methods, Prim, 2 square-matrix input types
+    for m in range(1, 5):  # kComplete .. kWard
+        assert f"nn_chain_strict_kernelILi{m}E" in names
+    assert "mst_single_strict_kernel" in names
+    assert not re.search(r"\bfma\.", text), "fused multiply-add in the strict kernels"
+    assert "div.rn.f64" in text and "sqrt.rn.f64" in text and "mul.rn.f64" in text
+    assert len(re.findall(r"\bbar(rier)?\.sync", text)) >= 5 * 4
 
 
 # ---------------------------------------------------------------------------------------------------
-# float32 storage (linkage(..., storage=torch.float32)): the twin's float storage, bit for bit, and the
-# linkage.md 8.3 fp32 gate against scipy (tests/test_linkage_storage.py has the CPU side).
-
-F32_CASES = [("mixture", 1000), ("gaussian", 4097), ("dead_duplicate", 600), ("quantised", 300)]
-
-
-@needs_cuda_kernel
-@pytest.mark.parametrize("method", REDUCIBLE)
-@pytest.mark.parametrize("name,n", F32_CASES)
-def test_cuda_float32_storage_same_as_twin(name, n, method):
-    d = torch.from_numpy(data(name, n))
-    z, stats = torch.ops.simprune.linkage_rounds_cuda(d.cuda(), method, torch.float32)
-    zt, st_twin = linkage_rounds(d, method, torch.float32)
-    assert_bitwise(z.cpu().numpy(), zt.numpy())
-    assert stats.cpu().tolist() == st_twin.tolist()
-    if method == "single":  # Boruvka on a float32 matrix: the same stored heights
-        zb = torch.ops.simprune.linkage_cuda(d.cuda(), "single", "exact", torch.float32)
-        np.testing.assert_array_equal(np.sort(zb[:, 2].cpu().numpy()), np.sort(zt[:, 2].numpy()))
-
-
-@gpu
-@pytest.mark.skipif(not ON_GPU, reason="Triton on the GPU (TRITON_INTERPRET unset)")
-@pytest.mark.parametrize("method", REDUCIBLE)
-def test_triton_on_gpu_float32_storage_same_as_twin(method):
-    from simprune.kernels.linkage import linkage_rounds_triton
-
-    d = torch.from_numpy(data("channel_like", 1000))
-    z, stats = linkage_rounds_triton(d.cuda(), method, torch.float32)
-    zt, st_twin = linkage_rounds(d, method, torch.float32)
-    assert_bitwise(z.cpu().numpy(), zt.numpy())
-    assert stats.tolist() == st_twin.tolist()
-
-
-@gpu
-@pytest.mark.parametrize("method", REDUCIBLE)
-def test_gpu_float32_storage_gate_public_api(method):
-    """The 8.3 fp32 gate through the public API (auto backend) on the Gaussian mixture."""
-    from tests.test_linkage_storage import assert_float32_gate
-
-    d = torch.from_numpy(data("mixture", 1000)).cuda()
-    z = simprune.linkage(d, method, storage=torch.float32)
-    assert z.is_cuda and z.dtype == torch.float64
-    assert_float32_gate(z.cpu().numpy(), scipy_z("mixture", 1000, method))
-
-
-@needs_cuda_kernel
-def test_cuda_float32_storage_memory_refusal_names_the_storage():
-    n = 400_000
-    huge = torch.zeros(1, dtype=torch.float32, device="cuda").expand(n * (n - 1) // 2)
-    with pytest.raises(torch.OutOfMemoryError, match="matrix in float32, 4 n\^2 bytes"):
-        torch.ops.simprune.linkage_cuda(huge, "average", "exact", torch.float32)
-    with pytest.raises(ValueError, match="strict.*float64 storage"):
-        torch.ops.simprune.linkage_cuda(huge[:3], "average", "strict", torch.float32)
+# Kept last in this file: the slowest test.
 
 
 @needs_cuda_kernel
@@ -313,11 +293,3 @@ def test_cuda_past_the_int32_index_boundary():
     # float32 storage (8.6 GB here): a valid tree with the 8.3 fp32 height gate.
     sch.is_valid_linkage(z32, throw=True)
     np.testing.assert_allclose(np.sort(z32[:, 2]), np.sort(zc[:, 2]), rtol=1e-5, atol=0)
-
-
-@needs_cuda_kernel
-def test_cuda_float32_storage_refuses_values_beyond_float32():
-    d = torch.tensor([1.0, 1e300, 2.0], dtype=torch.float64, device="cuda")
-    for method in ("single", "average"):
-        with pytest.raises(ValueError, match="1 Inf.*beyond float32's range"):
-            torch.ops.simprune.linkage_cuda(d, method, "exact", torch.float32)

@@ -1,4 +1,5 @@
-"""The linkage front end (input forms, validation) and the cut helpers, with scipy as the oracle."""
+"""The linkage front end (input forms, validation), the reference backend (scipy) and the cut helpers,
+with scipy as the oracle."""
 
 from __future__ import annotations
 
@@ -11,19 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import simprune
-from tests import datasets
+from simprune.testing import DATASETS, assert_bitwise, quantised, same_partition
+from tests._helpers import data, scipy_z
 
 METHODS = ["single", "complete", "average", "weighted", "ward", "centroid", "median"]
-
-
-def canon(labels) -> np.ndarray:
-    """Partition as labels renumbered by first appearance (compare partitions, not label names)."""
-    labels = np.asarray(labels)
-    _, first = np.unique(labels, return_index=True)
-    order = np.argsort(first)
-    remap = np.empty(len(order), dtype=np.int64)
-    remap[order] = np.arange(len(order))
-    return remap[np.searchsorted(np.unique(labels), labels)]
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -100,12 +92,28 @@ def test_env_backend_override(monkeypatch):
         simprune.linkage(x)
 
 
+def test_linkage_batched_reference_backend():
+    """The batched API and the reference (CPU): one Z per problem, each scipy's."""
+    sizes = [1, 2, 3, 64, 100]
+    ds = [torch.from_numpy(data("gaussian", n)) if n > 1 else torch.zeros(0) for n in sizes]
+    zs = simprune.linkage_batched(ds, "ward", backend="torch")
+    assert [tuple(z.shape) for z in zs] == [(max(n - 1, 0), 4) for n in sizes]
+    for n, z in zip(sizes, zs, strict=True):
+        if n > 1:
+            assert_bitwise(z.numpy(), scipy_z("gaussian", n, "ward"))
+    assert simprune.linkage_batched([], "average") == []
+    with pytest.raises(ValueError, match="non-negative"):
+        simprune.linkage_batched([torch.tensor([1.0, -1.0, 2.0])], backend="torch")
+    with pytest.raises(ValueError, match="1-D"):
+        simprune.linkage_batched([torch.zeros(2, 2)], backend="torch")
+
+
 # ---- cuts --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("data", ["gaussian", "mixture", "dead_duplicate"])
-def test_cut_threshold_and_maxclust_match_fcluster(data):
-    x = datasets.ALL[data](60)
+@pytest.mark.parametrize("name", ["gaussian", "mixture", "dead_duplicate"])
+def test_cut_threshold_and_maxclust_match_fcluster(name):
+    x = DATASETS[name](60)
     zs = sch.linkage(x, "average")
     z = torch.from_numpy(zs)
     for t in np.quantile(zs[:, 2], [0.1, 0.5, 0.9]):
@@ -119,7 +127,7 @@ def test_cut_threshold_and_maxclust_match_fcluster(data):
 
 
 def test_cut_n_clusters_exact_count_even_with_ties():
-    x = datasets.quantised(80, 2, seed=4)  # massive ties: maxclust may return fewer clusters
+    x = quantised(80, 2, seed=4)  # massive ties: maxclust may return fewer clusters
     zs = sch.linkage(x, "complete")
     short = [k for k in range(1, 81) if len(np.unique(sch.fcluster(zs, k, "maxclust"))) != k]
     assert short, "the data set should exhibit scipy's maxclust shortfall under ties"
@@ -133,7 +141,7 @@ def test_cut_n_clusters_equals_maxclust_without_ties(rng):
     for k in (1, 2, 7, 39, 40):
         a = simprune.cut_n_clusters(torch.from_numpy(zs), k).numpy()
         b = sch.fcluster(zs, k, "maxclust")
-        np.testing.assert_array_equal(canon(a), canon(b))
+        assert same_partition(a, b)
 
 
 def test_cut_rejects_invalid_z():

@@ -1,7 +1,14 @@
-"""Triton linkage (kernels/linkage.py): the round primitives under the interpreter, against the CPU
-twin (same algorithm: bitwise equal Z and the same round statistics) and scipy (the oracle).
+"""What only the Triton linkage has: its primitives one by one, Boruvka's pass count, the compiled
+kernels' PTX (no fused multiply-add), the interpreter's chunk width, and the compiled kernels on a GPU.
 
-The interpreter costs ~0.5 ms per program, so n stays <= 150 here (the chain needs n/2 rounds).
+kernels/linkage.py: the round primitives (exact; Boruvka for single); kernels/linkage_strict.py:
+scipy's NN-chain and Prim replayed in one program (strict). Under ``TRITON_INTERPRET=1``
+(tests/conftest.py) the kernels run on CPU tensors; the interpreter costs ~0.5 ms per program, so n
+stays <= 300 here. The ``gpu``-marked tests run the compiled kernels on a CUDA device
+(scripts/gpu_check.sh runs -m gpu with SIMPRUNE_TEST_ON_GPU=1). The gates shared with the other
+backends (strict bitwise scipy, exact tree / partitions / valid HAC and the twin's Z bit for bit, the
+chain's n/2 rounds, float32 input and storage, properties, the raw op's errors, opcheck) are in
+tests/test_linkage_matrix.py.
 """
 
 from __future__ import annotations
@@ -10,149 +17,66 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
+import scipy.cluster.hierarchy as sch
 import torch
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
 
 import simprune
-from simprune.backends import has_kernel
+from simprune.backends import has_kernel, has_triton, triton_interpret
 from simprune.hierarchy import linkage_rounds
-from tests.test_linkage_cpu import (
+from simprune.testing import (
     REDUCIBLE,
-    accepted_by_scipy,
     assert_bitwise,
     assert_same_partitions,
     assert_same_tree,
     assert_valid_hac,
-    condensed,
-    data,
-    scipy_z,
+)
+from tests._helpers import data, scipy_z
+
+if not has_triton():
+    pytest.skip("triton is not installed", allow_module_level=True)
+
+import simprune.kernels.linkage as kl  # noqa: E402
+import simprune.kernels.linkage_strict as ks  # noqa: E402
+
+INTERPRET = triton_interpret()
+ON_GPU = torch.cuda.is_available() and not INTERPRET
+interpreted = pytest.mark.skipif(
+    not INTERPRET, reason="runs the Triton kernels on CPU tensors (TRITON_INTERPRET=1)"
+)
+on_gpu = pytest.mark.skipif(not ON_GPU, reason="Triton on the GPU (TRITON_INTERPRET unset)")
+needs_twin = pytest.mark.skipif(
+    not has_kernel("linkage_rounds_cpu", "CPU"), reason="simprune._C (linkage_rounds_cpu) not built"
 )
 
-kl = pytest.importorskip("simprune.kernels.linkage")
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-pytestmark = pytest.mark.skipif(
-    not INTERPRET, reason="these tests run the Triton kernels on CPU tensors (TRITON_INTERPRET=1)"
-)
-HAS_TWIN = has_kernel("linkage_rounds_cpu", "CPU")
 
-
-def triton_rounds(d, method):
-    z, stats = kl.linkage_rounds_triton(torch.as_tensor(d), method)
-    assert z.dtype == torch.float64 and stats.dtype == torch.int64
+def twin(d, method):
+    z, stats = linkage_rounds(torch.as_tensor(d), method)
     return z.numpy(), stats.tolist()
 
 
-def check_against_twin(d, method, z, stats):
-    """The twin runs the same algorithm: the same Z bit for bit and the same round statistics."""
-    if not HAS_TWIN:
-        return
-    zt, st_twin = linkage_rounds(torch.as_tensor(d), method)
-    assert_bitwise(z, zt.numpy())
-    assert stats == st_twin.tolist()
-
-
-TIE_FREE_CASES = [
-    (name, n, method)
-    for name in ("gaussian", "mixture", "channel_like")
-    for n in (2, 3, 31, 150)
-    for method in REDUCIBLE
-] + [("chain_1d", n, method) for n in (31, 100) for method in REDUCIBLE]
-
-
-@pytest.mark.parametrize("name,n,method", TIE_FREE_CASES)
-def test_tie_free_same_tree_as_scipy_and_twin(name, n, method):
-    d = data(name, n)
-    z, stats = triton_rounds(d, method)
-    assert_same_tree(z, scipy_z(name, n, method), method)
-    accepted_by_scipy(z, n)
-    check_against_twin(d, method, z, stats)
-    if n == 150:
-        assert stats[1] >= 1  # the active count halved: the compaction kernel ran
-
-
-@pytest.mark.parametrize("method", REDUCIBLE)
-@pytest.mark.parametrize("n", [10, 120])
-def test_zero_height_ties_same_partitions(n, method):
-    d = data("dead_duplicate", n)
-    z, stats = triton_rounds(d, method)
-    assert_same_partitions(z, scipy_z("dead_duplicate", n, method))
-    check_against_twin(d, method, z, stats)
-
-
-@pytest.mark.parametrize("method", REDUCIBLE)
-def test_massive_ties_valid(method):
-    d = data("quantised", 90)
-    z, stats = triton_rounds(d, method)
-    assert_valid_hac(z, d, method)
-    check_against_twin(d, method, z, stats)
-    if method == "single":  # the MST weight multiset is unique
-        np.testing.assert_array_equal(
-            np.sort(z[:, 2]), np.sort(scipy_z("quantised", 90, method)[:, 2])
-        )
-
-
-def test_chain_needs_n_over_2_rounds():
-    n = 100
-    z, stats = triton_rounds(data("chain_1d", n), "complete")
-    assert stats[0] >= n // 2 - 1
-    assert_same_tree(z, scipy_z("chain_1d", n, "complete"), "complete")
-
-
-def test_float32_input_is_widened_like_scipy():
-    import scipy.cluster.hierarchy as sch
-
-    d = data("gaussian", 60).astype(np.float32)
-    z, _ = triton_rounds(torch.from_numpy(d), "average")
-    assert_same_tree(z, sch.linkage(d.astype(np.float64), "average"), "average")
-
-
+@interpreted
 @pytest.mark.parametrize("method", REDUCIBLE)
 def test_public_api_backend_triton(method, rng):
     x = torch.from_numpy(rng.standard_normal((40, 5)))
     z = simprune.linkage(x, method, backend="triton")
-    import scipy.cluster.hierarchy as sch
-
     assert_same_tree(z.numpy(), sch.linkage(x.numpy(), method), method)
 
 
-def test_small_and_bad_input():
-    z, stats = triton_rounds(torch.zeros(0, dtype=torch.float64), "average")
-    assert z.shape == (0, 4) and stats == [0, 0, 0]
-    z, _ = triton_rounds(torch.tensor([2.5], dtype=torch.float64), "ward")
-    assert z.tolist() == [[0.0, 1.0, 2.5, 2.0]]
-    op = torch.ops.simprune.linkage_triton
-    with pytest.raises(ValueError, match="NaN"):
-        op(torch.tensor([1.0, float("nan"), 2.0]), "average", "exact")
-    with pytest.raises(ValueError, match="non-negative"):
-        op(torch.tensor([1.0, -1.0, 2.0]), "average", "exact")
-    with pytest.raises(ValueError, match=r"n\(n-1\)/2"):
-        op(torch.tensor([1.0, 1.0]), "average", "exact")
-    with pytest.raises(ValueError, match="unknown linkage method"):
-        op(torch.tensor([1.0, 1.0, 2.0]), "nope", "exact")
-    with pytest.raises(NotImplementedError, match="median"):
-        op(torch.tensor([1.0, 1.0, 2.0]), "median", "exact")
-    # Strict mode (kernels/linkage_strict.py) on a tie: scipy's choice (tests/test_linkage_strict_triton.py).
-    zs = op(torch.tensor([1.0, 1.0, 2.0], dtype=torch.float64), "average", "strict")
-    assert zs.tolist() == [[0.0, 1.0, 1.0, 2.0], [2.0, 3.0, 1.5, 3.0]]
-    with pytest.raises(ValueError, match="unknown mode"):
-        op(torch.tensor([1.0, 1.0, 2.0]), "average", "loose")
-    with pytest.raises(TypeError, match="float32 or float64"):
-        op(torch.tensor([1, 1, 2]), "average", "exact")
-
-
-def test_opcheck_linkage_triton():
-    d = torch.from_numpy(data("gaussian", 12))
-    torch.library.opcheck(torch.ops.simprune.linkage_triton, (d, "ward", "exact"))
+def test_interpreter_block_is_spanned_by_the_test_sizes():
+    if INTERPRET:
+        assert ks.STRICT_BLOCK == 64  # n = 65 and 100 (test_linkage_matrix.py) span two chunks
+    assert ks.GPU_BLOCK >= 32 * ks.GPU_WARPS  # one owner thread per chunk element on the GPU
 
 
 # ---------------------------------------------------------------------------------------------------
 # The primitives one by one, outputs poisoned before each kernel runs.
 
 
+@interpreted
 def test_square_kernel_bit_symmetric_inf_diagonal():
     for n in (1, 2, 7, 129, 131):  # 128 is the interpreter's tile edge
         d = torch.from_numpy(np.random.default_rng(n).random(n * (n - 1) // 2))
@@ -165,6 +89,7 @@ def test_square_kernel_bit_symmetric_inf_diagonal():
         np.testing.assert_array_equal(s, s.T)
 
 
+@interpreted
 @pytest.mark.parametrize("m", [1, 2, 5, 64, 257, 300])
 def test_row_argmin_smallest_slot_wins_ties(m):
     rng = np.random.default_rng(m)
@@ -182,6 +107,7 @@ def test_row_argmin_smallest_slot_wins_ties(m):
     np.testing.assert_array_equal(nn.numpy(), want)
 
 
+@interpreted
 def test_reciprocal_and_compact_kernels():
     m = 9
     nn = torch.tensor([3, 0, 4, 0, 2, -1, 7, 6, 6], dtype=torch.int64)
@@ -195,21 +121,60 @@ def test_reciprocal_and_compact_kernels():
     np.testing.assert_array_equal(t.view(4, 4).numpy(), s.view(m, m).numpy()[np.ix_(keep, keep)])
 
 
-@settings(max_examples=25, deadline=None)
-@given(case=condensed(), method=st.sampled_from(REDUCIBLE))
-def test_property_same_as_twin_and_valid(case, method):
-    d, euclidean = case
-    assume(euclidean or method != "ward")
-    z, stats = triton_rounds(d, method)
-    accepted_by_scipy(z, z.shape[0] + 1)
-    assert_valid_hac(z, d, method)
-    check_against_twin(d, method, z, stats)
+# ---------------------------------------------------------------------------------------------------
+# Single linkage: Boruvka MST (what backend="triton" runs for method="single").
+
+BORUVKA_CASES = [
+    (name, n)
+    for name in ("gaussian", "mixture", "channel_like", "chain_1d")
+    for n in (2, 3, 31, 150, 300)
+]
+
+
+@interpreted
+@pytest.mark.parametrize("name,n", BORUVKA_CASES)
+def test_boruvka_tie_free_is_scipy_bitwise(name, n):
+    z, stats = kl.linkage_boruvka_triton(torch.from_numpy(data(name, n)))
+    assert_bitwise(z.numpy(), scipy_z(name, n, "single"))
+    iters = stats.tolist()[0]
+    assert 1 <= iters <= max(1, int(np.ceil(np.log2(n))))  # Boruvka: at most log2 n passes
+
+
+@interpreted
+@pytest.mark.parametrize(
+    "name,n", [("dead_duplicate", 10), ("dead_duplicate", 300), ("quantised", 150)]
+)
+def test_boruvka_ties_same_heights_and_partitions(name, n):
+    d = data(name, n)
+    z, _ = kl.linkage_boruvka_triton(torch.from_numpy(d))
+    z = z.numpy()
+    zs = scipy_z(name, n, "single")
+    np.testing.assert_array_equal(np.sort(z[:, 2]), np.sort(zs[:, 2]))  # the MST weights are unique
+    assert_same_partitions(z, zs)  # single-linkage partitions are unique (graph components)
+    assert_valid_hac(z, d, "single")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The compiled kernels (for sm_90, no GPU needed): no fused multiply-add.
+
+
+def _compile_and_report(code: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
 
 
 def test_no_fma_in_the_lance_williams_kernels():
     """Compiled for sm_90 the way the launcher compiles them (enable_fp_fusion=False), the fp64
     Lance-Williams kernels hold no fused multiply-add: scipy's rounding, operation by operation."""
-    code = textwrap.dedent(
+    stdout = _compile_and_report(
         """
         import re, triton
         from triton.backends.compiler import GPUTarget
@@ -227,53 +192,82 @@ def test_no_fma_in_the_lance_williams_kernels():
         print("FMA:", bad)
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+    assert "FMA: []" in stdout, stdout
+
+
+def test_compiled_strict_kernels_have_barriers_and_no_fma():
+    """Compiled for sm_90 as the launcher compiles them (enable_fp_fusion=False): no fused
+    multiply-add (scipy's rounding, operation by operation), IEEE division and square root for
+    ward, and the CTA barriers that publish one thread's stores to the others."""
+    stdout = _compile_and_report(
+        """
+        import re, triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+        import simprune.kernels.linkage_strict as ks
+        for spec in ks.AOT_SPECS:
+            src = ASTSource(fn=spec["fn"], signature=spec["signature"], constexprs=spec["constexprs"])
+            k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(ks._LAUNCH))
+            ptx = k.asm["ptx"]
+            print(spec["name"], len(re.findall(r"\\bfma\\.", ptx)),
+                  len(re.findall(r"\\bbar(rier)?\\.sync", ptx)),
+                  int("div.rn.f64" in ptx and "sqrt.rn.f64" in ptx))
+        """
     )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "FMA: []" in out.stdout, out.stdout
+    rows = {r.split()[0]: [int(v) for v in r.split()[1:]] for r in stdout.splitlines()}
+    # This process may be interpreting (other chunk width): compare the names without it.
+    assert {r.rsplit("_b", 1)[0] for r in rows} == {
+        s["name"].rsplit("_b", 1)[0] for s in ks.AOT_SPECS
+    } and len(rows) == 5
+    for name, (fma, barriers, ieee) in rows.items():
+        assert fma == 0, f"{name}: {fma} FMA instruction(s)"
+        assert barriers >= 3, name  # tl.debug_barrier() survives (plus the reductions' own)
+        if "ward" in name:
+            assert ieee, name
 
 
 # ---------------------------------------------------------------------------------------------------
-# Single linkage: Boruvka MST (what backend="triton" runs for method="single").
-
-BORUVKA_CASES = [
-    (name, n)
-    for name in ("gaussian", "mixture", "channel_like", "chain_1d")
-    for n in (2, 3, 31, 150, 300)
-]
+# On a GPU: the compiled kernels.
 
 
-@pytest.mark.parametrize("name,n", BORUVKA_CASES)
-def test_boruvka_tie_free_is_scipy_bitwise(name, n):
-    z, stats = kl.linkage_boruvka_triton(torch.from_numpy(data(name, n)))
-    assert_bitwise(z.numpy(), scipy_z(name, n, "single"))
-    iters = stats.tolist()[0]
-    assert 1 <= iters <= max(1, int(np.ceil(np.log2(n))))  # Boruvka: at most log2 n passes
-
-
-@pytest.mark.parametrize(
-    "name,n", [("dead_duplicate", 10), ("dead_duplicate", 300), ("quantised", 150)]
-)
-def test_boruvka_ties_same_heights_and_partitions(name, n):
+@pytest.mark.gpu
+@on_gpu
+@needs_twin
+@pytest.mark.parametrize("method", REDUCIBLE)
+@pytest.mark.parametrize("name,n", [("gaussian", 1000), ("channel_like", 513), ("quantised", 300)])
+def test_gpu_rounds_same_as_twin(name, n, method):
     d = data(name, n)
-    z, _ = kl.linkage_boruvka_triton(torch.from_numpy(d))
-    z = z.numpy()
-    zs = scipy_z(name, n, "single")
-    np.testing.assert_array_equal(np.sort(z[:, 2]), np.sort(zs[:, 2]))  # the MST weights are unique
-    assert_same_partitions(z, zs)  # single-linkage partitions are unique (graph components)
-    assert_valid_hac(z, d, "single")
+    z, stats = kl.linkage_rounds_triton(torch.from_numpy(d).cuda(), method)
+    zt, st_twin = twin(d, method)
+    assert_bitwise(z.cpu().numpy(), zt)  # no FMA contraction: the twin's arithmetic
+    assert stats.tolist() == st_twin
+    z_api = simprune.linkage(torch.from_numpy(d).cuda(), method, backend="triton")
+    assert_bitwise(z_api.cpu().numpy(), zt)
 
 
-@settings(max_examples=40, deadline=None)
-@given(case=condensed())
-def test_property_boruvka_valid_and_same_heights(case):
-    d, _ = case
-    z, _ = kl.linkage_boruvka_triton(torch.from_numpy(d))
-    z = z.numpy()
-    accepted_by_scipy(z, z.shape[0] + 1)
-    assert_valid_hac(z, d, "single")
-    import scipy.cluster.hierarchy as sch
-
-    np.testing.assert_array_equal(np.sort(z[:, 2]), np.sort(sch.linkage(d, "single")[:, 2]))
+@pytest.mark.gpu
+@on_gpu
+@pytest.mark.parametrize("method", REDUCIBLE)
+def test_gpu_strict_bitwise_scipy(method):
+    # GPU chunks are STRICT_BLOCK = 2048 wide: 2049 spans two.
+    for name, n in [
+        ("gaussian", 2),
+        ("quantised", 31),
+        ("dead_duplicate", 300),
+        ("chain_1d", 1000),
+        ("channel_like", 2049),
+        ("quantised", 2049),
+    ]:
+        d = torch.from_numpy(data(name, n)).cuda()
+        t0 = time.perf_counter()
+        z = torch.ops.simprune.linkage_triton(d, method, "strict")
+        torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        assert z.device == d.device and z.dtype == torch.float64
+        assert_bitwise(z.cpu().numpy(), scipy_z(name, n, method))
+        print(f"strict triton {method} {name} n={n}: {dt * 1e3:.1f} ms (first call compiles)")
+    # fp32 input, and the public API with the backend named explicitly.
+    d32 = data("quantised", 500).astype(np.float32)
+    z = simprune.linkage(torch.from_numpy(d32).cuda(), method, mode="strict", backend="triton")
+    assert z.device.type == "cuda"
+    assert_bitwise(z.cpu().numpy(), sch.linkage(d32.astype(np.float64), method))
