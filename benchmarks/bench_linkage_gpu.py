@@ -47,7 +47,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import machine_info, markdown_table, median_time, print_table, write_results  # noqa: E402
-from tests import datasets  # noqa: E402
+from simprune import testing as datasets  # noqa: E402
 
 METHODS = ("single", "complete", "average", "weighted", "ward")
 

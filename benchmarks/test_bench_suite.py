@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from benchmarks.bench_linkage import d1k, test_linkage_1k  # noqa: F401  (re-exported suite)
-from tests import datasets
+from simprune import testing as datasets
 
 pytest.importorskip("pytest_benchmark")
 
