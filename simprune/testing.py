@@ -52,26 +52,13 @@ TOLERANCES: Mapping[tuple[str, torch.dtype], float] = MappingProxyType(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Data sets (linkage.md 8.1). Each returns float64 observations, shape (n, d), from its own seed.
+# Data sets (linkage.md 8.1). Each returns float64 observations of shape (n, d) (chain_1d: (n, 1))
+# drawn from ``numpy.random.default_rng(seed)``: the same arrays on every machine.
 
 
 def gaussian(n: int, d: int, seed: int = 0) -> np.ndarray:
-    """Standard normal observations: tie-free distances.
+    """Standard normal observations, shape ``(n, d)``: tie-free distances.
 
-    Parameters
-    ----------
-    n, d : int
-        Number of observations and their dimension.
-    seed : int
-        Seed of ``numpy.random.default_rng``.
-
-    Returns
-    -------
-    numpy.ndarray
-        Shape ``(n, d)``, float64.
-
-    Examples
-    --------
     >>> gaussian(4, 3).shape
     (4, 3)
     """
@@ -79,24 +66,9 @@ def gaussian(n: int, d: int, seed: int = 0) -> np.ndarray:
 
 
 def mixture(n: int, d: int, k: int = 32, seed: int = 0) -> np.ndarray:
-    """A Gaussian mixture: ``k`` centres at 4 sigma, unit-variance clusters around them.
+    """A Gaussian mixture, shape ``(n, d)``: ``k`` centres drawn from N(0, 16 I) (4 sigma apart),
+    each row a centre picked uniformly plus N(0, I) noise.
 
-    Parameters
-    ----------
-    n, d : int
-        Number of observations and their dimension.
-    k : int
-        Number of centres (drawn from N(0, 16 I)); each row picks one uniformly.
-    seed : int
-        Seed of ``numpy.random.default_rng``.
-
-    Returns
-    -------
-    numpy.ndarray
-        Shape ``(n, d)``, float64.
-
-    Examples
-    --------
     >>> mixture(100, 16, k=4).shape
     (100, 16)
     """
@@ -108,28 +80,11 @@ def mixture(n: int, d: int, k: int = 32, seed: int = 0) -> np.ndarray:
 def channel_like(
     n: int, d: int, seed: int = 0, frac: float = 0.05, noise: float = 1e-3
 ) -> np.ndarray:
-    """Channel-descriptor-like rows: mean 0.5, sigma 0.05, a fraction of them near-copies of others.
+    """Channel-descriptor-like rows, shape ``(n, d)``: mean 0.5, sigma 0.05, with a fraction ``frac``
+    of them (at least one when n > 1) replaced by a copy of another row plus N(0, ``noise``^2).
 
     The near-copies stress cancellation in ``|x|^2 + |y|^2 - 2 x.y`` distance kernels.
 
-    Parameters
-    ----------
-    n, d : int
-        Number of observations and their dimension.
-    seed : int
-        Seed of ``numpy.random.default_rng``.
-    frac : float
-        Fraction of rows replaced by a copy of another row plus noise (at least one when n > 1).
-    noise : float
-        Standard deviation of the noise added to the copies.
-
-    Returns
-    -------
-    numpy.ndarray
-        Shape ``(n, d)``, float64.
-
-    Examples
-    --------
     >>> x = channel_like(40, 8)
     >>> x.shape, bool(abs(x.mean() - 0.5) < 0.05)
     ((40, 8), True)
@@ -145,23 +100,9 @@ def channel_like(
 
 
 def dead_duplicate(n: int, d: int, seed: int = 0) -> np.ndarray:
-    """Gaussian rows with 10 % all-zero rows and 10 % exact copies of other rows: ties at height 0.
+    """Gaussian rows, shape ``(n, d)``, 10 % of them all-zero and 10 % exact copies of other rows:
+    ties at height 0 (n >= 10 has both; for n <= 2 the zero rows are the only ties).
 
-    Parameters
-    ----------
-    n, d : int
-        Number of observations and their dimension (n >= 10 has both dead and copied rows; for
-        n <= 2 the zero rows are the only ties).
-    seed : int
-        Seed of ``numpy.random.default_rng``.
-
-    Returns
-    -------
-    numpy.ndarray
-        Shape ``(n, d)``, float64.
-
-    Examples
-    --------
     >>> x = dead_duplicate(20, 4)
     >>> int((x == 0).all(axis=1).sum()), len(np.unique(x, axis=0))
     (2, 17)
@@ -179,22 +120,9 @@ def dead_duplicate(n: int, d: int, seed: int = 0) -> np.ndarray:
 
 
 def quantised(n: int, d: int = 8, seed: int = 0) -> np.ndarray:
-    """Gaussian rows rounded to a half-integer grid: massive ties (the exact-vs-strict contract).
+    """Gaussian rows rounded to a half-integer grid, shape ``(n, d)``: massive ties (the
+    exact-vs-strict contract).
 
-    Parameters
-    ----------
-    n, d : int
-        Number of observations and their dimension.
-    seed : int
-        Seed of ``numpy.random.default_rng``.
-
-    Returns
-    -------
-    numpy.ndarray
-        Shape ``(n, d)``, float64, multiples of 0.5.
-
-    Examples
-    --------
     >>> bool(np.all(quantised(50) * 2 == np.round(quantised(50) * 2)))
     True
     """
@@ -202,23 +130,9 @@ def quantised(n: int, d: int = 8, seed: int = 0) -> np.ndarray:
 
 
 def chain_1d(n: int) -> np.ndarray:
-    """Points on a line with gaps growing linearly from 1 to 2: the worst case for RNN rounds.
+    """``n`` points on a line, shape ``(n, 1)``, with gaps growing linearly from 1 to 2: the worst
+    case for RNN rounds (only the closest end pair is reciprocal at first: about n/2 rounds).
 
-    Only the closest end pair is reciprocal at first, so the round-synchronous algorithm needs about
-    n/2 rounds.
-
-    Parameters
-    ----------
-    n : int
-        Number of points.
-
-    Returns
-    -------
-    numpy.ndarray
-        Shape ``(n, 1)``, float64, increasing.
-
-    Examples
-    --------
     >>> chain_1d(4).ravel().tolist()
     [0.0, 1.0, 2.5, 4.5]
     """
@@ -227,23 +141,10 @@ def chain_1d(n: int) -> np.ndarray:
 
 
 def near_duplicates(n: int, d: int, seed: int = 0) -> np.ndarray:
-    """Gaussian rows where every 8th row (from row 1) is the previous row plus 1e-4 noise, and the
-    last row an exact copy of the one before it (a zero distance): the distance kernels' stress set.
+    """Gaussian rows, shape ``(n, d)``, where every 8th row (from row 1) is the previous row plus
+    1e-4 noise and the last row an exact copy of the one before it (a zero distance); for n < 4 plain
+    Gaussian rows. The distance kernels' stress set.
 
-    Parameters
-    ----------
-    n, d : int
-        Number of observations and their dimension (n < 4: plain Gaussian rows).
-    seed : int
-        Seed of ``numpy.random.default_rng``.
-
-    Returns
-    -------
-    numpy.ndarray
-        Shape ``(n, d)``, float64.
-
-    Examples
-    --------
     >>> x = near_duplicates(10, 3)
     >>> bool((x[-1] == x[-2]).all()), float(np.abs(x[1] - x[0]).max()) < 1e-3
     (True, True)
@@ -257,24 +158,9 @@ def near_duplicates(n: int, d: int, seed: int = 0) -> np.ndarray:
 
 
 def half_integer_grid(n: int, d: int, seed: int = 0, levels: int = 4) -> np.ndarray:
-    """Uniform integers in ``[0, levels)`` halved: few distinct distances, many equal ones.
+    """Uniform integers in ``[0, levels)`` halved, shape ``(n, d)``: few distinct distances, many
+    equal ones.
 
-    Parameters
-    ----------
-    n, d : int
-        Number of observations and their dimension.
-    seed : int
-        Seed of ``numpy.random.default_rng``.
-    levels : int
-        Number of grid values per coordinate.
-
-    Returns
-    -------
-    numpy.ndarray
-        Shape ``(n, d)``, float64, in ``{0, 0.5, ..., (levels - 1) / 2}``.
-
-    Examples
-    --------
     >>> sorted(set(half_integer_grid(100, 2).ravel().tolist()))
     [0.0, 0.5, 1.0, 1.5]
     """
