@@ -5,8 +5,9 @@ still compile CUDA code):
 
 * ``SIMPRUNE_BUILD_EXT=0``  -> no compiled code at all; the package works through its reference path.
 * otherwise the C++ CPU sources in ``csrc/cpu/`` are always built (OpenMP);
-* the CUDA sources in ``csrc/cuda/`` are added when torch is a CUDA build *and* a real CUDA toolkit is
-  found (``SIMPRUNE_BUILD_CUDA=0`` forces them off).  The ``nvcc`` on PATH may be a wrapper script
+* the CUDA sources in ``csrc/cuda/`` (``*.cu`` for nvcc, ``*.cpp`` host code for the C++ compiler) are
+  added when torch is a CUDA build *and* a real CUDA toolkit is found (``SIMPRUNE_BUILD_CUDA=0`` forces
+  them off).  The ``nvcc`` on PATH may be a wrapper script
   outside the toolkit, so the toolkit root is asked from nvcc itself (``nvcc --dryrun`` prints it).
 * target architectures: ``TORCH_CUDA_ARCH_LIST`` (default ``9.0``).
 
@@ -105,7 +106,9 @@ def build_extensions():
     from torch.utils import cpp_extension
 
     cpu_sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    # The kernels (nvcc) and the ops' host code (the C++ compiler: much faster than nvcc on ATen).
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    cuda_host_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
     with_cuda = bool(want_cuda and torch.version.cuda and toolkit and cuda_sources)
     if want_cuda and not with_cuda:
         why = (
@@ -131,7 +134,7 @@ def build_extensions():
         )
         ext = cpp_extension.CUDAExtension(
             "simprune._C",
-            cpu_sources + cuda_sources,
+            cpu_sources + cuda_host_sources + cuda_sources,
             include_dirs=include_dirs,
             define_macros=define_macros + [("SIMPRUNE_WITH_CUDA", "1")],
             extra_compile_args={

@@ -10,8 +10,6 @@
 // Both keep <= 1e-6 relative error in fp32 (<= 1e-12 for a float64 result) on near-duplicate rows, and
 // beat the float64 reference (simprune.pairwise_distance_ref) at every size measured
 // (benchmarks/results/distance_cpu.md).
-#if __cplusplus >= 202002L  // torch >= 2.10 ATen headers need C++20
-
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -228,23 +226,20 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x, const std::optional<at::Te
                                  c10::string_view metric, bool condensed,
                                  std::optional<at::ScalarType> out_dtype,
                                  c10::string_view precision) {
-  TORCH_CHECK(precision == "exact" || precision == "fast", "precision must be 'exact' or 'fast'");
-  TORCH_CHECK(x.device().is_cpu(), "pairwise_distance_cpu needs CPU tensors");
+  check_op(x, precision, at::kCPU, "pairwise_distance_cpu");
   const Plan p = make_plan(x, y, metric, condensed, out_dtype);
   at::Tensor out = make_output(p, x.options());
   if (out.numel() == 0) return out;
-  const bool c64 = p.cdt == at::kDouble, o64 = p.out_dtype == at::kDouble;
-  if (p.d >= gemm_min_d()) {
-    if (c64 && o64) run_cpu_gemm<double, double>(p, out.data_ptr<double>());
-    if (c64 && !o64) run_cpu_gemm<double, float>(p, out.data_ptr<float>());
-    if (!c64 && o64) run_cpu_gemm<float, double>(p, out.data_ptr<double>());
-    if (!c64 && !o64) run_cpu_gemm<float, float>(p, out.data_ptr<float>());
-    return out;
-  }
-  if (c64 && o64) run_cpu<double, double>(p, out.data_ptr<double>());
-  if (c64 && !o64) run_cpu<double, float>(p, out.data_ptr<float>());
-  if (!c64 && o64) run_cpu<float, double>(p, out.data_ptr<double>());
-  if (!c64 && !o64) run_cpu<float, float>(p, out.data_ptr<float>());
+  const bool gemm = p.d >= gemm_min_d();
+  with_types(p, [&](auto t, auto o) {
+    using T = decltype(t);
+    using O = decltype(o);
+    if (gemm) {
+      run_cpu_gemm<T, O>(p, out.data_ptr<O>());
+    } else {
+      run_cpu<T, O>(p, out.data_ptr<O>());
+    }
+  });
   return out;
 }
 
@@ -255,7 +250,3 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x, const std::optional<at::Te
 TORCH_LIBRARY_IMPL(simprune, CPU, m) {
   m.impl("pairwise_distance_cpu", &simprune::distance::pairwise_distance_cpu);
 }
-
-#else
-#pragma message("simprune: csrc/cpu/distance.cpp skipped: torch's headers need -std=c++20")
-#endif

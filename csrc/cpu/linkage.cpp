@@ -16,8 +16,6 @@
 // Parallelism: one OpenMP team for the whole run; each row scan and each Lance-Williams column update is
 // split into round-robin blocks of the active-slot list, and the partial argmins are combined with the
 // shared tie rule (linkage_common.h), so the result is independent of the thread count.
-#if __cplusplus >= 202002L  // torch >= 2.10 ATen headers need C++20 (see setup.py)
-
 #include <ATen/ATen.h>
 #include <omp.h>
 #include <torch/library.h>
@@ -32,6 +30,7 @@
 #include <vector>
 
 #include "linkage_util.h"
+#include "simprune/host_common.h"
 #include "simprune/linkage_common.h"
 
 namespace simprune {
@@ -48,9 +47,15 @@ struct alignas(64) Partial {
   int64_t i;
 };
 
-// The first minimal (value, index) of the nt threads' partial argmins (the shared tie rule, so the
-// result does not depend on the thread count).
-inline void combine_partials(const std::vector<Partial>& partial, int nt, double* v, int64_t* i) {
+// Publishes this thread's partial argmin (bv, bi) and waits for the team; thread 0 then gets the
+// first minimal (value, index) of the nt partials in (v, i) -- the shared tie rule, so the result
+// does not depend on the thread count -- and returns true (the others return false).
+inline bool team_argmin(Team& team, std::vector<Partial>& partial, int tid, int nt, double bv,
+                        int64_t bi, double* v, int64_t* i) {
+  partial[tid].v = bv;
+  partial[tid].i = bi;
+  team.wait(tid);
+  if (tid != 0) return false;
   double rv = partial[0].v;
   int64_t ri = partial[0].i;
   for (int t = 1; t < nt; ++t) {
@@ -61,6 +66,7 @@ inline void combine_partials(const std::vector<Partial>& partial, int nt, double
   }
   *v = rv;
   *i = ri;
+  return true;
 }
 
 // Argmin of D(x, a) over the active slots a in act[lo, hi) (x excluded; act is sorted, x = act[px]).
@@ -142,13 +148,9 @@ void nn_chain(T* D, int64_t n, int threads, std::vector<double>& merges, std::ve
       for (int64_t lo = tid * kBlock; lo < na; lo += nt * kBlock) {
         scan_block(D, roff.data(), act.data(), lo, std::min(na, lo + kBlock), x, px, &bv, &bi);
       }
-      partial[tid].v = bv;
-      partial[tid].i = bi;
-      team->wait(tid);
-      if (tid == 0) {
-        double rv;
-        int64_t ri;
-        combine_partials(partial, nt, &rv, &ri);
+      double rv;
+      int64_t ri;
+      if (team_argmin(*team, partial, tid, nt, bv, bi, &rv, &ri)) {
         const bool has_prev = chain_len > 1;
         const int64_t prev = has_prev ? chain[chain_len - 2] : -1;
         chain_pick(has_prev, prev,
@@ -249,13 +251,9 @@ void mst_single(const T* D, int64_t n, int threads, std::vector<double>& merges)
           }
         }
       }
-      partial[tid].v = bv;
-      partial[tid].i = bi;
-      team->wait(tid);
-      if (tid == 0) {
-        double rv;
-        int64_t ri;
-        combine_partials(partial, nt, &rv, &ri);
+      double rv;
+      int64_t ri;
+      if (team_argmin(*team, partial, tid, nt, bv, bi, &rv, &ri)) {
         // scipy keeps the previous y when nothing is below +inf (infinite input; rejected earlier).
         if (rv < std::numeric_limits<double>::infinity()) y = ri;
         merges[4 * k + 0] = static_cast<double>(x);
@@ -287,16 +285,10 @@ void run_linkage(const at::Tensor& d, int m, int64_t n, int threads, const char*
   }
   // The NN-chain updates a copy in place, as scipy does (on huge pages, see alloc_buffer).
   BufferOf<T> work = working_copy<T>(d, threads, op);
-  switch (m) {
-    case kComplete:
-      return nn_chain<kComplete, T>(work.get(), n, threads, merges, eff);
-    case kAverage:
-      return nn_chain<kAverage, T>(work.get(), n, threads, merges, eff);
-    case kWeighted:
-      return nn_chain<kWeighted, T>(work.get(), n, threads, merges, eff);
-    default:
-      return nn_chain<kWard, T>(work.get(), n, threads, merges, eff);
-  }
+  with_reducible_method(m, [&](auto tag) {
+    constexpr int M = decltype(tag)::value;
+    if constexpr (M != kSingle) nn_chain<M, T>(work.get(), n, threads, merges, eff);
+  });
 }
 
 at::Tensor linkage_cpu(const at::Tensor& d, const std::string& method, const std::string& mode,
@@ -305,10 +297,8 @@ at::Tensor linkage_cpu(const at::Tensor& d, const std::string& method, const std
   const int m = parse_method(method, op);
   const bool strict = parse_mode(mode, op);
   const bool fp32 = parse_storage(storage, op);
-  TORCH_CHECK_VALUE(!(strict && fp32), op,
-                    ": mode='strict' (bitwise scipy) needs float64 storage; storage=torch.float32 "
-                    "is an 'exact'-mode option");
-  const int64_t n = check_condensed(d, op);
+  check_no_strict_float32(strict, fp32, op);
+  const int64_t n = check_condensed(d, at::kCPU, op);
   at::Tensor Z = at::empty({n - 1, 4}, d.options().dtype(at::kDouble));
   if (n < 2) return Z;
   const int threads = threads_for(n, parallel_min_n(kParallelMinN));
@@ -331,7 +321,3 @@ at::Tensor linkage_cpu(const at::Tensor& d, const std::string& method, const std
 }  // namespace simprune
 
 TORCH_LIBRARY_IMPL(simprune, CPU, m) { m.impl("linkage_cpu", &simprune::linkage::linkage_cpu); }
-
-#else
-#pragma message("simprune: csrc/cpu/linkage.cpp skipped: torch's headers need -std=c++20")
-#endif

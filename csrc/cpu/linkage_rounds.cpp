@@ -18,8 +18,6 @@
 // Memory: a square fp64 matrix (8 n^2 bytes), as on the GPU; or, with storage=float32, a float32
 // matrix (4 n^2 bytes): Lance-Williams is still evaluated in fp64 (from the stored values) and every
 // stored value is rounded to fp32 -- the GPU paths' fp32 storage, bit for bit.
-#if __cplusplus >= 202002L  // torch >= 2.10 ATen headers need C++20 (see setup.py)
-
 #include <ATen/ATen.h>
 #include <omp.h>
 #include <torch/library.h>
@@ -34,6 +32,7 @@
 #include <vector>
 
 #include "linkage_util.h"
+#include "simprune/host_common.h"
 #include "simprune/linkage_common.h"
 
 namespace simprune {
@@ -68,7 +67,8 @@ std::tuple<at::Tensor, at::Tensor> rounds(const at::Tensor& d, int64_t n) {
   const int64_t pmin = parallel_min_n(kParallelMinN);
   const int64_t kParallelMinWork = pmin * pmin;
   const int threads = threads_for(n, pmin);
-  const at::Tensor dc = checked_input(d, threads, "simprune::linkage_rounds_cpu");
+  // Counted as stored: with float32 storage a float64 value beyond float32's range is an Inf.
+  const at::Tensor dc = checked_input<double, T>(d, threads, "simprune::linkage_rounds_cpu");
   const double* src = dc.data_ptr<double>();
 
   // ---- step 0: the square matrix, bit-symmetric, +inf on the diagonal
@@ -209,18 +209,7 @@ std::tuple<at::Tensor, at::Tensor> rounds(const at::Tensor& d, int64_t n) {
 
 template <typename T>
 std::tuple<at::Tensor, at::Tensor> rounds_for(int meth, const at::Tensor& d, int64_t n) {
-  switch (meth) {
-    case kSingle:
-      return rounds<kSingle, T>(d, n);
-    case kComplete:
-      return rounds<kComplete, T>(d, n);
-    case kAverage:
-      return rounds<kAverage, T>(d, n);
-    case kWeighted:
-      return rounds<kWeighted, T>(d, n);
-    default:
-      return rounds<kWard, T>(d, n);
-  }
+  return with_reducible_method(meth, [&](auto m) { return rounds<decltype(m)::value, T>(d, n); });
 }
 
 std::tuple<at::Tensor, at::Tensor> linkage_rounds_cpu(const at::Tensor& d, const std::string& method,
@@ -228,7 +217,7 @@ std::tuple<at::Tensor, at::Tensor> linkage_rounds_cpu(const at::Tensor& d, const
   const char* op = "simprune::linkage_rounds_cpu";
   const int meth = parse_method(method, op);
   const bool fp32 = parse_storage(storage, op);
-  const int64_t n = check_condensed(d, op);
+  const int64_t n = check_condensed(d, at::kCPU, op);
   return fp32 ? rounds_for<float>(meth, d, n) : rounds_for<double>(meth, d, n);
 }
 
@@ -239,7 +228,3 @@ std::tuple<at::Tensor, at::Tensor> linkage_rounds_cpu(const at::Tensor& d, const
 TORCH_LIBRARY_IMPL(simprune, CPU, m) {
   m.impl("linkage_rounds_cpu", &simprune::linkage::linkage_rounds_cpu);
 }
-
-#else
-#pragma message("simprune: csrc/cpu/linkage_rounds.cpp skipped: torch's headers need -std=c++20")
-#endif

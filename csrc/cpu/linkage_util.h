@@ -1,5 +1,6 @@
-// Host-only helpers shared by the CPU linkage sources (linkage.cpp, linkage_rounds.cpp): input
-// checks with clear messages, the condensed fp64 working copy, and the final sort + relabel.
+// Host-only helpers of the CPU linkage sources (linkage.cpp, linkage_rounds.cpp): the fused values
+// check + working copy, huge-page buffers, thread counts and the spin-then-yield thread team. The
+// argument checks and the final sort + relabel shared with the CUDA ops: simprune/host_common.h.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -28,52 +29,11 @@
 #include <string>
 #include <vector>
 
+#include "simprune/host_common.h"
 #include "simprune/linkage_common.h"
-#include "simprune/linkage_host.h"
 
 namespace simprune {
 namespace linkage {
-
-inline int parse_method(const std::string& method, const char* op) {
-  if (method == "single") return kSingle;
-  if (method == "complete") return kComplete;
-  if (method == "average") return kAverage;
-  if (method == "weighted") return kWeighted;
-  if (method == "ward") return kWard;
-  if (method == "centroid" || method == "median") {
-    TORCH_CHECK_NOT_IMPLEMENTED(false, op, ": method '", method,
-                                "' is not implemented by the cpu backend (it is not reducible, so "
-                                "NN-chain and rounds do not apply); use backend='torch' (scipy)");
-  }
-  TORCH_CHECK_VALUE(false, op, ": unknown linkage method '", method,
-                    "'; expected single, complete, average, weighted or ward");
-  return -1;
-}
-
-// n from a condensed length m = n(n-1)/2; m = 0 means n = 1 (empty Z).
-inline int64_t n_from_condensed(int64_t m, const char* op) {
-  if (m == 0) return 1;
-  const double nd = std::round((1.0 + std::sqrt(1.0 + 8.0 * static_cast<double>(m))) / 2.0);
-  const int64_t n = static_cast<int64_t>(nd);
-  TORCH_CHECK_VALUE(n * (n - 1) / 2 == m, op,
-                    ": a condensed distance vector must have length n(n-1)/2 for some n; got "
-                    "length ",
-                    m);
-  return n;
-}
-
-// Checks the form of d (1-D condensed, fp32/fp64, CPU) and returns n. The values are checked by
-// working_copy / check_values (one fused pass, not three tensor reductions: those cost more than the
-// whole MST here).
-inline int64_t check_condensed(const at::Tensor& d, const char* op) {
-  TORCH_CHECK_VALUE(d.dim() == 1, op, ": expected a 1-D condensed distance vector, got a ", d.dim(),
-                    "-D tensor of shape ", d.sizes(),
-                    " (square matrices go through simprune.linkage(..., precomputed=True))");
-  TORCH_CHECK_TYPE(d.scalar_type() == at::kFloat || d.scalar_type() == at::kDouble, op,
-                   ": distances must be float32 or float64, got ", d.scalar_type());
-  TORCH_CHECK(d.device().is_cpu(), op, ": the cpu backend needs a CPU tensor, got one on ", d.device());
-  return n_from_condensed(d.numel(), op);
-}
 
 // Counts NaN, Inf and negative values of src[0, m), as converted to Tout (a float64 value beyond
 // float32's range counts as Inf with float32 storage), while (optionally) copying it into dst.
@@ -96,17 +56,6 @@ void copy_and_count(const Tin* src, Tout* dst, int64_t m, int threads, int64_t* 
   *n_nan = a;
   *n_inf = b;
   *n_neg = c;
-}
-
-inline void report_values(int64_t n_nan, int64_t n_inf, int64_t n_neg, const char* op,
-                          bool fp32 = false) {
-  TORCH_CHECK_VALUE(n_nan == 0 && n_inf == 0, op, ": distances contain ", n_nan, " NaN and ", n_inf,
-                    " Inf value(s); linkage needs finite distances",
-                    fp32 ? " (with storage=torch.float32, values beyond float32's range, 3.4e38, "
-                           "count as Inf)"
-                         : "");
-  TORCH_CHECK_VALUE(n_neg == 0, op, ": distances must be non-negative; found ", n_neg,
-                    " negative value(s)");
 }
 
 // A large fp64 work buffer on transparent huge pages. The NN-chain and MST read columns of the
@@ -153,30 +102,15 @@ inline BufferOf<T> working_copy(const at::Tensor& d, int threads, const char* op
 }
 
 // Read-only use (the MST; the rounds twin copies into its square matrix anyway): the input as T
-// (no copy when it already is), checked.
-template <typename T = double>
+// (no copy when it already is), checked as it will be stored: as Storage (float for a float32
+// matrix built from it, where a float64 value beyond float32's range counts as Inf).
+template <typename T = double, typename Storage = T>
 inline at::Tensor checked_input(const at::Tensor& d, int threads, const char* op) {
   at::Tensor src = d.to(c10::CppTypeToScalarType<T>::value).contiguous();
   int64_t a = 0, b = 0, c = 0;
-  copy_and_count<T, T>(src.data_ptr<T>(), nullptr, src.numel(), threads, &a, &b, &c);
-  report_values(a, b, c, op, sizeof(T) == 4);
+  copy_and_count<T, Storage>(src.data_ptr<T>(), nullptr, src.numel(), threads, &a, &b, &c);
+  report_values(a, b, c, op, sizeof(Storage) == 4);
   return src;
-}
-
-// The working matrix's dtype (linkage's "storage" argument): float64 (None, the default) or float32
-// (half the memory; Lance-Williams is still evaluated in float64 and each stored value rounded).
-// Returns true for float32.
-inline bool parse_storage(const std::optional<at::ScalarType>& storage, const char* op) {
-  if (!storage.has_value() || *storage == at::kDouble) return false;
-  TORCH_CHECK_VALUE(*storage == at::kFloat, op,
-                    ": storage must be torch.float64 or torch.float32, got ", *storage);
-  return true;
-}
-
-inline bool parse_mode(const std::string& mode, const char* op) {
-  TORCH_CHECK_VALUE(mode == "exact" || mode == "strict", op, ": unknown mode '", mode,
-                    "'; expected 'exact' or 'strict'");
-  return mode == "strict";
 }
 
 // The size from which the loops run in parallel: the kernel's default, or the environment variable

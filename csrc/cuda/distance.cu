@@ -12,8 +12,6 @@
 //   (simprune/distance_common.h: the same arithmetic as the C++ CPU kernel; no cancellation, so
 //   near-duplicate pairs keep ~1e-7 relative accuracy). fp64 inputs and cosine compute in fp64.
 // Built with --fmad=false (setup.py), so the device rounds like the host kernel.
-#if __cplusplus >= 202002L  // torch >= 2.10 ATen headers need C++20
-
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -126,17 +124,12 @@ at::Tensor pairwise_distance_cuda(const at::Tensor& x, const std::optional<at::T
                                   c10::string_view metric, bool condensed,
                                   std::optional<at::ScalarType> out_dtype,
                                   c10::string_view precision) {
-  TORCH_CHECK(precision == "exact" || precision == "fast", "precision must be 'exact' or 'fast'");
-  TORCH_CHECK(x.is_cuda(), "pairwise_distance_cuda needs CUDA tensors");
+  check_op(x, precision, at::kCUDA, "pairwise_distance_cuda");
   const c10::cuda::CUDAGuard guard(x.device());
   const Plan p = make_plan(x, y, metric, condensed, out_dtype);
   at::Tensor out = make_output(p, x.options());
   if (out.numel() == 0) return out;
-  const bool c64 = p.cdt == at::kDouble, o64 = p.out_dtype == at::kDouble;
-  if (c64 && o64) launch<double, double>(p, out);
-  if (c64 && !o64) launch<double, float>(p, out);
-  if (!c64 && o64) launch<float, double>(p, out);
-  if (!c64 && !o64) launch<float, float>(p, out);
+  with_types(p, [&](auto t, auto o) { launch<decltype(t), decltype(o)>(p, out); });
   return out;
 }
 
@@ -147,7 +140,3 @@ at::Tensor pairwise_distance_cuda(const at::Tensor& x, const std::optional<at::T
 TORCH_LIBRARY_IMPL(simprune, CUDA, m) {
   m.impl("pairwise_distance_cuda", &simprune::distance::pairwise_distance_cuda);
 }
-
-#else
-#pragma message("simprune: csrc/cuda/distance.cu skipped: torch's headers need -std=c++20")
-#endif

@@ -1,6 +1,7 @@
-// Strict mode of simprune::linkage_cuda: Z bitwise equal to scipy's linkage, ties included
-// (linkage.md 7.4), by replaying scipy's own sequential procedures in ONE thread block -- the CUDA
-// twin of kernels/linkage_strict.py (the reference design; same rules, same step structure):
+// Strict mode of simprune::linkage_cuda (the op: csrc/cuda/linkage.cpp): Z bitwise equal to
+// scipy's linkage, ties included (linkage.md 7.4), by replaying scipy's own sequential procedures in
+// ONE thread block -- the CUDA twin of kernels/linkage_strict.py (the reference design; same rules,
+// same step structure):
 //
 // * complete / average / weighted / ward: nn_chain_strict_kernel replays scipy's nn_chain
 //   (scipy/cluster/_hierarchy.pyx): a new chain starts at the lowest active slot; the top element's
@@ -34,28 +35,23 @@
 //
 // SIMPRUNE_STRICT_DEVICE_ONLY (tests/test_linkage_strict_cuda.py): compiles the kernels alone, with
 // no torch headers, for a PTX inspection (no fma.rn.f64).
-#if __cplusplus >= 202002L  // torch >= 2.10 ATen headers need C++20
-
 #ifndef SIMPRUNE_STRICT_DEVICE_ONLY
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include <algorithm>
 #include <limits>
-#include <numeric>
-#include <vector>
 
-#include "linkage_strict.h"
-#include "simprune/linkage_host.h"
+#include "linkage_cuda.h"
+#include "simprune/host_common.h"
 #endif
 
 #include <cmath>
 #include <cstdint>
 
+#include "linkage_device.cuh"
 #include "simprune/linkage_common.h"
-#include "warp_min.cuh"
 
 namespace simprune {
 namespace linkage {
@@ -221,25 +217,6 @@ __global__ void __launch_bounds__(kStrictThreads, 1)
   }
 }
 
-// Condensed (scipy pdist order) -> square fp64 matrix, +inf diagonal; (r, c) and (c, r) read the same
-// element, so the matrix is bit-symmetric (float32 input is widened exactly, as scipy does). The same
-// kernel as square_kernel in linkage.cu (which lives in that file's anonymous namespace).
-template <typename Tin>
-__global__ void square_strict_kernel(const Tin* __restrict__ d, double* __restrict__ S,
-                                     int64_t n) {
-  const int64_t total = n * n;
-  for (int64_t t = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; t < total;
-       t += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t r = t / n, c = t - r * n;
-    if (r == c) {
-      S[t] = INFINITY;
-    } else {
-      const int64_t lo = r < c ? r : c, hi = r < c ? c : r;
-      S[t] = static_cast<double>(d[row_offset(n, lo) + hi]);
-    }
-  }
-}
-
 #ifdef SIMPRUNE_STRICT_DEVICE_ONLY
 // Every kernel the host code below launches, for the PTX inspection.
 template __global__ void nn_chain_strict_kernel<kComplete>(double*, int64_t*, int64_t*, double*,
@@ -250,11 +227,17 @@ template __global__ void nn_chain_strict_kernel<kWeighted>(double*, int64_t*, in
                                                            int64_t);
 template __global__ void nn_chain_strict_kernel<kWard>(double*, int64_t*, int64_t*, double*,
                                                        int64_t);
-template __global__ void square_strict_kernel<float>(const float*, double*, int64_t);
-template __global__ void square_strict_kernel<double>(const double*, double*, int64_t);
 #endif
 
 }  // namespace strict
+
+#ifdef SIMPRUNE_STRICT_DEVICE_ONLY
+// The square-matrix kernels (linkage_device.cuh) for both input types, as launch_square runs them.
+namespace {
+template __global__ void square_kernel<float, double>(const float*, double*, int64_t);
+template __global__ void square_kernel<double, double>(const double*, double*, int64_t);
+}  // namespace
+#endif
 
 #ifndef SIMPRUNE_STRICT_DEVICE_ONLY
 // ---- host side ---------------------------------------------------------------------------------------
@@ -262,27 +245,6 @@ int64_t strict_bytes_needed(int64_t n) {
   // Matrix, merge log (3 doubles per merge), two O(n) vectors of 8 bytes (size + chain, or
   // dmin + merged), slack for the allocator's rounding.
   return 8 * n * n + 24 * std::max<int64_t>(n - 1, 1) + 16 * n + 1024;
-}
-
-int64_t available_device_bytes(const at::Device& dev) {
-  size_t free_b = 0, total_b = 0;
-  C10_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-  // Memory the caching allocator holds but does not use is available to it as well.
-  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(dev.index());
-  const int64_t cached =
-      stats.reserved_bytes[0].current - stats.allocated_bytes[0].current;  // 0 = aggregate
-  return static_cast<int64_t>(free_b) + std::max<int64_t>(cached, 0);
-}
-
-void check_memory_strict(int64_t n, const at::Device& dev, const char* op) {
-  const int64_t need = strict_bytes_needed(n);
-  const int64_t avail = available_device_bytes(dev);
-  TORCH_CHECK_WITH(OutOfMemoryError, need <= avail, op, ": mode='strict' with n = ", n, " needs ",
-                   need,
-                   " bytes of GPU memory (the square matrix in float64, 8 n^2 bytes, plus O(n)), "
-                   "but only ",
-                   avail, " bytes are free on ", dev,
-                   " (mode='exact' with storage=torch.float32 needs about 5 n^2 bytes)");
 }
 
 at::Tensor linkage_strict_cuda(const at::Tensor& d, int method, int64_t n, const char* op) {
@@ -295,16 +257,10 @@ at::Tensor linkage_strict_cuda(const at::Tensor& d, int method, int64_t n, const
   const c10::cuda::CUDAGuard guard(d.device());
   auto stream = at::cuda::getCurrentCUDAStream();
   const auto f64 = d.options().dtype(at::kDouble);
+  TORCH_CHECK(d.scalar_type() == at::kDouble || d.scalar_type() == at::kFloat, op,
+              ": distances must be float32 or float64");
   at::Tensor S = at::empty({n * n}, f64);
-  const int64_t sq_blocks = std::min<int64_t>((n * n + 255) / 256, 65535 * 8);
-  if (d.scalar_type() == at::kDouble) {
-    strict::square_strict_kernel<double>
-        <<<sq_blocks, 256, 0, stream>>>(d.data_ptr<double>(), S.data_ptr<double>(), n);
-  } else {
-    TORCH_CHECK(d.scalar_type() == at::kFloat, op, ": distances must be float32 or float64");
-    strict::square_strict_kernel<float>
-        <<<sq_blocks, 256, 0, stream>>>(d.data_ptr<float>(), S.data_ptr<double>(), n);
-  }
+  launch_square(d.data_ptr(), d.scalar_type() == at::kDouble, 0, S.data_ptr<double>(), n, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   at::Tensor log = at::empty({n - 1, 3}, f64);
   double* s = S.data_ptr<double>();
@@ -322,20 +278,12 @@ at::Tensor linkage_strict_cuda(const at::Tensor& d, int method, int64_t n, const
     at::Tensor chain = at::empty({n}, i64);
     int64_t* sz = size.data_ptr<int64_t>();
     int64_t* ch = chain.data_ptr<int64_t>();
-    switch (method) {
-      case kComplete:
-        strict::nn_chain_strict_kernel<kComplete><<<1, T, 0, stream>>>(s, sz, ch, lg, n);
-        break;
-      case kAverage:
-        strict::nn_chain_strict_kernel<kAverage><<<1, T, 0, stream>>>(s, sz, ch, lg, n);
-        break;
-      case kWeighted:
-        strict::nn_chain_strict_kernel<kWeighted><<<1, T, 0, stream>>>(s, sz, ch, lg, n);
-        break;
-      default:
-        strict::nn_chain_strict_kernel<kWard><<<1, T, 0, stream>>>(s, sz, ch, lg, n);
-        break;
-    }
+    with_reducible_method(method, [&](auto m) {
+      constexpr int M = decltype(m)::value;
+      if constexpr (M != kSingle) {
+        strict::nn_chain_strict_kernel<M><<<1, T, 0, stream>>>(s, sz, ch, lg, n);
+      }
+    });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   // scipy: argsort(Z[:, 2], kind='mergesort') on the true heights (stable; NaN last, as numpy's
@@ -350,7 +298,3 @@ at::Tensor linkage_strict_cuda(const at::Tensor& d, int method, int64_t n, const
 
 }  // namespace linkage
 }  // namespace simprune
-
-#else
-#pragma message("simprune: csrc/cuda/linkage_strict.cu skipped: torch's headers need -std=c++20")
-#endif

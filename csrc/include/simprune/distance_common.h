@@ -13,11 +13,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define SIMPRUNE_HD __host__ __device__
-#else
-#define SIMPRUNE_HD
-#endif
+#include "simprune/host_device.h"
 
 namespace simprune {
 namespace distance {

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "simprune/distance_common.h"
+#include "simprune/host_common.h"
 
 namespace simprune {
 namespace distance {
@@ -18,6 +19,14 @@ inline int metric_code(c10::string_view metric) {
   TORCH_CHECK(false, "unknown metric '", std::string(metric),
               "'; expected sqeuclidean, euclidean or cosine");
   return -1;
+}
+
+// What every distance op checks before its plan: the precision argument, then the backend's device.
+inline void check_op(const at::Tensor& x, c10::string_view precision, c10::DeviceType device,
+                     const char* op) {
+  TORCH_CHECK(precision == "exact" || precision == "fast", "precision must be 'exact' or 'fast'");
+  TORCH_CHECK(x.device().type() == device, op, " needs ",
+              device == c10::DeviceType::CPU ? "CPU" : "CUDA", " tensors");
 }
 
 struct Plan {
@@ -73,6 +82,17 @@ inline Plan make_plan(const at::Tensor& x, const std::optional<at::Tensor>& y,
   p.m = p.sym ? p.n : y->size(0);
   p.d = x.size(1);
   return p;
+}
+
+// Calls f(T{}, O{}) with the plan's compute type T and output type O (float or double each).
+template <typename F>
+void with_types(const Plan& p, F&& f) {
+  if (p.cdt == at::kDouble) {
+    if (p.out_dtype == at::kDouble) return f(double{}, double{});
+    return f(double{}, float{});
+  }
+  if (p.out_dtype == at::kDouble) return f(float{}, double{});
+  return f(float{}, float{});
 }
 
 inline at::Tensor make_output(const Plan& p, const at::TensorOptions& opts) {

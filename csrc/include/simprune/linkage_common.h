@@ -13,11 +13,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define SIMPRUNE_HD __host__ __device__
-#else
-#define SIMPRUNE_HD
-#endif
+#include "simprune/host_device.h"
 
 #if defined(__FMA__) && !defined(__CUDA_ARCH__) && !defined(SIMPRUNE_FP_CONTRACT_OFF)
 #error "simprune linkage: FMA is enabled for host code (-mfma/-march); scipy-identical arithmetic " \
@@ -119,25 +115,42 @@ SIMPRUNE_HD inline double lance_williams(double d_xi, double d_yi, double d_xy, 
   }
 }
 
+// ---- the method as a compile-time constant ---------------------------------------------------
+template <int M>
+struct MethodTag {
+  static constexpr int value = M;
+};
+
+// Calls f(MethodTag<M>{}) for the runtime code of a reducible method (kSingle .. kWard; any other
+// code is taken as kWard: callers have parsed the method). The one switch from a method name's code
+// to the kernels templated on it, on the CPU and the GPU alike.
+SIMPRUNE_EXEC_CHECK_DISABLE
+template <typename F>
+SIMPRUNE_HD inline decltype(auto) with_reducible_method(int method, F&& f) {
+  switch (method) {
+    case kSingle:
+      return f(MethodTag<kSingle>{});
+    case kComplete:
+      return f(MethodTag<kComplete>{});
+    case kAverage:
+      return f(MethodTag<kAverage>{});
+    case kWeighted:
+      return f(MethodTag<kWeighted>{});
+    default:
+      return f(MethodTag<kWard>{});
+  }
+}
+
 // Runtime-dispatched form (for code that does not template on the method).
 SIMPRUNE_HD inline double lance_williams(int method, double d_xi, double d_yi, double d_xy,
                                          int64_t size_x, int64_t size_y, int64_t size_i) {
-  switch (method) {
-    case kSingle:
-      return lance_williams<kSingle>(d_xi, d_yi, d_xy, size_x, size_y, size_i);
-    case kComplete:
-      return lance_williams<kComplete>(d_xi, d_yi, d_xy, size_x, size_y, size_i);
-    case kAverage:
-      return lance_williams<kAverage>(d_xi, d_yi, d_xy, size_x, size_y, size_i);
-    case kWeighted:
-      return lance_williams<kWeighted>(d_xi, d_yi, d_xy, size_x, size_y, size_i);
-    case kWard:
-      return lance_williams<kWard>(d_xi, d_yi, d_xy, size_x, size_y, size_i);
-    case kCentroid:
-      return lance_williams<kCentroid>(d_xi, d_yi, d_xy, size_x, size_y, size_i);
-    default:
-      return lance_williams<kMedian>(d_xi, d_yi, d_xy, size_x, size_y, size_i);
+  if (method == kCentroid) {
+    return lance_williams<kCentroid>(d_xi, d_yi, d_xy, size_x, size_y, size_i);
   }
+  if (method == kMedian) return lance_williams<kMedian>(d_xi, d_yi, d_xy, size_x, size_y, size_i);
+  return with_reducible_method(method, [&](auto m) {
+    return lance_williams<decltype(m)::value>(d_xi, d_yi, d_xy, size_x, size_y, size_i);
+  });
 }
 
 // Phase 2 of a round (linkage.md section 7.3): the distance between two clusters P = ip + jp and

@@ -1,0 +1,441 @@
+// Round-synchronous reciprocal-nearest-neighbour linkage on the GPU (linkage.md section 7.3, "simpler
+// first version"), host-free: the exact path of simprune::linkage_cuda for complete, average,
+// weighted and ward, simprune::linkage_rounds_cuda (every reducible method, with statistics) and
+// simprune::linkage_batched_cuda (the ops: csrc/cuda/linkage.cpp).
+//
+// The algorithm is the CPU twin's (csrc/cpu/linkage_rounds.cpp) and the Triton path's
+// (kernels/linkage.py): the same rounds, tie rules, phase-2 canonical order, compaction rule and sort
+// key, and the same per-element arithmetic (simprune/linkage_common.h: Lance-Williams in scipy's
+// operation order with explicitly rounded intrinsics, so no FMA whatever --fmad says), hence the same
+// Z bit for bit. Every round:
+//   A. row argmin of every slot (one warp per row, coalesced; smallest slot wins ties; dead slots
+//      and the diagonal hold +inf);
+//   B. reciprocal pairs (i < j, nn[i] = j, nn[j] = i) in slot order (one block, a block-wide scan),
+//      logged as merges (representative leaves, height, effective height for the sort key);
+//   C. Lance-Williams phase 1 (row and column i of each pair, over live columns outside the pairs)
+//      and phase 2 (entries between two new clusters, canonical order) -- they touch disjoint
+//      entries, so they share one barrier interval;
+//   D. sizes, dead slots' rows and columns poisoned with +inf;
+//   E. when the active count has halved: stable compaction into the other of two buffers (the
+//      second holds at most (n/2)^2 elements: 1.25 x 8 n^2 bytes in all).
+// The whole loop is ONE cooperative (persistent) kernel with grid-wide barriers between the phases,
+// so the host never synchronises per round. When the active width drops to kSoloMax, all blocks but
+// block 0 leave and block 0 finishes the rounds alone with block barriers only (the tail is
+// latency-bound and L2-resident, linkage.md 7.3 step 7). The merge log is then copied to the host,
+// sorted stably by (effective height, discovery order) and relabelled as scipy's label().
+//
+// Batched small layers (linkage.md 7.5): the same rounds, one block per problem, every problem in one
+// ordinary launch. Single linkage runs here too (exact; linkage_cuda sends it to Boruvka instead,
+// linkage_boruvka.cu). All indices are int64 (n^2 > 2^31 at n = 46,341).
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <cooperative_groups.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+#include "linkage_cuda.h"
+#include "linkage_device.cuh"
+#include "simprune/host_common.h"
+#include "simprune/linkage_common.h"
+
+namespace cg = cooperative_groups;
+
+namespace simprune {
+namespace linkage {
+namespace {
+
+constexpr int64_t kSoloMax = 512;  // width at which block 0 finishes alone
+
+// Device-side control block: written by block 0 thread 0, read by every block after a barrier.
+struct Ctrl {
+  int64_t np;       // pairs found this round
+  int64_t error;    // 1: a round found no reciprocal pair (non-finite values after an update)
+  int64_t rounds;
+  int64_t compactions;
+  int64_t widest;
+  int64_t merges;
+};
+
+// T: the storage type of the matrix (double; float for storage=float32, where Lance-Williams is still
+// evaluated in double and each stored value rounded -- the CPU twin's float storage, bit for bit).
+template <typename T>
+struct StateT {
+  T* S[2];          // the square matrix and the compaction buffer (ping-pong)
+  int64_t* rep[2];  // representative leaf per slot (ping-pong with S)
+  int64_t* size[2];
+  int64_t* last[2];  // the slot's latest merge, -1 for a leaf
+  int8_t* state;     // 0 live, 1 paired this round, 2 dead
+  int64_t* nn;
+  int64_t* keep;     // compaction: new slot -> old slot
+  int64_t* pi;       // this round's pairs (slots) and heights
+  int64_t* pj;
+  double* ph;
+  double* log;  // merges in discovery order: rep_a, rep_b, height
+  double* eff;  // effective height per merge (the sort key)
+  Ctrl* ctrl;
+  int64_t n;
+};
+
+// The rounds of one linkage. Cooperative launch (grouped = false): the whole grid works on one
+// matrix with grid barriers, then block 0 alone below kSoloMax (a one-block grid is solo from the
+// start). Grouped launch (grouped = true, an ordinary launch): every block runs its own problem solo.
+template <int M, typename T>
+__device__ void run_rounds(const StateT<T>& st, bool grouped) {
+  cg::grid_group grid = cg::this_grid();  // synchronised only in cooperative, non-solo mode
+  __shared__ int64_t warp_sums[kWarps + 1];
+  const int64_t n = st.n;
+  int64_t m = n, active = n, k = 0, rounds = 0, compactions = 0, widest = 0;
+  int buf = 0;
+  const bool leader = grouped || blockIdx.x == 0;  // the block that scans pairs and compacts
+  bool solo = grouped || gridDim.x == 1;
+  auto sync = [&]() {
+    if (solo) {
+      __syncthreads();
+    } else {
+      grid.sync();
+    }
+  };
+  constexpr double kInf = INFINITY;
+  const T kInfT = static_cast<T>(INFINITY);
+
+  while (active > 1) {
+    if (!solo && m <= kSoloMax) {  // every block takes this decision at the same point
+      solo = true;
+      if (!leader) return;
+    }
+    const int64_t start = solo ? threadIdx.x : int64_t{blockIdx.x} * kThreads + threadIdx.x;
+    const int64_t stride = solo ? kThreads : int64_t{gridDim.x} * kThreads;
+    T* S = st.S[buf];
+    int64_t* rep = st.rep[buf];
+    int64_t* size = st.size[buf];
+    int64_t* last = st.last[buf];
+    ++rounds;
+
+    // ---- A. row argmin, one warp per row
+    {
+      const int lane = threadIdx.x & 31;
+      for (int64_t r = start >> 5; r < m; r += stride >> 5) {
+        const T* row = S + r * m;
+        double bv = kInf;
+        int64_t bi = INT64_MAX;
+        for (int64_t c = lane; c < m; c += 32) {
+          const double v = row[c];
+          if (nn_better(v, c, bv, bi)) {
+            bv = v;
+            bi = c;
+          }
+        }
+        warp_first_min(&bv, &bi);
+        if (lane == 0) st.nn[r] = bv < kInf ? bi : -1;
+      }
+    }
+    sync();
+
+    // ---- B. reciprocal pairs in slot order, logged (the leader block)
+    if (leader) {
+      int64_t base = 0;
+      for (int64_t c0 = 0; c0 < m; c0 += kThreads) {
+        const int64_t i = c0 + threadIdx.x;
+        int flag = 0;
+        int64_t j = -1;
+        if (i < m) {
+          j = st.nn[i];
+          flag = j > i && st.nn[j] == i;
+        }
+        int64_t total;
+        const int64_t off = block_exclusive_scan(flag, &total, warp_sums);
+        if (flag) {
+          const int64_t q = base + off, kq = k + q;
+          const double h = static_cast<double>(S[i * m + j]);
+          st.pi[q] = i;
+          st.pj[q] = j;
+          st.ph[q] = h;
+          st.log[3 * kq + 0] = static_cast<double>(rep[i]);
+          st.log[3 * kq + 1] = static_cast<double>(rep[j]);
+          st.log[3 * kq + 2] = h;
+          const double ea = last[i] >= 0 ? st.eff[last[i]] : -1.0;
+          const double eb = last[j] >= 0 ? st.eff[last[j]] : -1.0;
+          st.eff[kq] = effective_height(h, ea, eb);
+          last[i] = kq;
+          st.state[i] = 1;
+          st.state[j] = 1;
+        }
+        base += total;
+      }
+      if (threadIdx.x == 0) {
+        st.ctrl->np = base;
+        if (base == 0) st.ctrl->error = 1;
+      }
+    }
+    sync();
+    const int64_t np = *static_cast<volatile int64_t*>(&st.ctrl->np);
+    if (np == 0) break;  // every block reads the same value: a consistent exit
+    widest = np > widest ? np : widest;
+
+    // ---- C. Lance-Williams: phase 1 (columns outside the pairs) and phase 2 (between new clusters)
+    for (int64_t t = start; t < np * m; t += stride) {
+      const int64_t p = t / m, c = t - p * m;
+      if (st.state[c] != 0) continue;
+      const int64_t i = st.pi[p], j = st.pj[p];
+      const T v = static_cast<T>(
+          lance_williams<M>(S[i * m + c], S[j * m + c], st.ph[p], size[i], size[j], size[c]));
+      S[i * m + c] = v;
+      S[c * m + i] = v;
+    }
+    for (int64_t t = start; t < np * np; t += stride) {
+      const int64_t p = t / np, q = t - p * np;
+      if (q <= p) continue;
+      const int64_t ip = st.pi[p], jp = st.pj[p], iq = st.pi[q], jq = st.pj[q];
+      // The intermediate (merge p first) stays in double; only the stored value is rounded.
+      const T v = static_cast<T>(lance_williams_pair<M>(S[ip * m + iq], S[jp * m + iq],
+                                                        S[ip * m + jq], S[jp * m + jq], st.ph[p],
+                                                        st.ph[q], size[ip], size[jp], size[iq],
+                                                        size[jq]));
+      S[ip * m + iq] = v;
+      S[iq * m + ip] = v;
+    }
+    sync();
+
+    // ---- D. bookkeeping: sizes, states, dead rows and columns poisoned
+    for (int64_t t = start; t < np; t += stride) {
+      const int64_t i = st.pi[t], j = st.pj[t];
+      size[i] += size[j];
+      size[j] = 0;
+      st.state[i] = 0;
+      st.state[j] = 2;
+    }
+    for (int64_t t = start; t < np * m; t += stride) {
+      const int64_t p = t / m, c = t - p * m;
+      const int64_t j = st.pj[p];
+      S[j * m + c] = kInfT;
+      S[c * m + j] = kInfT;
+    }
+    k += np;
+    active -= np;
+    sync();
+
+    // ---- E. compaction when the active count has halved (stable: slot order is kept)
+    if (active > 1 && 2 * active <= m) {
+      ++compactions;
+      const int nb = buf ^ 1;
+      if (leader) {
+        int64_t base = 0;
+        for (int64_t c0 = 0; c0 < m; c0 += kThreads) {
+          const int64_t r = c0 + threadIdx.x;
+          const int flag = r < m && st.state[r] != 2;
+          int64_t total;
+          const int64_t off = block_exclusive_scan(flag, &total, warp_sums);
+          if (flag) {
+            const int64_t x = base + off;
+            st.keep[x] = r;
+            st.rep[nb][x] = rep[r];
+            st.size[nb][x] = size[r];
+            st.last[nb][x] = last[r];
+          }
+          base += total;
+        }
+      }
+      sync();
+      const int64_t a = active;
+      T* dst = st.S[nb];
+      for (int64_t t = start; t < a * a; t += stride) {
+        const int64_t x = t / a, y = t - x * a;
+        dst[t] = S[st.keep[x] * m + st.keep[y]];
+      }
+      for (int64_t t = start; t < a; t += stride) st.state[t] = 0;
+      buf = nb;
+      m = a;
+      sync();
+    }
+  }
+  if (leader && threadIdx.x == 0) {
+    st.ctrl->rounds = rounds;
+    st.ctrl->compactions = compactions;
+    st.ctrl->widest = widest;
+    st.ctrl->merges = k;
+  }
+}
+
+template <int M, typename T>
+__global__ void __launch_bounds__(kThreads) rounds_kernel(StateT<T> st) {
+  run_rounds<M, T>(st, false);
+}
+
+// Batched small layers (linkage.md 7.5): one block per problem, all problems in one launch.
+template <int M>
+__global__ void __launch_bounds__(kThreads) grouped_rounds_kernel(const StateT<double>* states) {
+  run_rounds<M, double>(states[blockIdx.x], true);
+}
+
+__global__ void init_slots_kernel(int64_t* rep, int64_t* size, int64_t* last, int8_t* state,
+                                  int64_t n) {
+  for (int64_t t = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; t < n;
+       t += int64_t{gridDim.x} * blockDim.x) {
+    rep[t] = t;
+    size[t] = 1;
+    last[t] = -1;
+    state[t] = 0;
+  }
+}
+
+// ---- host side ---------------------------------------------------------------------------------------
+template <typename T>
+struct ProblemT {
+  at::Tensor S0, S1, slots, state, aux, ph, log, eff, ctrl;
+  StateT<T> st{};
+
+  ProblemT(int64_t n, const at::TensorOptions& opts) {
+    const auto f64 = opts.dtype(at::kDouble);
+    const auto i64 = opts.dtype(at::kLong);
+    const auto ft = opts.dtype(c10::CppTypeToScalarType<T>::value);
+    const int64_t h = n / 2;
+    S0 = at::empty({n * n}, ft);
+    S1 = at::empty({std::max<int64_t>(h * h, 1)}, ft);
+    slots = at::empty({6, n}, i64);  // rep, size, last (x2: ping-pong)
+    state = at::empty({n}, opts.dtype(at::kChar));
+    aux = at::empty({4, n}, i64);  // nn, keep, pi, pj
+    ph = at::empty({n}, f64);
+    log = at::empty({n - 1, 3}, f64);
+    eff = at::empty({n - 1}, f64);
+    ctrl = at::zeros({static_cast<int64_t>(sizeof(Ctrl) / 8)}, i64);
+    st.S[0] = S0.data_ptr<T>();
+    st.S[1] = S1.data_ptr<T>();
+    int64_t* sp = slots.data_ptr<int64_t>();
+    for (int b = 0; b < 2; ++b) {
+      st.rep[b] = sp + (3 * b + 0) * n;
+      st.size[b] = sp + (3 * b + 1) * n;
+      st.last[b] = sp + (3 * b + 2) * n;
+    }
+    st.state = state.data_ptr<int8_t>();
+    int64_t* ap = aux.data_ptr<int64_t>();
+    st.nn = ap;
+    st.keep = ap + n;
+    st.pi = ap + 2 * n;
+    st.pj = ap + 3 * n;
+    st.ph = ph.data_ptr<double>();
+    st.log = log.data_ptr<double>();
+    st.eff = eff.data_ptr<double>();
+    st.ctrl = reinterpret_cast<Ctrl*>(ctrl.data_ptr<int64_t>());
+    st.n = n;
+  }
+
+  // The square matrix from the condensed vector d (offset into a packed one) and the slot arrays.
+  void init(const at::Tensor& d, int64_t offset, cudaStream_t stream) {
+    const int64_t n = st.n;
+    launch_square(d.data_ptr(), d.scalar_type() == at::kDouble, offset, st.S[0], n, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    init_slots_kernel<<<(n + 255) / 256, 256, 0, stream>>>(st.rep[0], st.size[0], st.last[0],
+                                                           st.state, n);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  // The merge log to the host, stable sort by (effective height, discovery order), scipy's label().
+  // Writes Z (host, (n-1) x 4) and the statistics.
+  void finish(double* z, int64_t* stats, const char* op) const {
+    const int64_t n = st.n;
+    const at::Tensor ctrl_h = ctrl.cpu();
+    const Ctrl* c = reinterpret_cast<const Ctrl*>(ctrl_h.data_ptr<int64_t>());
+    TORCH_CHECK(c->error == 0 && c->merges == n - 1, op, ": a round found no reciprocal pair after ",
+                c->merges, " merges (non-finite distances after an update?)");
+    const at::Tensor log_h = log.cpu();
+    const at::Tensor eff_h = eff.cpu();
+    sort_and_label(log_h.data_ptr<double>(), 3, eff_h.data_ptr<double>(), n, z);
+    stats[0] = c->rounds;
+    stats[1] = c->compactions;
+    stats[2] = c->widest;
+  }
+};
+
+template <int M, typename T>
+void launch_rounds(StateT<T>& st, cudaStream_t stream, int device) {
+  int sms = 0, per_sm = 0, coop = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
+  TORCH_CHECK(coop, "simprune::linkage_cuda: the device does not support cooperative launches");
+  C10_CUDA_CHECK(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, rounds_kernel<M, T>, kThreads, 0));
+  TORCH_CHECK(per_sm > 0, "simprune::linkage_cuda: the rounds kernel cannot be resident");
+  // Enough blocks for one warp per row of the first pass, at most what is co-resident.
+  const int64_t want = (st.n * 32 + kThreads - 1) / kThreads;
+  const int blocks =
+      st.n <= kSoloMax ? 1 : static_cast<int>(std::min<int64_t>(int64_t{sms} * per_sm, want));
+  void* args[] = {&st};
+  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(rounds_kernel<M, T>),
+                                             dim3(blocks), dim3(kThreads), args, 0, stream));
+}
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> rounds_typed(const at::Tensor& d, int meth, int64_t n,
+                                                const char* op) {
+  auto stream = at::cuda::getCurrentCUDAStream();
+  ProblemT<T> prob(n, d.options());
+  prob.init(d, 0, stream);
+  const int device = static_cast<int>(d.device().index());
+  with_reducible_method(meth, [&](auto m) {
+    launch_rounds<decltype(m)::value, T>(prob.st, stream.stream(), device);
+  });
+  at::Tensor Z = at::empty({n - 1, 4}, at::TensorOptions().dtype(at::kDouble));
+  at::Tensor stats = at::zeros({3}, at::TensorOptions().dtype(at::kLong));
+  prob.finish(Z.data_ptr<double>(), stats.data_ptr<int64_t>(), op);
+  return {Z.to(d.device()), stats.to(d.device())};
+}
+
+}  // namespace
+
+int64_t rounds_bytes_needed(int64_t n, int64_t elem) {
+  const int64_t h = n / 2;
+  return elem * (n * n + std::max<int64_t>(h * h, 1)) + n * (2 * 3 * 8 + 1 + 4 * 8 + 8) +
+         std::max<int64_t>(n - 1, 1) * 8 * 4 + 1024;
+}
+
+std::tuple<at::Tensor, at::Tensor> rounds_cuda(const at::Tensor& d, int method, int64_t n,
+                                               bool fp32, const char* op) {
+  return fp32 ? rounds_typed<float>(d, method, n, op) : rounds_typed<double>(d, method, n, op);
+}
+
+at::Tensor rounds_batched_cuda(const at::Tensor& d, at::IntArrayRef sizes, int method,
+                               const char* op) {
+  int64_t rows = 0;
+  for (const int64_t n : sizes) rows += n - 1;
+  at::Tensor Z = at::empty({rows, 4}, at::TensorOptions().dtype(at::kDouble));
+  auto stream = at::cuda::getCurrentCUDAStream();
+  std::vector<ProblemT<double>> probs;
+  std::vector<int64_t> zrow;
+  probs.reserve(sizes.size());
+  int64_t off = 0, zr = 0;
+  for (const int64_t n : sizes) {
+    if (n >= 2) {
+      probs.emplace_back(n, d.options());
+      probs.back().init(d, off, stream);
+      zrow.push_back(zr);
+    }
+    off += n * (n - 1) / 2;
+    zr += n - 1;
+  }
+  // The States go to the device in one copy (the kernel reads states[blockIdx.x]).
+  const int64_t g = static_cast<int64_t>(probs.size());
+  using State = StateT<double>;
+  at::Tensor host = at::empty({g * static_cast<int64_t>(sizeof(State))},
+                              at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  State* hs = reinterpret_cast<State*>(host.data_ptr<uint8_t>());
+  for (int64_t i = 0; i < g; ++i) hs[i] = probs[i].st;
+  const at::Tensor dev_states = host.to(d.device(), /*non_blocking=*/true);
+  const State* states = reinterpret_cast<const State*>(dev_states.data_ptr<uint8_t>());
+  with_reducible_method(method, [&](auto m) {
+    grouped_rounds_kernel<decltype(m)::value>
+        <<<static_cast<unsigned>(g), kThreads, 0, stream.stream()>>>(states);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  int64_t stats[3];
+  for (int64_t i = 0; i < g; ++i)
+    probs[i].finish(Z.data_ptr<double>() + 4 * zrow[i], stats, op);
+  return Z.to(d.device());
+}
+
+}  // namespace linkage
+}  // namespace simprune

@@ -1,0 +1,136 @@
+// Host-side helpers shared by the compiled ops, CPU (csrc/cpu) and CUDA (csrc/cuda): argument
+// parsing and checks with one set of error messages, the condensed length -> n rule (the Python twin
+// is simprune.ops.n_from_condensed), the values report, and the final sort + relabel of every
+// linkage implementation. ATen, host code only; the per-element arithmetic that the device runs too
+// lives in linkage_common.h / distance_common.h. Also the one C++20 check of the build.
+#pragma once
+
+#if __cplusplus < 202002L
+#error "simprune: torch >= 2.10's ATen headers need -std=c++20 (setup.py passes it)"
+#endif
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "simprune/linkage_common.h"
+
+namespace simprune {
+
+// n from a condensed length m = n(n-1)/2; m = 0 means n = 1 (empty Z).
+inline int64_t n_from_condensed(int64_t m, const char* op) {
+  if (m == 0) return 1;
+  const double nd = std::round((1.0 + std::sqrt(1.0 + 8.0 * static_cast<double>(m))) / 2.0);
+  const int64_t n = static_cast<int64_t>(nd);
+  TORCH_CHECK_VALUE(n * (n - 1) / 2 == m, op,
+                    ": a condensed distance vector must have length n(n-1)/2 for some n; got "
+                    "length ",
+                    m);
+  return n;
+}
+
+namespace linkage {
+
+// ---- arguments ----------------------------------------------------------------------------------
+inline int parse_method(const std::string& method, const char* op) {
+  if (method == "single") return kSingle;
+  if (method == "complete") return kComplete;
+  if (method == "average") return kAverage;
+  if (method == "weighted") return kWeighted;
+  if (method == "ward") return kWard;
+  TORCH_CHECK_NOT_IMPLEMENTED(method != "centroid" && method != "median", op, ": method '", method,
+                              "' is not reducible, so neither the NN-chain nor reciprocal-nearest-"
+                              "neighbour rounds apply; use backend='torch' (scipy)");
+  TORCH_CHECK_VALUE(false, op, ": unknown linkage method '", method,
+                    "'; expected single, complete, average, weighted or ward");
+  return -1;
+}
+
+inline bool parse_mode(const std::string& mode, const char* op) {
+  TORCH_CHECK_VALUE(mode == "exact" || mode == "strict", op, ": unknown mode '", mode,
+                    "'; expected 'exact' or 'strict'");
+  return mode == "strict";
+}
+
+// The working matrix's dtype (linkage's "storage" argument): float64 (None, the default) or float32
+// (half the memory; Lance-Williams is still evaluated in float64 and each stored value rounded).
+// Returns true for float32.
+inline bool parse_storage(const std::optional<at::ScalarType>& storage, const char* op) {
+  if (!storage.has_value() || *storage == at::kDouble) return false;
+  TORCH_CHECK_VALUE(*storage == at::kFloat, op,
+                    ": storage must be torch.float64 or torch.float32, got ", *storage);
+  return true;
+}
+
+inline void check_no_strict_float32(bool strict, bool fp32, const char* op) {
+  TORCH_CHECK_VALUE(!(strict && fp32), op,
+                    ": mode='strict' (bitwise scipy) needs float64 storage; storage=torch.float32 "
+                    "is an 'exact'-mode option");
+}
+
+// A distance tensor's dtype (float32 or float64) and device (the backend's).
+inline void check_distances(const at::Tensor& d, c10::DeviceType device, const char* op) {
+  TORCH_CHECK_TYPE(d.scalar_type() == at::kFloat || d.scalar_type() == at::kDouble, op,
+                   ": distances must be float32 or float64, got ", d.scalar_type());
+  const bool cpu = device == c10::DeviceType::CPU;
+  TORCH_CHECK(d.device().type() == device, op, ": the ", cpu ? "cpu" : "cuda", " backend needs a ",
+              cpu ? "CPU" : "CUDA", " tensor, got one on ", d.device());
+}
+
+// The form of a condensed distance vector d (1-D, float32/float64, on the backend's device); returns
+// n. The values are checked separately (report_values), by each backend in its cheapest way.
+inline int64_t check_condensed(const at::Tensor& d, c10::DeviceType device, const char* op) {
+  TORCH_CHECK_VALUE(d.dim() == 1, op, ": expected a 1-D condensed distance vector, got a ", d.dim(),
+                    "-D tensor of shape ", d.sizes(),
+                    " (square matrices go through simprune.linkage(..., precomputed=True))");
+  check_distances(d, device, op);
+  return n_from_condensed(d.numel(), op);
+}
+
+// ---- values -------------------------------------------------------------------------------------
+// The error for NaN, Inf and negative counts. fp32: float32 storage, where a float64 value beyond
+// float32's range has been counted as Inf.
+inline void report_values(int64_t n_nan, int64_t n_inf, int64_t n_neg, const char* op,
+                          bool fp32 = false) {
+  TORCH_CHECK_VALUE(n_nan == 0 && n_inf == 0, op, ": distances contain ", n_nan, " NaN and ", n_inf,
+                    " Inf value(s); linkage needs finite distances",
+                    fp32 ? " (with storage=torch.float32, values beyond float32's range, 3.4e38, "
+                           "count as Inf)"
+                         : "");
+  TORCH_CHECK_VALUE(n_neg == 0, op, ": distances must be non-negative; found ", n_neg,
+                    " negative value(s)");
+}
+
+// ---- the finish of every implementation ---------------------------------------------------------
+// log: n - 1 merges, `stride` doubles each, starting (rep_a, rep_b, height); key: the sort key per
+// merge (the true height for strict mode and single; the monotone-guarded height in exact mode).
+// Writes Z (n - 1) x 4: rows in the stable order of the key -- numpy's argsort(kind="mergesort"),
+// NaN keys last (NaN only arises from non-Euclidean input to ward) -- then label().
+inline void sort_and_label(const double* log, int64_t stride, const double* key, int64_t n,
+                           double* Z) {
+  const int64_t m = n - 1;
+  std::vector<int64_t> order(m);
+  std::iota(order.begin(), order.end(), int64_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return key[a] < key[b] || (!std::isnan(key[a]) && std::isnan(key[b]));
+  });
+  for (int64_t r = 0; r < m; ++r) {
+    const double* row = log + stride * order[r];
+    Z[4 * r + 0] = row[0];
+    Z[4 * r + 1] = row[1];
+    Z[4 * r + 2] = row[2];
+    Z[4 * r + 3] = 0.0;
+  }
+  std::vector<int64_t> parent(2 * n - 1), size(2 * n - 1);
+  label(Z, n, parent.data(), size.data());
+}
+
+}  // namespace linkage
+}  // namespace simprune
