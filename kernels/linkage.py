@@ -1,8 +1,8 @@
 """Triton round primitives of the exact round-synchronous linkage (linkage.md 7.3), and a host loop.
 
-The algorithm is the one of the CPU twin (csrc/cpu/linkage_rounds.cpp, ``simprune::linkage_rounds_cpu``)
-and of the CUDA path (csrc/cuda/linkage.cu); this module must produce the same Z as the twin. Every
-round:
+The algorithm is the one of the CPU twin (csrc/cpu/linkage_rounds.cpp,
+``simprune::linkage_rounds_cpu``) and of the CUDA path (csrc/cuda/linkage_rounds.cu); this module must
+produce the same Z as the twin. Every round:
 
 1. ``_row_argmin_kernel``: nearest neighbour of every slot over the current (compacted) matrix, the
    smallest slot winning ties (dead slots and the diagonal hold +inf, so no mask is needed);
@@ -24,7 +24,7 @@ hundreds to thousands; ``linkage_rounds_triton`` still accepts "single", for com
 The merge log (representative leaves, height, effective height = the monotone guard of linkage.md 1.3)
 and the final stable sort + relabel (scipy's ``label()``) run on the host. The round loop runs on the
 host too (one synchronisation per round, to read the pair count): this path is the portable and
-CI-testable one; the CUDA path (csrc/cuda/linkage.cu) is the host-free one.
+CI-testable one; the CUDA path (csrc/cuda/linkage_rounds.cu) is the host-free one.
 
 Numerics
 --------
