@@ -24,9 +24,24 @@ $(STAMP): requirements-dev.txt
 
 venv: $(STAMP)
 
-# Builds simprune._C (C++ always, CUDA when torch is a CUDA build and a toolkit is found).
-build: venv
+# Builds simprune._C (C++ always, CUDA when torch is a CUDA build and a toolkit is found), then checks
+# what was built. The Python sources are an editable install (no reinstall needed when they change):
+# the (re)install runs only when the venv, setup.py, pyproject.toml, anything under csrc/ or the build
+# switches changed since the last one, or when the library is missing (a fresh clone, make clean).
+EXT_CONF := $(shell echo '$(SIMPRUNE_BUILD_EXT)|$(SIMPRUNE_BUILD_CUDA)|$(TORCH_CUDA_ARCH_LIST)|$(CUDA_HOME)' | sha1sum | cut -c1-12)
+EXT_STAMP := $(VENV)/.ext-$(EXT_CONF)
+ifeq ($(wildcard simprune/_C*.so),)
+ifneq ($(SIMPRUNE_BUILD_EXT),0)
+.PHONY: $(EXT_STAMP)
+endif
+endif
+
+$(EXT_STAMP): $(STAMP) setup.py pyproject.toml $(shell find csrc)
 	$(PIP) install --no-build-isolation --no-deps -e . 2>&1 | $(QUIET)
+	rm -f $(VENV)/.ext-*
+	touch $@
+
+build: $(EXT_STAMP)
 	$(PY) -c "import simprune; i = simprune.backend_info(); print('simprune build:', {k: i[k] for k in ('c_extension', 'cuda_extension', 'triton')}); assert i['c_extension'] or '$(SIMPRUNE_BUILD_EXT)' == '0', 'simprune._C did not build'"
 
 lint: venv
@@ -53,7 +68,7 @@ bench: build
 	$(PY) -m pytest benchmarks --benchmark-only
 
 clean:
-	rm -rf build *.egg-info simprune/_C*.so .pytest_cache .benchmarks
+	rm -rf build *.egg-info simprune/_C*.so .pytest_cache .benchmarks $(VENV)/.ext-*
 
 # On a machine with a CUDA GPU: build for it, run the GPU tests and benchmarks, results under $(OUT).
 OUT ?= out

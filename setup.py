@@ -26,8 +26,9 @@ import sys
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-# Every subpackage of simprune/, plus kernels/ installed as simprune.kernels.
-PACKAGES = find_packages(include=["simprune", "simprune.*"]) + ["simprune.kernels"]
+# Every subpackage of simprune/, plus kernels/ installed as simprune.kernels, plus simprune/data (no
+# Python in it: listed so that setuptools ships it as a data package instead of warning about it).
+PACKAGES = find_packages(include=["simprune", "simprune.*"]) + ["simprune.kernels", "simprune.data"]
 PACKAGE_DIR = {"simprune": "simprune", "simprune.kernels": "kernels"}
 
 
@@ -163,7 +164,7 @@ setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
     # Real data and the trained baseline ship inside the package (no downloads at run time).
-    package_data={"simprune": ["data/*.npz", "data/*.pt", "data/*.json", "data/*.md"]},
+    package_data={"simprune.data": ["*.npz", "*.pt", "*.json", "*.md"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )
