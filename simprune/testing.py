@@ -27,8 +27,10 @@ import numpy as np
 import scipy.cluster.hierarchy as sch
 import torch
 
+from .backends import REDUCIBLE_METHODS
+
 # The linkage methods every compiled backend implements (NN-chain / reciprocal nearest neighbours).
-REDUCIBLE = ("single", "complete", "average", "weighted", "ward")
+REDUCIBLE = REDUCIBLE_METHODS
 
 # ---------------------------------------------------------------------------------------------------
 # Tolerances (linkage.md 8.3), one table. Keys: (kind, dtype).
