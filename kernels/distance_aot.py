@@ -75,6 +75,14 @@ def _repair_sig(cdt: str, out_dt: str) -> dict[str, str]:
 _TNAME = {torch.float32: "fp32", torch.float64: "fp64"}
 
 
+def _layout(metric: int, sym: bool, cond: bool, rag: bool) -> tuple[str, dict]:
+    """The name part and the constexprs that the main and repair kernels share for one output
+    layout (metric code, x with itself or x with y, condensed, ragged)."""
+    name = f"m{metric}{'_sym' if sym else '_xy'}{'_cond' if cond else ''}{'_ragged' if rag else ''}"
+    consts = dict(METRIC=metric, SYM=sym, CONDENSED=cond, RAGGED=rag, SCALED=metric == 2)
+    return name, consts
+
+
 def _aot_specs() -> list[dict]:
     specs = []
     # (compute dtype, mode, precision, metric, sym, condensed, ragged, out dtype)
@@ -93,27 +101,14 @@ def _aot_specs() -> list[dict]:
     for cdt, mode, prec, metric, sym, cond, rag, out_dt in variants:
         bm, bk, warps, stages = CONFIGS[(cdt, mode)]
         c = _TNAME[cdt]
-        name = (
-            f"dist_{'expand' if mode == MODE_EXPAND else 'direct'}_{c}_{prec}_m{metric}"
-            f"{'_sym' if sym else '_xy'}{'_cond' if cond else ''}{'_ragged' if rag else ''}"
-            f"_{out_dt}_bm{bm}_bk{bk}_w{warps}_s{stages}"
-        )
+        layout, consts = _layout(metric, sym, cond, rag)
         specs.append(
             dict(
-                name=name,
+                name=f"dist_{'expand' if mode == MODE_EXPAND else 'direct'}_{c}_{prec}_{layout}"
+                f"_{out_dt}_bm{bm}_bk{bk}_w{warps}_s{stages}",
                 fn=_distance_kernel,
                 signature=_main_sig(c, c, out_dt),
-                constexprs=dict(
-                    METRIC=metric,
-                    MODE=mode,
-                    PREC=prec,
-                    SYM=sym,
-                    CONDENSED=cond,
-                    RAGGED=rag,
-                    SCALED=metric == 2,
-                    BM=bm,
-                    BK=bk,
-                ),  # fmt: skip
+                constexprs=dict(consts, MODE=mode, PREC=prec, BM=bm, BK=bk),
                 num_warps=warps,
                 num_stages=stages,
             )
@@ -124,21 +119,13 @@ def _aot_specs() -> list[dict]:
         (torch.float64, 1, False, False, False, "fp64"),
     ]:
         c = _TNAME[cdt]
+        layout, consts = _layout(metric, sym, cond, rag)
         specs.append(
             dict(
-                name=f"repair_{c}_m{metric}{'_sym' if sym else '_xy'}{'_cond' if cond else ''}"
-                f"{'_ragged' if rag else ''}_{out_dt}_bp{REPAIR_BP}_bk{REPAIR_BK}",
+                name=f"repair_{c}_{layout}_{out_dt}_bp{REPAIR_BP}_bk{REPAIR_BK}",
                 fn=_repair_kernel,
                 signature=_repair_sig(c, out_dt),
-                constexprs=dict(
-                    METRIC=metric,
-                    SYM=sym,
-                    CONDENSED=cond,
-                    RAGGED=rag,
-                    SCALED=metric == 2,
-                    BP=REPAIR_BP,
-                    BK=REPAIR_BK,
-                ),  # fmt: skip
+                constexprs=dict(consts, BP=REPAIR_BP, BK=REPAIR_BK),
                 num_warps=4,
             )
         )
