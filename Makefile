@@ -12,7 +12,7 @@ SHELL := /bin/bash
 # pip lists every local index it skips; keep real messages only.
 QUIET := sed '/^WARNING: Location/d'
 
-.PHONY: venv build test test-py aot lint demo bench bench-smoke clean gpu-check
+.PHONY: venv build test test-py aot lint demo bench bench-smoke mutation-check clean gpu-check
 
 $(STAMP): requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -59,7 +59,11 @@ test-py: build
 bench-smoke: build
 	$(PY) -m pytest benchmarks --benchmark-only -q
 
-test: build lint aot bench-smoke test-py
+# Plausible bugs in the pruning decisions (simprune/pruning/mutants.py): each must fail its tests.
+mutation-check: build
+	$(PY) scripts/mutation_check.py
+
+test: build lint aot bench-smoke test-py mutation-check
 
 demo: build
 	$(PY) -m simprune demo

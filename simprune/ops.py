@@ -48,7 +48,7 @@ SCHEMAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "linkage": ("(Tensor d, str method, str mode, ScalarType? storage=None) -> Tensor", BACKENDS),
     # Round-synchronous reciprocal-nearest-neighbour linkage (linkage.md 7.3), the CPU twin of the GPU
     # algorithm: returns (Z, stats) with stats int64 (3,) = (rounds, compactions, max merges per round).
-    # The "cuda" variant is the GPU algorithm itself (csrc/cuda/linkage.cu), with its statistics.
+    # The "cuda" variant is the GPU algorithm itself (csrc/cuda/linkage_rounds.cu), with its statistics.
     # storage as for "linkage".
     "linkage_rounds": (
         "(Tensor d, str method, ScalarType? storage=None) -> (Tensor, Tensor)",

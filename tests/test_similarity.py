@@ -141,7 +141,11 @@ def test_layer_descriptors_modules():
             TypeError,
             "floating",
         ),
-        ({"weight": torch.ones(2, 2), "metric": "l7"}, ValueError, "unknown metric 'l7': expected a descriptor metric"),
+        (
+            {"weight": torch.ones(2, 2), "metric": "l7"},
+            ValueError,
+            "unknown metric 'l7': expected a descriptor metric",
+        ),
     ],
 )
 def test_errors(kwargs, err, match):

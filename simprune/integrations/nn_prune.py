@@ -75,9 +75,7 @@ class SimilarityStructured(nn_prune.BasePruningMethod):
         if k == 0:
             return default_mask
         rows = t.detach().movedim(self.dim, 0).reshape(n, -1)
-        scores = score_channels(
-            rows, metric=self.metric, method=self.method, backend=self.backend
-        )
+        scores = score_channels(rows, metric=self.metric, method=self.method, backend=self.backend)
         # Stable order: among equal scores the channel that appears first goes first.
         drop = torch.argsort(scores, stable=True)[:k].to(t.device)
         mask = torch.ones_like(t)
