@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import machine_info, median_time, print_table  # noqa: E402
-from simprune import testing as datasets  # noqa: E402
+from simprune import testing  # noqa: E402
 
 # Datasheet peaks (dense): bytes/s and flop/s. TF32 tensor cores; fp32 CUDA cores (FMA = 2 flops).
 PEAKS = {
@@ -128,9 +128,7 @@ def run(ns, ds, device: str, with_interpreter: bool, scipy_budget: float) -> lis
     rows = []
     for n in ns:
         for d in ds:
-            x = torch.tensor(
-                datasets.channel_like(n, d, seed=0), dtype=torch.float32, device=device
-            )
+            x = torch.tensor(testing.channel_like(n, d, seed=0), dtype=torch.float32, device=device)
             ref = simprune.pairwise_distance_ref(x, None, "sqeuclidean", False, torch.float64)
             iu = None
             cdist_t = None

@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import machine_info, median_time, print_table, write_results  # noqa: E402
-from simprune import testing as datasets  # noqa: E402
+from simprune import testing  # noqa: E402
 
 METHODS = ("single", "complete", "average", "weighted", "ward")
 
@@ -45,7 +45,7 @@ METHODS = ("single", "complete", "average", "weighted", "ward")
 def _distances(n: int, dim: int = 64) -> np.ndarray:
     from scipy.spatial.distance import pdist
 
-    return pdist(datasets.gaussian(n, dim, seed=0))
+    return pdist(testing.gaussian(n, dim, seed=0))
 
 
 def _repeat(n: int) -> int:

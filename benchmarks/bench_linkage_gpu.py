@@ -47,13 +47,13 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import machine_info, markdown_table, median_time, print_table, write_results  # noqa: E402
-from simprune import testing as datasets  # noqa: E402
+from simprune import testing  # noqa: E402
 
 METHODS = ("single", "complete", "average", "weighted", "ward")
 
 
 def _distances(n: int, device: str, dim: int = 64) -> torch.Tensor:
-    x = torch.from_numpy(datasets.gaussian(n, dim, seed=0)).to(device)
+    x = torch.from_numpy(testing.gaussian(n, dim, seed=0)).to(device)
     return torch.pdist(x)  # float64, scipy's condensed order
 
 

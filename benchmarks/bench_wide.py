@@ -38,9 +38,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import machine_info, print_table, sync, write_results  # noqa: E402
+from simprune.testing import same_partition  # noqa: E402
 
-# Up to this many neurons per layer, all layers go through one linkage_batched call on CUDA.
-BATCHED_MAX_H = 4096
 COLUMNS = ["x_simprune", "impl", "layers", "d", "h", "s", "stages", "note"]
 
 
@@ -76,13 +75,9 @@ def simprune_cluster(
     sync(dev)
     t["distances"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    if dev.type == "cuda" and max(v.shape[0] for v in vs) <= BATCHED_MAX_H:
-        zs = simprune.linkage_batched(ds, "average", backend=backend)
-    else:
-        # As simprune.prune does: linkage_batched has no CPU kernel (a loop reaches the C++ one),
-        # and on the GPU it gives each problem one thread block, meant for many small layers --
-        # very wide layers get one full-device linkage each (and no packed copy of every matrix).
-        zs = [simprune.linkage(d, "average", backend=backend) for d in ds]
+    # As simprune.prune's engine pass does: simprune.backends decides (on CUDA one launch for the
+    # layers the batched kernel takes, the whole-GPU kernel for wider ones; on the CPU a loop).
+    zs = simprune.linkage_batched(ds, "average", backend=backend)
     sync(dev)
     t["linkage"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -153,7 +148,7 @@ def run(
             sc_times.append(time.perf_counter() - t0)
         t_sc = statistics.median(sc_times) * layers / n_sc
         # Same partitions as scipy on the layers both ran (random weights are tie-free).
-        same = all(_same_partition(labels[i].cpu().numpy(), sc[i]) for i in range(n_sc))
+        same = all(same_partition(labels[i].cpu().numpy(), sc[i]) for i in range(n_sc))
         rows.append(
             {
                 **cond,
@@ -193,12 +188,6 @@ def _scipy_parts(fc: torch.nn.Linear, ratio: float) -> tuple[float, float]:
     z = sch.linkage(dist, "average")
     sch.fcluster(z, max(1, round((1 - ratio) * v.shape[0])), "maxclust")
     return t1 - t0, time.perf_counter() - t1
-
-
-def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    # Equal partitions up to label names: the pairs (a_i, b_i) form a bijection.
-    pairs = set(zip(a.tolist(), b.tolist(), strict=True))
-    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
 
 
 def suite(device: str = "cpu", quick: bool = False) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from benchmarks.bench_linkage import d1k, test_linkage_1k  # noqa: F401  (re-exported suite)
-from simprune import testing as datasets
+from simprune import testing
 
 pytest.importorskip("pytest_benchmark")
 
@@ -31,7 +31,7 @@ def _pedantic(benchmark, fn, rounds: int = 3):
 
 @pytest.fixture(scope="module")
 def x1k() -> torch.Tensor:
-    return torch.tensor(datasets.channel_like(1024, 64, seed=0), dtype=torch.float32)
+    return torch.tensor(testing.channel_like(1024, 64, seed=0), dtype=torch.float32)
 
 
 @pytest.mark.benchmark(group="distance 1024x64")

@@ -42,9 +42,6 @@ from .testing import (
     tree_mismatch,
 )
 
-# tests/test_distance_kernels.py imports the distance tests' measure under this name.
-_rel_err = max_relative_error
-
 
 class _Report:
     def __init__(self) -> None:

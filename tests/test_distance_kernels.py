@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import simprune
+from simprune import testing
 from simprune.distance import pairwise_distance_ragged_ref, pairwise_distance_ref
-from simprune.selfcheck import _rel_err  # exact zeros must stay exactly zero
-from tests import datasets
+from simprune.testing import max_relative_error as _rel_err  # exact zeros must stay exactly zero
 
 kd = pytest.importorskip("simprune.kernels.distance")
 
@@ -45,7 +45,7 @@ def _poisoned(shape, dtype, device="cpu"):
 def _data(n, d, dtype, seed=0):
     # channel-like rows (mean 0.5, sigma 0.05, 5 % near-copies) plus one exact duplicate and one
     # all-zero row when there is room: near-duplicates, ties at 0 and a zero row for cosine.
-    x = datasets.channel_like(n, d, seed=seed)
+    x = testing.channel_like(n, d, seed=seed)
     if n >= 4:
         x[n - 1] = x[0]
         x[n - 2] = 0.0
@@ -105,7 +105,7 @@ def test_triton_xy(n, m, d, dtype):
 @pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
 def test_near_duplicate_accuracy_fp32(d, metric):
     """The precision contract: <= 1e-6 relative on channel-like data with 5 % near-copies."""
-    x = torch.tensor(datasets.channel_like(300, d, seed=d), dtype=torch.float32)
+    x = torch.tensor(testing.channel_like(300, d, seed=d), dtype=torch.float32)
     ref = pairwise_distance_ref(x, None, metric, True, torch.float64)
     out = simprune.pairwise_distance(x, metric=metric, condensed=True, backend="triton")
     stats: dict[str, int] = {}
@@ -122,7 +122,7 @@ def test_near_duplicate_accuracy_fp32(d, metric):
 
 
 def test_near_duplicate_accuracy_fp64():
-    x = torch.tensor(datasets.channel_like(300, 64, seed=3))
+    x = torch.tensor(testing.channel_like(300, 64, seed=3))
     ref = pairwise_distance_ref(x, None, "euclidean", True, torch.float64)
     out = simprune.pairwise_distance(x, metric="euclidean", condensed=True, backend="triton")
     assert out.dtype == torch.float64
@@ -132,7 +132,7 @@ def test_near_duplicate_accuracy_fp64():
 def test_fast_mode_runs_and_is_close():
     # Under the interpreter the dot is exact fp32, so this checks the fast path's wiring only; its
     # TF32 error is documented from the emulation below and measured by the gpu tests.
-    x = torch.tensor(datasets.channel_like(140, 96, seed=5), dtype=torch.float32)
+    x = torch.tensor(testing.channel_like(140, 96, seed=5), dtype=torch.float32)
     ref = pairwise_distance_ref(x, None, "sqeuclidean", False, torch.float64)
     out = simprune.pairwise_distance(x, precision="fast", backend="triton")
     _check_square(out, ref, 1e-3)
@@ -141,7 +141,7 @@ def test_fast_mode_runs_and_is_close():
 def test_repair_list_overflow_retries(monkeypatch):
     """Clustered data floods the near-pair list: the launcher must rerun with enough room."""
     monkeypatch.setattr(kd, "MIN_REPAIR_CAP", 1)
-    x = torch.tensor(datasets.mixture(130, 48, k=4, seed=1), dtype=torch.float32)
+    x = torch.tensor(testing.mixture(130, 48, k=4, seed=1), dtype=torch.float32)
     ref = pairwise_distance_ref(x, None, "sqeuclidean", False, torch.float64)
     stats: dict[str, int] = {}
     out = kd.pairwise_distance_triton(
@@ -192,7 +192,7 @@ def test_ragged_degenerate_groups():
 
 
 def test_batched_api_uses_one_ragged_call():
-    xs = [torch.tensor(datasets.channel_like(n, d, seed=n)) for n, d in [(9, 40), (40, 7), (3, 3)]]
+    xs = [torch.tensor(testing.channel_like(n, d, seed=n)) for n, d in [(9, 40), (40, 7), (3, 3)]]
     got = simprune.pairwise_distance_batched(xs, metric="euclidean", backend="triton")
     for x, g in zip(xs, got, strict=True):
         ref = pairwise_distance_ref(x, None, "euclidean", True, torch.float64)
@@ -255,9 +255,9 @@ def _dot_3xtf32(a, b):
 @pytest.mark.parametrize(
     "name,x",
     [
-        ("channel_like_256", datasets.channel_like(400, 256, seed=7)),
-        ("mixture_64", datasets.mixture(400, 64, seed=7)),
-        ("gaussian_1024", datasets.gaussian(200, 1024, seed=7)),
+        ("channel_like_256", testing.channel_like(400, 256, seed=7)),
+        ("mixture_64", testing.mixture(400, 64, seed=7)),
+        ("gaussian_1024", testing.gaussian(200, 1024, seed=7)),
     ],
 )
 def test_repair_ratio_bounds_emulated_3xtf32(name, x):
@@ -343,7 +343,7 @@ def test_gpu_matches_reference(backend, dtype, n, d):
 def test_gpu_near_duplicate_accuracy(backend, d):
     if not _has(backend, "cuda"):
         pytest.skip(f"{backend} backend not available on cuda")
-    x = torch.tensor(datasets.channel_like(4096, d, seed=d), dtype=torch.float32).cuda()
+    x = torch.tensor(testing.channel_like(4096, d, seed=d), dtype=torch.float32).cuda()
     ref = pairwise_distance_ref(x, None, "sqeuclidean", True, torch.float64)
     out = simprune.pairwise_distance(x, condensed=True, backend=backend)
     assert _rel_err(out, ref) <= 1e-6
@@ -355,7 +355,7 @@ def test_gpu_fast_mode_error_recorded():
     if not _has("triton", "cuda"):
         pytest.skip("triton not available on cuda")
     for d in (64, 1024):
-        x = torch.tensor(datasets.channel_like(2048, d, seed=1), dtype=torch.float32).cuda()
+        x = torch.tensor(testing.channel_like(2048, d, seed=1), dtype=torch.float32).cuda()
         ref = pairwise_distance_ref(x, None, "sqeuclidean", True, torch.float64)
         out = simprune.pairwise_distance(x, condensed=True, precision="fast", backend="triton")
         err = _rel_err(out, ref)

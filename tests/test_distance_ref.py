@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import simprune
-from simprune import BackendUnavailableError
-from tests import datasets
+from simprune import BackendUnavailableError, testing
 
 SHAPES = [(1, 1), (2, 3), (3, 1), (17, 7), (31, 33), (64, 2)]
 
@@ -44,7 +43,7 @@ def test_near_duplicates_are_accurate(n, d):
     """The pairs pruning acts on: 5 % near-copies (noise 1e-3) of offset data. scipy's pdist is a direct
     fp64 difference sum, accurate to ~1e-16 relative: the reference must agree to 1e-12 everywhere, and the
     float32 output to 1e-6 (the contract of every fp32 kernel)."""
-    x = datasets.channel_like(n, d, seed=3)
+    x = testing.channel_like(n, d, seed=3)
     want = ssd.pdist(x, "sqeuclidean")
     near = want < 1e-3 * np.median(want)
     assert near.sum() >= int(0.04 * n)  # the data really has near-duplicates
@@ -73,7 +72,7 @@ def test_input_dtypes(dtype, rng):
 
 
 def test_invariants_exact(rng):
-    x = torch.from_numpy(datasets.dead_duplicate(50, 9, seed=1))
+    x = torch.from_numpy(testing.dead_duplicate(50, 9, seed=1))
     for metric in ("sqeuclidean", "euclidean", "cosine"):
         d = simprune.pairwise_distance(x, metric=metric)
         assert torch.equal(d, d.T), "not bit-symmetric"

@@ -16,6 +16,7 @@ from scipy.spatial.distance import pdist
 
 import simprune
 from simprune import functional as F
+from simprune.testing import same_partition
 
 SIZES = [1, 2, 3, 7, 31, 64]
 
@@ -69,17 +70,12 @@ def test_n_keep_cut_keeps_what_the_scores_keep(n):
         assert set(kept.tolist()) == set(range(n)) - lowest
         # scipy's maxclust cut (distinct heights) gives the same partition.
         ref = sch.fcluster(_scipy_z(x), n_keep, "maxclust")
-        assert _same_partition(labels.numpy(), ref)
+        assert same_partition(labels.numpy(), ref)
         # One representative per cluster, the most energetic one.
         e = simprune.channel_energy(x)
         for c in range(n_keep):
             members = torch.nonzero(labels == c).flatten()
             assert int(members[torch.argmax(e[members])]) in kept.tolist()
-
-
-def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    pairs = set(zip(a.tolist(), b.tolist(), strict=True))
-    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
 
 
 @pytest.mark.parametrize("normalize", [False, True])
@@ -92,7 +88,7 @@ def test_threshold_cut_is_scipy_fcluster(normalize):
             x, threshold=t, metric="euclidean", normalize=normalize
         )
         ref = sch.fcluster(z, t * scale, "distance")
-        assert _same_partition(labels.numpy(), ref)
+        assert same_partition(labels.numpy(), ref)
         assert kept.numel() == len(set(ref.tolist()))
         # Every channel not kept scores at most t (it was merged below the threshold).
         gone = sorted(set(range(40)) - set(kept.tolist()))
