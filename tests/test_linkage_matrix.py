@@ -672,9 +672,7 @@ def test_raw_op_unknown_mode(op, mode):
 
 
 @pytest.mark.parametrize("method", ["single", "average"])
-# The twin is left out: it does not refuse them yet (it fails later, "no reciprocal pair ... non-finite
-# distances after an update?").
-@pytest.mark.parametrize("op,mode", op_params([o for o in OPS if o[0] != "twin"], ("exact",)))
+@pytest.mark.parametrize("op,mode", op_params(OPS, ("exact",)))
 def test_raw_op_float32_storage_refuses_values_beyond_float32(op, mode, method):
     big = torch.tensor([1.0, 1e300, 2.0], dtype=F64)
     with pytest.raises(ValueError, match="1 Inf.*beyond float32's range"):
