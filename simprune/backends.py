@@ -318,6 +318,13 @@ def resolve(op: str, backend: str, device: torch.device, **request: Any) -> tupl
     return name, impl.fn
 
 
+def companion(op: str, backend: str, device: torch.device) -> str:
+    """The backend to ask for ``op`` on behalf of a call that asked for ``backend`` (e.g. the
+    distances of ``linkage(observations, backend=...)``): the same one when it runs ``op`` on
+    ``device``, else "auto"."""
+    return backend if backend in available_backends(op, device) else "auto"
+
+
 def engine_device(backend: str, device: torch.device) -> torch.device:
     """Where the engine pass runs for data on ``device``: a named backend whose kernels run on the
     CPU only (``"cpu"``) takes GPU data to the CPU (only descriptors travel); otherwise ``device``."""

@@ -14,7 +14,7 @@ from .backends import (
     STORAGES,
     SUPPORTS,
     BackendUnavailableError,
-    available_backends,
+    companion,
     has_kernel,
     resolve,
     resolve_impl,
@@ -180,11 +180,12 @@ def linkage(
     )
     if d is None:
         # The distances use the same backend when it can compute them here, else the best one.
-        dist_backend = (
-            backend if backend in available_backends("pairwise_distance", x.device) else "auto"
-        )
         d = pairwise_distance(
-            x, metric=metric, condensed=True, out_dtype=storage, backend=dist_backend
+            x,
+            metric=metric,
+            condensed=True,
+            out_dtype=storage,
+            backend=companion("pairwise_distance", backend, x.device),
         )
     if not impl.supports.checks_values:  # else the kernel checks them itself, in its first pass
         check_finite(d, "distances")
