@@ -143,12 +143,12 @@ def stack():
 @pytest.mark.benchmark(group="wide 4x128->448")
 @pytest.mark.parametrize("impl", ["simprune", "scipy"])
 def test_wide_stack(benchmark, stack, impl):
-    from benchmarks.bench_wide import _same_partition, scipy_cluster, simprune_cluster
+    from benchmarks.bench_wide import scipy_cluster, simprune_cluster
 
     if impl == "simprune":
         labels = _pedantic(benchmark, lambda: simprune_cluster(stack, 0.3)[0])
         ref = scipy_cluster(stack, 0.3)
-        assert all(_same_partition(a.numpy(), b) for a, b in zip(labels, ref, strict=True))
+        assert all(testing.same_partition(a.numpy(), b) for a, b in zip(labels, ref, strict=True))
     else:
         labels = _pedantic(benchmark, lambda: scipy_cluster(stack, 0.3))
         assert all(len(set(lab.tolist())) == round(0.7 * 448) for lab in labels)
