@@ -24,6 +24,7 @@ from .merge import MERGE_MODES, assign, choose_kept, expand_units
 from .plan import GroupPlan, PruningPlan, describe_inputs, execute
 from .progress import Progress
 from .report import GroupRow, PruneReport
+from .verify import probe_positions, verify_rewrite
 
 CUTS = ("global", "uniform")
 # Within the bisection's resolution the target is met to this relative tolerance (issue: +-1 %).
@@ -106,6 +107,7 @@ def prune(
     inplace: bool = False,
     calibration_data: Any = None,
     backend: str = "auto",
+    verify: bool = True,
     progress: bool = True,
 ) -> PruneResult:
     """Prune a network by channel similarity: cluster each channel group, keep representatives.
@@ -159,6 +161,13 @@ def prune(
     backend : engine backend for distances and linkage ("auto", "torch", "cpu", "triton", "cuda").
         "cpu" runs the engine pass on the CPU (the C++ kernels) also for a model on a GPU: only the
         descriptors travel (a few MB for a ResNet-50).
+    verify : check the rewrite against the real forward (default; simprune.pruning.verify): where
+        each channel lands in each consumer's input is probed, every consumer's weights are
+        compared with the original's at those positions (corrected where Torch-Pruning removed the
+        wrong features), and the pruned model must equal the original with the removed channels'
+        inputs dropped (merged) on the example inputs. A group that fails is excluded (not pruned)
+        with a warning naming it and why, and the cut is re-solved without it; the report lists
+        ``excluded`` groups and ``corrected`` consumers. ``verify=False`` trusts Torch-Pruning.
     progress : print progress on stderr.
 
     Returns
@@ -211,29 +220,65 @@ def prune(
         t0 = time.perf_counter()
         work = model if inplace else copy.deepcopy(model)
         training = work.training
-        ignored = _map_ignored(model, work, ignored_layers or [])
-        dg = build_dependency_graph(work, example_inputs, ignored)
-        groups, skipped = collect_groups(dg, work, ignored)
-        cm = CostModel(work, example_inputs)
-        check_connected(dg, work, cm.ran, ignored)
-        cm.bind(groups)
+        # The unpruned model the rewrite is checked against (the caller's, untouched, unless inplace).
+        original = (copy.deepcopy(model) if inplace else model) if verify else None
+        dg, groups, skipped, cm = _trace(model, work, example_inputs, ignored_layers)
         timings["trace"] = time.perf_counter() - t0
 
         dendrograms: dict[str, np.ndarray] = {}
-        plan_groups, cut_res = _plan(
-            groups, cm, bar, timings,
+        settings: dict[str, Any] = dict(
             target=(target_name, target_value), metric=metric, method=method, cut=cut,
             keep_per_cluster=keep_per_cluster, representative=representative,
             merge_mode=merge_mode, min_keep_ratio=min_keep_ratio, round_to=round_to,
-            backend=backend, dendrograms=dendrograms,
         )  # fmt: skip
-
-        bar.stage("rewriting")
-        t0 = time.perf_counter()
+        vs, zs = _engine_pass(groups, bar, timings, metric, method, backend)
+        probe = None
+        if verify:
+            t0 = time.perf_counter()
+            probe = probe_positions(work, example_inputs, groups)
+            timings["probe"] = time.perf_counter() - t0
+        excluded: dict[str, str] = {}
+        corrected: list[tuple[str, str]] = []
         widths0 = {s.name: s.out0 for s in cm.layers if s.kind != "norm"}
-        execute(work, dg, plan_groups)
+        while True:
+            t0 = time.perf_counter()
+            plan_groups, cut_res = _plan(
+                groups, vs, zs, cm, dendrograms, frozen=set(excluded), **settings
+            )
+            timings["cut"] = timings.get("cut", 0.0) + time.perf_counter() - t0
+            bar.stage("rewriting")
+            t0 = time.perf_counter()
+            execute(work, dg, plan_groups)
+            timings["rewrite"] = timings.get("rewrite", 0.0) + time.perf_counter() - t0
+            if original is None or probe is None:
+                break
+            bar.stage("verifying")
+            t0 = time.perf_counter()
+            res = verify_rewrite(original, work, groups, plan_groups, probe, example_inputs)
+            timings["verify"] = timings.get("verify", 0.0) + time.perf_counter() - t0
+            corrected += res.corrected
+            if res.ok:
+                break
+            for gi, why in sorted(res.failed.items()):
+                root = groups[gi].root_name
+                excluded[root] = why
+                warnings.warn(
+                    f"simprune.prune: group {root!r} excluded (not pruned): {why}; the cut is "
+                    "re-solved without it",
+                    stacklevel=2,
+                )
+            # Start again from the unpruned model, without the failed groups.
+            corrected = []
+            work = copy.deepcopy(original)
+            names0 = [g.root_name for g in groups]
+            dg, groups, _, cm = _trace(model, work, example_inputs, ignored_layers)
+            if [g.root_name for g in groups] != names0:
+                raise RuntimeError("internal: re-tracing the model gave different channel groups")
         work.train(training)
-        timings["rewrite"] = time.perf_counter() - t0
+        if inplace and work is not model:
+            # The final rewrite was made on a fresh copy: the caller's module becomes it.
+            model.__dict__.update(work.__dict__)
+            work = model
         if calibration_data is not None:
             bar.stage("recalibrating BatchNorm")
             t0 = time.perf_counter()
@@ -256,6 +301,8 @@ def prune(
             "min_keep_ratio": min_keep_ratio,
             "round_to": round_to,
             "threshold": cut_res.threshold,
+            "verify": verify,
+            "excluded": sorted(excluded),
             "uniform_ratio": cut_res.ratio,
         },
         versions=_versions(),
@@ -282,6 +329,8 @@ def prune(
         target={target_name: target_value, "cut": cut},
         threshold=cut_res.threshold,
         skipped=[[r, why] for r, why in skipped],
+        excluded=[[r, why] for r, why in excluded.items()],
+        corrected=[[c, why] for c, why in corrected],
         timings=timings,
         layers=layers,
         dendrograms=dendrograms,
@@ -295,12 +344,48 @@ def prune(
     return PruneResult(work, plan, report)
 
 
-def _plan(
+def _trace(
+    model: nn.Module, work: nn.Module, example_inputs: Any, ignored_layers: Any
+) -> tuple[Any, list[ChannelGroup], list[tuple[str, str]], CostModel]:
+    """Dependency graph, channel groups (and the skipped ones) and the cost model of ``work``."""
+    ignored = _map_ignored(model, work, ignored_layers or [])
+    dg = build_dependency_graph(work, example_inputs, ignored)
+    groups, skipped = collect_groups(dg, work, ignored)
+    cm = CostModel(work, example_inputs)
+    check_connected(dg, work, cm.ran, ignored)
+    cm.bind(groups)
+    return dg, groups, skipped, cm
+
+
+def _engine_pass(
     groups: list[ChannelGroup],
-    cm: CostModel,
     bar: Progress,
     timings: dict[str, float],
+    metric: str,
+    method: str,
+    backend: str,
+) -> tuple[list[torch.Tensor], list[np.ndarray]]:
+    """Descriptors -> distances -> linkage: every group's descriptors and dendrogram."""
+    t0 = time.perf_counter()
+    vs = []
+    for k, g in enumerate(groups):
+        vs.append(group_descriptors(g, metric))
+        bar.stage("descriptors", k + 1, len(groups))
+    timings["descriptors"] = time.perf_counter() - t0
+    # One engine pass for every group with >= 2 units: condensed distances, then one Z per group.
+    bar.stage("distances + linkage")
+    zs = engine.dendrograms(vs, metric, method, backend, timings)
+    return vs, zs
+
+
+def _plan(
+    groups: list[ChannelGroup],
+    vs: list[torch.Tensor],
+    zs: list[np.ndarray],
+    cm: CostModel,
+    dendrograms: dict[str, np.ndarray],
     *,
+    frozen: set[str],
     target: tuple[str, float],
     metric: str,
     method: str,
@@ -310,22 +395,8 @@ def _plan(
     merge_mode: str | None,
     min_keep_ratio: float,
     round_to: int | None,
-    backend: str,
-    dendrograms: dict[str, np.ndarray],
 ) -> tuple[list[GroupPlan], CutResult]:
-    """Descriptors -> distances -> linkage -> cut -> representatives and merges, for all groups."""
-    t0 = time.perf_counter()
-    vs = []
-    for k, g in enumerate(groups):
-        vs.append(group_descriptors(g, metric))
-        bar.stage("descriptors", k + 1, len(groups))
-    timings["descriptors"] = time.perf_counter() - t0
-
-    # One engine pass for every group with >= 2 units: condensed distances, then one Z per group.
-    bar.stage("distances + linkage")
-    zs = engine.dendrograms(vs, metric, method, backend, timings)
-
-    t0 = time.perf_counter()
+    """Cut -> representatives and merges for all groups; ``frozen`` groups (root names) keep all."""
     curves: list[GroupCurve] = []
     for g, v, z in zip(groups, vs, zs, strict=True):
         scale = height_scale(v, metric)
@@ -333,12 +404,11 @@ def _plan(
             zs_scaled = z.copy()
             zs_scaled[:, 2] /= scale
             dendrograms[g.root_name] = zs_scaled
-        curves.append(
-            make_curve(
-                z, scale, ch_groups=g.ch_groups, keep_per_cluster=keep_per_cluster,
-                min_keep_ratio=min_keep_ratio,
-            )
+        curve = make_curve(
+            z, scale, ch_groups=g.ch_groups, keep_per_cluster=keep_per_cluster,
+            min_keep_ratio=1.0 if g.root_name in frozen else min_keep_ratio,
         )  # fmt: skip
+        curves.append(curve)
 
     name, value = target
     total_ch = float(sum(g.n_channels for g in groups))
@@ -378,6 +448,7 @@ def _plan(
                 f"cannot reach {name}={value}: the most this model allows is {reached:.4f} with "
                 f"min_keep_ratio={min_keep_ratio}, keep_per_cluster={keep_per_cluster}, "
                 f"round_to={round_to} and the ignored layers"
+                + (f" (groups excluded by verification: {sorted(frozen)})" if frozen else "")
             )
         if abs(res.cost - goal) / res.cost0 > TARGET_TOLERANCE:
             warnings.warn(
@@ -385,8 +456,6 @@ def _plan(
                 "(channel groups are removed in steps; round_to and grouped convs coarsen them)",
                 stacklevel=3,
             )
-    timings["cut"] = time.perf_counter() - t0
-
     plans = []
     for g, v, z, curve, m in zip(groups, vs, zs, curves, res.merges, strict=True):
         n = g.n_units

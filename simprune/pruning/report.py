@@ -26,6 +26,9 @@ class PruneReport:
     target: dict[str, Any]
     threshold: float | None
     skipped: list[list[str]] = field(default_factory=list)
+    # groups the rewrite verification excluded, [root, reason]; consumers it corrected, [name, what]
+    excluded: list[list[str]] = field(default_factory=list)
+    corrected: list[list[str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     layers: dict[str, list[int]] = field(default_factory=dict)  # name -> [out before, out after]
     # group root -> its linkage matrix with scale-free heights (for plots; not in to_dict()).
@@ -88,6 +91,10 @@ class PruneReport:
                 f"not pruned: {len(self.skipped)} group(s), e.g. "
                 f"{self.skipped[0][0]} ({self.skipped[0][1]})"
             )
+        for root, why in self.excluded:
+            lines.append(f"excluded by verification: {root} ({why})")
+        for name, why in self.corrected:
+            lines.append(f"corrected: {name} ({why})")
         return "\n".join(lines)
 
     def __str__(self) -> str:

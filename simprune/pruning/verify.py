@@ -1,0 +1,723 @@
+"""Verification of a rewrite against the real forward: verify, don't trust the dependency graph.
+
+Torch-Pruning's dependency graph says which input features of each consumer layer a channel feeds.
+It can be wrong without any error (a ``permute`` before a ``flatten`` into a Linear, a ``split`` with
+hard-coded sizes, a reshape into attention heads), so :func:`simprune.prune` checks every rewrite:
+
+1. **Probe** (:func:`probe_positions`, before the rewrite): where does each channel of each group land
+   in each consumer's input? Every producer's output is replaced by a constant (+M, then -M, so that
+   any ReLU-like gate is open in one of the two runs) that is a leaf of autograd, each Conv/Linear
+   input is captured (and detached, so the graph stays local), and three backward passes per consumer
+   with position codes 1, p + 1 and (p + 1)^2 tell, for every producer element that reaches the
+   consumer, the one input position it feeds (the ratio of the second to the first gradient; the
+   third checks it). A position fed by several channels -- a LayerNorm or an attention over the
+   channels, a pixel shuffle -- is *mixed*: removing one channel there is not removing an input.
+   This follows permutes, reshapes, flattens, pooling, concatenations and splits as they really run.
+2. **Consumers rebuilt and compared** (:func:`verify_rewrite`): each consumer's expected weight is the
+   original one with the plan's merges folded in and the removed channels' input positions dropped,
+   at the probed positions. Where the rewrite differs but has the right shape, it is **corrected**
+   (Torch-Pruning removed the wrong features); where the shape differs, or the channels mix, the
+   group **fails**.
+3. **The real forward**: the pruned model runs on the example inputs, its outputs have the original's
+   shapes, and equal the original model's outputs with every consumer's input edited as the plan
+   says (a removed channel's positions read 0, or its representative's values times the merge
+   coefficient) -- float64 to ~1e-9, float32 to ~1e-4 relative. A crash or a mismatch is attributed
+   to the group(s) read by the first consumer that goes wrong.
+
+``prune`` excludes failed groups, re-solves the cut without them (so the target is still met) and
+warns; the report lists every excluded group with its reason and every corrected consumer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import nn
+
+from .groups import ChannelGroup, _run_forward
+
+NONE = -1  # the position reads no channel of a pruned group
+MIXED = -2  # the position reads several channels (or one through a channel-mixing op)
+PROBE_SCALE = 1e3
+
+
+def _n_out(m: Any) -> int:
+    """A Conv's out_channels or a Linear's out_features."""
+    return int(m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features)
+
+
+def _is_layer(m: nn.Module) -> bool:
+    return isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+
+
+def _channel_dim(m: nn.Module) -> int:
+    """The dimension of a layer's output (and input) that holds its channels / features."""
+    return -1 if isinstance(m, nn.Linear) else 1
+
+
+@dataclass
+class PositionMap:
+    """The input positions of one Conv/Linear: which group channel (global id) each one reads."""
+
+    name: str
+    ids: np.ndarray  # (n_inputs,) int64: a global channel id, NONE or MIXED
+    mixed_groups: set[int] = field(default_factory=set)  # groups whose channels mix here
+
+
+@dataclass
+class Probe:
+    """Where every group's channels land (see the module docstring)."""
+
+    offsets: list[int]  # global id of group g's channel c: offsets[g] + c
+    maps: dict[str, PositionMap]
+    inputs: Any = None  # the (possibly shrunk) inputs the probe ran on: the forward check uses them
+
+    def group_of(self, gid: int) -> int:
+        return int(np.searchsorted(self.offsets, gid, side="right") - 1)
+
+
+def _as_tuple(x: Any) -> tuple[Any, ...]:
+    return x if isinstance(x, tuple) else (x,)
+
+
+def probe_positions(model: nn.Module, example_inputs: Any, groups: Sequence[ChannelGroup]) -> Probe:
+    """Probe where each group's channels land in every Conv/Linear input (module docstring, 1)."""
+    offsets = list(np.cumsum([0] + [g.n_channels for g in groups])[:-1].tolist())
+    # producer module -> (group index, local channel -> root channel)
+    producers: dict[nn.Module, tuple[int, np.ndarray]] = {}
+    bn_after: dict[nn.Module, nn.Module] = {}
+    for gi, g in enumerate(groups):
+        for mem in g.producers():
+            bn = g.bn_of.get(mem.name)
+            if isinstance(bn, nn.modules.batchnorm._BatchNorm) and isinstance(
+                mem.module, nn.Module
+            ):
+                bn_after[mem.module] = bn
+            if not isinstance(mem.module, nn.Module) or not _is_layer(mem.module):
+                continue
+            n_local = _n_out(mem.module)
+            local_root = np.full(n_local, -1, dtype=np.int64)
+            local_root[np.asarray(mem.idxs, dtype=np.int64)] = np.asarray(mem.root_idxs)
+            producers[mem.module] = (gi, local_root)
+    layers = {m: n for n, m in model.named_modules() if _is_layer(m)}
+    pairs: dict[str, list[np.ndarray]] = {}  # consumer -> [(position, global id)] arrays
+    mixed: dict[str, set[int]] = {}
+    sizes: dict[str, int] = {}
+
+    small = probe_inputs(model, example_inputs)
+    runs = _probe_runs(model, small, layers, producers, offsets, bn_after)
+    for name, per_run in runs.items():
+        sizes[name] = per_run[0].shape[0]
+        for k in range(0, len(RUNS), len(CODES)):  # one level at a time
+            _decode(name, per_run[k : k + len(CODES)], pairs, mixed)
+
+    maps: dict[str, PositionMap] = {}
+    for name, size in sizes.items():
+        ids = np.full(size, NONE, dtype=np.int64)
+        if pairs.get(name):
+            pp = np.unique(np.concatenate(pairs[name]), axis=0)
+            pos, cnt = np.unique(pp[:, 0], return_counts=True)
+            ids[pp[:, 0]] = pp[:, 1]
+            ids[pos[cnt > 1]] = MIXED
+        maps[name] = PositionMap(name, ids, mixed.get(name, set()))
+    return Probe(offsets, maps, small)
+
+
+# The values the probe gives every producer output (each run's primal): +-PROBE_SCALE (any
+# ReLU-like gate open in one of the two), the channel's mean + k std on the example inputs, and the
+# values that make the BatchNorm right after the producer (if any) output 0.5 and 2 (saturating
+# activations -- ReLU6, hardtanh, sigmoid -- are live near their inputs' usual range). A position
+# is decoded from any run in which a gradient reaches it.
+LEVELS = (
+    [("scale", 1.0), ("scale", -1.0)]
+    + [("std", k) for k in (-1.0, 0.0, 1.0)]
+    + [("bn", t) for t in (0.5, 2.0)]
+)
+CODES = (0, 1, 2, -1)  # tangent (channel id + 1) ** code; -1: group index + 1
+RUNS = [(level, code) for level in LEVELS for code in CODES]
+PROBE_SIZE = 32  # spatial size the probe and the forward check use when the model accepts it
+
+
+def probe_inputs(model: nn.Module, example_inputs: Any) -> Any:
+    """The example inputs, with images (N, C, H, W) shrunk to at most PROBE_SIZE x PROBE_SIZE when
+    the model still runs on them (a Conv/Linear's input positions -- its channels or features --
+    do not depend on the image size; the forward check then costs a fraction of a full forward)."""
+    xs = _as_tuple(example_inputs)
+    if not any(_shrinkable(x) for x in xs):
+        return example_inputs
+    small = tuple(
+        nn.functional.interpolate(
+            x, size=(min(x.shape[2], PROBE_SIZE), min(x.shape[3], PROBE_SIZE))
+        )
+        if _shrinkable(x)
+        else x
+        for x in xs
+    )
+    small_in = small if isinstance(example_inputs, tuple) else small[0]
+    modes = [m.training for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            _run_forward(model, small_in)
+    except Exception:  # noqa: BLE001 - any failure: the model needs its full-size inputs
+        return example_inputs
+    finally:
+        for mod, t in zip(model.modules(), modes, strict=True):
+            mod.training = t
+    return small_in
+
+
+def _shrinkable(x: Any) -> bool:
+    return (
+        isinstance(x, torch.Tensor)
+        and x.is_floating_point()
+        and x.dim() == 4
+        and (x.shape[2] > PROBE_SIZE or x.shape[3] > PROBE_SIZE)
+    )
+
+
+def _probe_runs(
+    model: nn.Module,
+    example_inputs: Any,
+    layers: dict[nn.Module, str],
+    producers: dict[nn.Module, tuple[int, np.ndarray]],
+    offsets: list[int],
+    bn_after: dict[nn.Module, nn.Module],
+) -> dict[str, list[np.ndarray]]:
+    """All RUNS in one forward when the inputs stack along dim 0 (eval mode keeps the samples
+    independent), else one forward per run. Returns, per Conv/Linear that a tangent reaches, one
+    (n_positions, n_elements) float64 array of tangents per run."""
+    stats = _producer_stats(model, example_inputs, producers, bn_after)
+    xs = _as_tuple(example_inputs)
+    k = len(RUNS)
+    if all(isinstance(x, torch.Tensor) and x.dim() >= 1 for x in xs):
+        stacked = tuple(torch.cat([x] * k) for x in xs)
+        batch = int(xs[0].shape[0])
+        try:
+            out = _probe_forward(
+                model,
+                stacked if isinstance(example_inputs, tuple) else stacked[0],
+                layers, producers, offsets, stats, batch,
+            )  # fmt: skip
+            if out is not None:
+                return out
+        except Exception:  # noqa: BLE001 - a model that does not batch: one run at a time
+            pass
+    merged: dict[str, list[np.ndarray]] = {}
+    per_run = [
+        _probe_forward(model, example_inputs, layers, producers, offsets, stats, None, run)
+        for run in range(k)
+    ]
+    for name in per_run[0] or {}:
+        merged[name] = [r[name][0] for r in per_run if r is not None and name in r]
+    return merged
+
+
+def _bn_inverse(bn: Any) -> Any:
+    """t -> the per-channel input that makes the (eval-mode) BatchNorm ``bn`` output t."""
+    mean = bn.running_mean.detach().double() if bn.running_mean is not None else 0.0
+    var = bn.running_var.detach().double() if bn.running_var is not None else 1.0
+    sd = torch.sqrt(torch.as_tensor(var) + bn.eps)
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(sd)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(sd)
+    gamma = torch.where(gamma.abs() > 1e-12, gamma, torch.full_like(gamma, 1e-12))
+    return lambda t: mean + sd * (t - beta) / gamma
+
+
+def _producer_stats(
+    model: nn.Module,
+    example_inputs: Any,
+    producers: dict[nn.Module, tuple[int, np.ndarray]],
+    bn_after: dict[nn.Module, nn.Module],
+) -> dict[nn.Module, tuple[torch.Tensor, torch.Tensor, Any]]:
+    """Per producer: the mean and std of each output channel on the example inputs, and the inverse
+    of the BatchNorm right after it (or None)."""
+    stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor, Any]] = {}
+    handles = []
+
+    def post(mod: nn.Module, _args: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor) and out.is_floating_point() and mod not in stats:
+            dim = _channel_dim(mod) % out.dim()
+            flat = out.detach().movedim(dim, 0).reshape(out.shape[dim], -1).double()
+            std = flat.std(1, correction=0) if flat.shape[1] > 1 else flat.abs().mean(1)
+            bn = bn_after.get(mod)
+            inv = _bn_inverse(bn) if bn is not None and bn.track_running_stats else None
+            stats[mod] = (flat.mean(1), std.clamp_min(1e-6), inv)
+
+    for m in producers:
+        handles.append(m.register_forward_hook(post))
+    modes = [m.training for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            _run_forward(model, example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        for mod, t in zip(model.modules(), modes, strict=True):
+            mod.training = t
+    return stats
+
+
+def _probe_forward(
+    model: nn.Module,
+    inputs: Any,
+    layers: dict[nn.Module, str],
+    producers: dict[nn.Module, tuple[int, np.ndarray]],
+    offsets: list[int],
+    stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor, Any]],
+    batch: int | None,
+    run: int | None = None,
+) -> dict[str, list[np.ndarray]] | None:
+    """One probe forward. ``batch``: inputs hold every run stacked along dim 0 (``batch`` samples
+    each); else ``run`` is the one run. Every producer output becomes sign * PROBE_SCALE with the
+    forward-mode tangent (global channel id + 1) ** code on each channel (code -1: group index + 1).
+    Returns None when a layer's batch is not the stacked one (the model mixes samples)."""
+    runs = RUNS if batch is not None else [RUNS[run if run is not None else 0]]
+    got: dict[str, list[np.ndarray]] = {}
+    ok = [True]
+    handles = []
+
+    def pre(mod: nn.Module, args: tuple[Any, ...]) -> Any:
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor):
+            return None
+        primal, tangent = fwAD.unpack_dual(x)
+        if tangent is not None:
+            dim = _channel_dim(mod) % x.dim()
+            parts = [tangent]
+            if batch is not None:
+                if dim == 0 or x.shape[0] != batch * len(runs):
+                    ok[0] = False
+                    return (primal, *args[1:])
+                parts = list(tangent.chunk(len(runs), dim=0))
+            arrays = [
+                t.detach().movedim(dim, 0).reshape(x.shape[dim], -1).double().cpu().numpy()
+                for t in parts
+            ]
+            name = layers[mod]
+            if name in got:  # a layer called more than once: positions seen in any call
+                arrays = [
+                    np.concatenate([a, b], axis=1) for a, b in zip(got[name], arrays, strict=True)
+                ]
+            got[name] = arrays
+        return (primal, *args[1:])
+
+    def post(mod: nn.Module, _args: Any, out: Any) -> Any:
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            return None
+        gi, local_root = producers[mod]
+        dim = _channel_dim(mod) % out.dim()
+        gid = np.where(local_root >= 0, offsets[gi] + local_root + 1, 0).astype(np.float64)
+        shape = [1] * out.dim()
+        shape[dim] = out.shape[dim]
+        primals, tangents = [], []
+        chunks = out.chunk(len(runs), dim=0) if batch is not None else [out]
+        mean, std, bn_in = stats.get(mod, (torch.zeros(out.shape[dim]), torch.ones(1), None))
+        for ((kind, k), code), o in zip(runs, chunks, strict=True):
+            val = np.where(local_root >= 0, gi + 1.0, 0.0) if code < 0 else gid**code
+            t = torch.as_tensor(val, dtype=out.dtype, device=out.device).reshape(shape)
+            if kind == "scale":
+                primals.append(torch.full_like(o.detach(), k * PROBE_SCALE))
+            else:
+                level = bn_in(k) if kind == "bn" and bn_in is not None else mean + k * std
+                level = level.to(dtype=out.dtype, device=out.device).reshape(shape)
+                primals.append(level.expand_as(o).contiguous())
+            tangents.append(t.expand_as(o))
+        return fwAD.make_dual(torch.cat(primals), torch.cat(tangents).contiguous())
+
+    for m in layers:
+        handles.append(m.register_forward_pre_hook(pre))
+        if m in producers:
+            handles.append(m.register_forward_hook(post))
+    modes = [m.training for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad(), fwAD.dual_level():
+            _run_forward(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        for mod, t in zip(model.modules(), modes, strict=True):
+            mod.training = t
+    return got if ok[0] else None
+
+
+def _decode(
+    name: str,
+    ts: list[np.ndarray],
+    pairs: dict[str, list[np.ndarray]],
+    mixed: dict[str, set[int]],
+) -> None:
+    """Positions whose tangents decode to one channel id: t2 / t1 = id + 1, t3 / t1 = (id + 1)^2;
+    the others are MIXED, and tg / t1 = group + 1 names the group whose channels mix there."""
+    t1, t2, t3, tg = ts
+    scale = float(np.abs(t1).max()) if t1.size else 0.0
+    if scale == 0.0:
+        return
+    alive = np.abs(t1) > 1e-6 * scale
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(alive, t2 / np.where(alive, t1, 1.0), 0.0)
+        q = np.where(alive, t3 / np.where(alive, t1, 1.0), 0.0)
+    ri = np.round(r)
+    ok = (
+        alive
+        & (np.abs(r - ri) < 1e-3 * np.maximum(ri, 1))
+        & (np.abs(q - ri * ri) <= 1e-3 * ri * ri)
+        & (ri >= 1)
+    )
+    pos, el = np.nonzero(ok)
+    if pos.size:
+        pairs.setdefault(name, []).append(
+            np.unique(np.stack([pos, ri[pos, el].astype(np.int64) - 1], axis=1), axis=0)
+        )
+    bad = alive & ~ok
+    if bad.any():
+        pp = np.unique(np.nonzero(bad)[0])
+        pairs.setdefault(name, []).append(np.stack([pp, np.full_like(pp, MIXED)], axis=1))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g = tg[bad] / t1[bad]
+        gi = np.round(g)
+        one = np.abs(g - gi) < 1e-3 * np.maximum(gi, 1)
+        groups = mixed.setdefault(name, set())
+        groups.update(int(v) - 1 for v in np.unique(gi[one]) if v >= 1)
+        if not one.all():
+            groups.add(-1)  # several groups mix here
+
+
+@dataclass
+class VerifyResult:
+    """What :func:`verify_rewrite` found: ``failed`` group index -> reason, and the corrections."""
+
+    failed: dict[int, str] = field(default_factory=dict)
+    corrected: list[tuple[str, str]] = field(default_factory=list)  # (consumer, what was wrong)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+@dataclass
+class _PlanIds:
+    """The plan in global channel ids: removed mask, merge target (-1: none) and coefficient."""
+
+    removed: np.ndarray  # bool (n_ids,)
+    merge_to: np.ndarray  # int64 (n_ids,)
+    coef: np.ndarray  # float64 (n_ids,)
+
+
+def _plan_ids(probe: Probe, groups: Sequence[ChannelGroup], plans: Sequence[Any]) -> _PlanIds:
+    n = probe.offsets[-1] + groups[-1].n_channels if groups else 0
+    ids = _PlanIds(np.zeros(n, bool), np.full(n, -1, np.int64), np.zeros(n))
+    for gi, gp in enumerate(plans):
+        off = probe.offsets[gi]
+        ids.removed[np.asarray(gp.removed, dtype=np.int64) + off] = True
+        for j, r, a in gp.merges:
+            ids.merge_to[off + int(j)] = off + int(r)
+            ids.coef[off + int(j)] = float(a)
+    return ids
+
+
+@dataclass
+class _Edit:
+    """What the plan does to one consumer's input positions."""
+
+    keep: np.ndarray  # positions that stay
+    zero: np.ndarray  # removed positions without a merge
+    dst: np.ndarray  # removed positions with a merge ...
+    src: np.ndarray  # ... take (coef x) the value at the representative's matching position
+    coef: np.ndarray
+
+
+def _edit_of(ids: np.ndarray, plan: _PlanIds) -> _Edit | str:
+    """The edit of a consumer whose positions read ``ids``, or why it cannot be expressed."""
+    valid = ids >= 0
+    gid = np.where(valid, ids, 0)
+    gone = valid & plan.removed[gid]
+    merged = gone & (plan.merge_to[gid] >= 0)
+    pos = np.flatnonzero(valid)
+    order = np.lexsort((pos, ids[pos]))  # by id, then position
+    spos, sid = pos[order], ids[pos][order]
+    start = np.searchsorted(sid, sid, side="left")
+    rank = np.empty(len(ids), np.int64)
+    rank[spos] = np.arange(len(spos)) - start
+    dst = np.flatnonzero(merged)
+    tgt = plan.merge_to[ids[dst]]
+    lo = np.searchsorted(sid, tgt, side="left")
+    hi = np.searchsorted(sid, tgt, side="right")
+    cnt_j = np.searchsorted(sid, ids[dst], side="right") - np.searchsorted(sid, ids[dst], "left")
+    if (hi - lo != cnt_j).any():
+        k = int(np.flatnonzero(hi - lo != cnt_j)[0])
+        return f"channels {ids[dst[k]]} and {tgt[k]} feed different numbers of inputs"
+    src = spos[lo + rank[dst]]
+    return _Edit(
+        np.flatnonzero(~gone), np.flatnonzero(gone & ~merged), dst, src, plan.coef[ids[dst]]
+    )
+
+
+def _tolerance(dtype: torch.dtype) -> float:
+    return 1e-9 if dtype == torch.float64 else 1e-4
+
+
+def _kept_rows_by_name(
+    groups: Sequence[ChannelGroup], plans: Sequence[Any], mods: dict[str, nn.Module]
+) -> dict[str, list[int]]:
+    """Producer name -> the output rows (local channel indices) it keeps, for pruned producers
+    (``mods``: the unpruned model's modules by name)."""
+    out: dict[str, list[int]] = {}
+    for g, gp in zip(groups, plans, strict=True):
+        removed = set(gp.removed)
+        if not removed:
+            continue
+        for mem in g.producers():
+            if mem.kind not in ("producer", "depthwise") or mem.name not in mods:
+                continue
+            gone = {int(i) for i, r in zip(mem.idxs, mem.root_idxs, strict=True) if r in removed}
+            n = _n_out(mods[mem.name])
+            out[mem.name] = [i for i in range(n) if i not in gone]
+    return out
+
+
+def verify_rewrite(
+    original: nn.Module,
+    pruned: nn.Module,
+    groups: Sequence[ChannelGroup],
+    plans: Sequence[Any],
+    probe: Probe,
+    example_inputs: Any,
+) -> VerifyResult:
+    """Check (and where possible correct) ``pruned`` against ``original`` (module docstring, 2-3).
+
+    ``groups`` are the channel groups traced on ``original`` (or an identical copy; matched by module
+    name), ``plans`` their GroupPlans (same order). Corrections are applied to ``pruned`` in place.
+    """
+    res = VerifyResult()
+    plan_ids = _plan_ids(probe, groups, plans)
+    edits = {name: _edit_of(pm.ids, plan_ids) for name, pm in probe.maps.items()}
+    pruned_groups = {gi for gi, gp in enumerate(plans) if gp.removed}
+    orig_mods = dict(original.named_modules())
+    new_mods = dict(pruned.named_modules())
+    rows_of = _kept_rows_by_name(groups, plans, orig_mods)
+    consumer_of: dict[str, set[int]] = {}
+    for gi, g in enumerate(groups):
+        for mem in g.members:
+            if mem.kind == "consumer":
+                consumer_of.setdefault(mem.name, set()).add(gi)
+
+    # 2. consumers rebuilt from the original weights at the probed positions, and compared.
+    for name, pm in probe.maps.items():
+        read = {probe.group_of(int(i)) for i in np.unique(pm.ids[pm.ids >= 0])}
+        if -1 in pm.mixed_groups:  # several groups mix here: those Torch-Pruning says feed it
+            read |= consumer_of.get(name, set())
+        touched = (read | pm.mixed_groups) & pruned_groups
+        if not touched:
+            continue
+        if (pm.ids == MIXED).any() or (pm.mixed_groups & pruned_groups):
+            for gi in touched:
+                res.failed.setdefault(
+                    gi,
+                    f"its channels mix before they reach {name!r} (a LayerNorm/GroupNorm, an "
+                    "attention or a reshape across channels): removing one is not removing inputs",
+                )
+            continue
+        mod0, mod1 = orig_mods.get(name), new_mods.get(name)
+        if mod0 is None or mod1 is None:
+            continue
+        if isinstance(mod0, nn.modules.conv._ConvNd) and (mod0.groups != 1 or mod0.transposed):
+            continue  # grouped / transposed consumers: left to the forward check
+        edit = edits[name]
+        if isinstance(edit, str):
+            for gi in touched:
+                res.failed.setdefault(gi, f"{edit} of {name!r}")
+            continue
+        w0 = mod0.weight.detach()
+        wf = w0.clone()
+        if edit.dst.size:
+            shape = [1] * w0.dim()
+            shape[1] = edit.dst.size
+            c = torch.as_tensor(edit.coef, dtype=w0.dtype, device=w0.device).reshape(shape)
+            src = w0.index_select(1, torch.as_tensor(edit.dst, device=w0.device)) * c
+            wf.index_add_(1, torch.as_tensor(edit.src, device=w0.device), src)
+        keep = edit.keep
+        rows = rows_of.get(name)
+        want = wf[:, torch.as_tensor(keep)]
+        if rows is not None:
+            want = want[torch.as_tensor(rows)]
+        have = mod1.weight.detach()
+        if tuple(have.shape) != tuple(want.shape):
+            why = (
+                f"the rewrite of {name!r} has weight {tuple(have.shape)}, the channels it reads "
+                f"need {tuple(want.shape)}"
+            )
+            for gi in touched:
+                res.failed.setdefault(gi, why)
+            continue
+        tol = _tolerance(have.dtype)
+        scale = float(want.abs().max()) if want.numel() else 0.0
+        if not torch.allclose(have, want.to(have.dtype), rtol=tol, atol=tol * scale):
+            with torch.no_grad():
+                mod1.weight.copy_(want.to(have.dtype))
+            wrong = np.setdiff1d(np.arange(len(pm.ids)), keep).tolist()
+            res.corrected.append(
+                (
+                    name,
+                    f"input features rebuilt at the probed positions (the removed channels feed "
+                    f"{len(wrong)} inputs: {wrong[:6]}{' ...' if len(wrong) > 6 else ''})",
+                )
+            )
+    if res.failed:
+        return res
+    # 3. the real forward.
+    inputs = probe.inputs if probe.inputs is not None else example_inputs
+    _forward_check(original, pruned, probe, edits, pruned_groups, rows_of, inputs, res)
+    return res
+
+
+def _edit_input(x: torch.Tensor, dim: int, edit: _Edit) -> torch.Tensor:
+    """A consumer's input as the plan makes it read: removed positions 0 or coef x representative."""
+    y = x.clone()
+    if edit.zero.size:
+        y.index_fill_(dim, torch.as_tensor(edit.zero, device=x.device), 0.0)
+    if edit.dst.size:
+        shape = [1] * x.dim()
+        shape[dim] = edit.dst.size
+        c = torch.as_tensor(edit.coef, dtype=x.dtype, device=x.device).reshape(shape)
+        vals = x.index_select(dim, torch.as_tensor(edit.src, device=x.device)) * c
+        y.index_copy_(dim, torch.as_tensor(edit.dst, device=x.device), vals)
+    return y
+
+
+def _flat_outputs(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _flat_outputs(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _flat_outputs(v)]
+    return [v for v in getattr(out, "__dict__", {}).values() if isinstance(v, torch.Tensor)]
+
+
+def _forward_check(
+    original: nn.Module,
+    pruned: nn.Module,
+    probe: Probe,
+    edits: dict[str, _Edit | str],
+    pruned_groups: set[int],
+    rows_of: dict[str, list[int]],
+    example_inputs: Any,
+    res: VerifyResult,
+) -> None:
+    order: list[str] = []
+    outs0: dict[str, torch.Tensor] = {}
+    outs1: dict[str, torch.Tensor] = {}
+    handles = []
+    mods0 = dict(original.named_modules())
+    mods1 = dict(pruned.named_modules())
+
+    def reads(name: str) -> set[int]:
+        pm = probe.maps.get(name)
+        if pm is None:
+            return set()
+        return {probe.group_of(int(i)) for i in np.unique(pm.ids[pm.ids >= 0])} & pruned_groups
+
+    for name, m in mods0.items():
+        if not _is_layer(m):
+            continue
+        edit = edits.get(name)
+        dim = _channel_dim(m)
+
+        def pre0(mod: nn.Module, args: Any, edit: Any = edit, dim: int = dim) -> Any:
+            if not isinstance(edit, _Edit) or not args or not isinstance(args[0], torch.Tensor):
+                return None
+            if edit.zero.size == 0 and edit.dst.size == 0:
+                return None
+            return (_edit_input(args[0], dim % args[0].dim(), edit), *args[1:])
+
+        def post0(mod: nn.Module, _a: Any, out: Any, name: str = name) -> None:
+            if isinstance(out, torch.Tensor):
+                outs0[name] = out.detach()
+
+        handles += [m.register_forward_pre_hook(pre0), m.register_forward_hook(post0)]
+    for name, m in mods1.items():
+        if not _is_layer(m):
+            continue
+
+        def pre1(mod: nn.Module, _a: Any, name: str = name) -> None:
+            order.append(name)
+
+        def post1(mod: nn.Module, _a: Any, out: Any, name: str = name) -> None:
+            if isinstance(out, torch.Tensor):
+                outs1[name] = out.detach()
+
+        handles += [m.register_forward_pre_hook(pre1), m.register_forward_hook(post1)]
+    modes0 = [m.training for m in original.modules()]
+    modes1 = [m.training for m in pruned.modules()]
+    try:
+        original.eval()
+        pruned.eval()
+        with torch.no_grad():
+            ref = _run_forward(original, example_inputs)
+            try:
+                got = _run_forward(pruned, example_inputs)
+            except Exception as e:  # noqa: BLE001 - any failure of the rewritten forward
+                where = order[-1] if order else "?"
+                why = f"the pruned model fails in {where!r}: {type(e).__name__}: {str(e)[:200]}"
+                gis = reads(where) or set(pruned_groups)
+                for gi in gis:
+                    res.failed.setdefault(gi, why)
+                return
+    finally:
+        for h in handles:
+            h.remove()
+        for mod, t in zip(original.modules(), modes0, strict=True):
+            mod.training = t
+        for mod, t in zip(pruned.modules(), modes1, strict=True):
+            mod.training = t
+    a, b = _flat_outputs(ref), _flat_outputs(got)
+    shapes_a = [tuple(t.shape) for t in a]
+    shapes_b = [tuple(t.shape) for t in b]
+    if shapes_a != shapes_b:
+        why = f"the pruned model's outputs have shapes {shapes_b}, the original's {shapes_a}"
+        for gi in pruned_groups:
+            res.failed.setdefault(gi, why)
+        return
+    tol = _tolerance(a[0].dtype if a else torch.float32)
+    if all(_close(x, y, tol) for x, y in zip(a, b, strict=True)):
+        return
+    # Attribute: the first layer (in execution order) whose output differs.
+    for name in order:
+        o0, o1 = outs0.get(name), outs1.get(name)
+        if o0 is None or o1 is None:
+            continue
+        if name in rows_of and o0.shape != o1.shape:
+            dim = _channel_dim(mods0[name]) % o0.dim()
+            o0 = o0.index_select(dim, torch.as_tensor(rows_of[name], device=o0.device))
+        if not _close(o0, o1, tol):
+            gis = reads(name)
+            why = (
+                f"the pruned model's {name!r} computes something else than the original with the "
+                "removed channels' inputs dropped (an operation between the layers depends on "
+                "the channel count or order)"
+            )
+            for gi in gis or set(pruned_groups):
+                res.failed.setdefault(gi, why)
+            return
+    for gi in pruned_groups:
+        res.failed.setdefault(gi, "the pruned model's output differs (not attributable to a layer)")
+
+
+def _close(x: torch.Tensor, y: torch.Tensor, tol: float) -> bool:
+    if x.shape != y.shape:
+        return False
+    if not (x.is_floating_point() and y.is_floating_point()):
+        return bool(torch.equal(x, y))
+    scale = float(x.abs().max()) if x.numel() else 0.0
+    if not math.isfinite(scale):
+        return bool(torch.equal(x, y))
+    return bool(((x - y.to(x.dtype)).abs() <= tol * max(scale, 1e-30)).all())
