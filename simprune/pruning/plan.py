@@ -22,6 +22,7 @@ from torch import nn
 from .calibrate import check_data_type, recalibrate_bn
 from .groups import MEMBER_KINDS, ChannelGroup, build_dependency_graph, group_at
 from .merge import apply_merges
+from .verify import probe_positions, verify_rewrite
 
 PLAN_FORMAT = 1
 
@@ -173,14 +174,27 @@ def _check_group(gp: GroupPlan, grp: ChannelGroup) -> None:
         )
 
 
-@torch.no_grad()
-def execute(model: nn.Module, dg: Any, group_plans: list[GroupPlan]) -> None:
-    """Merge, then prune, every group of the plan in ``model`` (in place)."""
+def plan_groups(model: nn.Module, dg: Any, group_plans: list[GroupPlan]) -> list[ChannelGroup]:
+    """The channel group of every plan group in a traced ``model``, checked against the plan."""
     for gp in group_plans:
         gp.check()
     groups = [group_at(dg, model, gp.root, k) for k, gp in enumerate(group_plans)]
     for gp, grp in zip(group_plans, groups, strict=True):
         _check_group(gp, grp)
+    return groups
+
+
+@torch.no_grad()
+def execute(
+    model: nn.Module,
+    dg: Any,
+    group_plans: list[GroupPlan],
+    groups: list[ChannelGroup] | None = None,
+) -> None:
+    """Merge, then prune, every group of the plan in ``model`` (in place). ``groups``: the result of
+    :func:`plan_groups` when the caller has it."""
+    if groups is None:
+        groups = plan_groups(model, dg, group_plans)
     # All merges first: they read the original consumer weights of every group.
     for gp, grp in zip(group_plans, groups, strict=True):
         if gp.merges:
@@ -201,6 +215,7 @@ def apply_plan(
     *,
     inplace: bool = False,
     calibration_data: Any = None,
+    verify: bool = True,
 ) -> nn.Module:
     """Reproduce a pruned model from a fresh model of the same architecture and a plan.
 
@@ -213,6 +228,10 @@ def apply_plan(
     inplace : modify ``model`` itself instead of a copy.
     calibration_data : inputs to re-estimate the BatchNorm statistics on afterwards, as in
         :func:`simprune.prune` (:func:`simprune.recalibrate_bn`); None leaves them as they are.
+    verify : check the rewrite against the real forward as :func:`simprune.prune` does
+        (:mod:`simprune.pruning.verify`): consumers Torch-Pruning rewired wrongly are corrected
+        (as ``prune`` corrected them, so the replay equals the pruned model); a group that fails
+        raises ValueError (a replay cannot re-solve the cut: prune again).
 
     Raises ValueError naming the first mismatch when the architecture differs from the plan's.
     """
@@ -232,7 +251,15 @@ def apply_plan(
     work = model if inplace else copy.deepcopy(model)
     training = work.training
     dg = build_dependency_graph(work, example_inputs)
-    execute(work, dg, plan.groups)
+    groups = plan_groups(work, dg, plan.groups)
+    probe = probe_positions(work, example_inputs, groups) if verify else None
+    original = (copy.deepcopy(model) if inplace else model) if verify else None
+    execute(work, dg, plan.groups, groups)
+    if original is not None and probe is not None:
+        res = verify_rewrite(original, work, groups, plan.groups, probe, example_inputs)
+        if not res.ok:
+            why = "; ".join(f"group {plan.groups[gi].root!r}: {r}" for gi, r in res.failed.items())
+            raise ValueError(f"the plan does not verify on this model ({why}); prune it again")
     work.train(training)
     if calibration_data is not None:
         recalibrate_bn(work, calibration_data)
