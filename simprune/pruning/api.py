@@ -258,6 +258,10 @@ def prune(
             timings["verify"] = timings.get("verify", 0.0) + time.perf_counter() - t0
             corrected += res.corrected
             if res.ok:
+                for name, why in corrected:
+                    warnings.warn(
+                        f"simprune.prune: consumer {name!r} corrected: {why}", stacklevel=2
+                    )
                 break
             for gi, why in sorted(res.failed.items()):
                 root = groups[gi].root_name

@@ -31,6 +31,7 @@ warns; the report lists every excluded group with its reason and every corrected
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -339,7 +340,10 @@ def _probe_forward(
     modes = [m.training for m in model.modules()]
     try:
         model.eval()
-        with torch.no_grad(), fwAD.dual_level():
+        with torch.no_grad(), fwAD.dual_level(), warnings.catch_warnings():
+            # torch's forward AD scripts its decompositions on first use (torch.jit deprecation).
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch")
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
             _run_forward(model, inputs)
     finally:
         for h in handles:
@@ -567,8 +571,10 @@ def verify_rewrite(
             res.corrected.append(
                 (
                     name,
-                    f"input features rebuilt at the probed positions (the removed channels feed "
-                    f"{len(wrong)} inputs: {wrong[:6]}{' ...' if len(wrong) > 6 else ''})",
+                    f"Torch-Pruning removed other input features than the channels of group(s) "
+                    f"{sorted(groups[gi].root_name for gi in touched)} feed; rebuilt at the probed "
+                    f"positions ({len(wrong)} inputs removed: {wrong[:6]}"
+                    f"{' ...' if len(wrong) > 6 else ''})",
                 )
             )
     if res.failed:
