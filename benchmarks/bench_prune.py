@@ -5,9 +5,11 @@
 
 simprune's "plan" is descriptors + distances + linkage + cut (the timings ``prune`` reports); its
 "total" adds tracing (deep copy, Torch-Pruning's DependencyGraph, the shape-recording forward) and the
-rewrite. Torch-Pruning's "importance" is FPGMImportance over every group of the same
-DependencyGraph; its "step" is MetaPruner construction (tracing) + ``step()`` (importance, ranking,
-rewrite) at a uniform channel ratio. Medians of ``--repeat`` interleaved runs after one warm-up. Speed is only reported, never
+rewrite, and the rewrite's verification (simprune.pruning.verify); "total, verify=False" is the
+same prune() without it, so their ratio is the verification's cost (target <= 1.2). Torch-Pruning's
+"importance" is FPGMImportance over every group of the same DependencyGraph; its "step" is
+MetaPruner construction (tracing) + ``step()`` (importance, ranking, rewrite) at a uniform channel
+ratio. Medians of ``--repeat`` interleaved runs after one warm-up. Speed is only reported, never
 asserted.
 """
 
@@ -68,7 +70,7 @@ def main() -> None:
     [fpgm(g) for g in groups]
     tp_step()
     # Interleaved, so that load from other processes on a shared box hits both sides alike.
-    plans, totals, imps, steps = [], [], [], []
+    plans, totals, unverified, imps, steps = [], [], [], [], []
     report = None
     tp_macs = macs0
     for _ in range(args.repeat):
@@ -78,6 +80,12 @@ def main() -> None:
         )
         totals.append(time.perf_counter() - t0)
         plans.append(sum(report.timings[k] for k in PLAN_STAGES))
+        t0 = time.perf_counter()
+        prune(
+            model, x, macs_reduction=args.macs_reduction, backend=args.backend, progress=False,
+            verify=False,
+        )  # fmt: skip
+        unverified.append(time.perf_counter() - t0)
         print("simprune run:", {k: round(v, 3) for k, v in report.timings.items()}, flush=True)
         imps.append(median_time(lambda: [fpgm(g) for g in groups], repeat=1, warmup=0))
         t0 = time.perf_counter()
@@ -95,6 +103,7 @@ def main() -> None:
 
     plan_s = statistics.median(plans)
     total_s = statistics.median(totals)
+    unverified_s = statistics.median(unverified)
     rows = [
         {
             "what": "simprune plan (descr+dist+linkage+cut)",
@@ -102,13 +111,18 @@ def main() -> None:
             "vs_fpgm_importance": t_imp / plan_s,
         },
         {"what": "simprune prune() total", "s": total_s, "vs_tp_step": t_step / total_s},
+        {
+            "what": "simprune prune() total, verify=False",
+            "s": unverified_s,
+            "verify_cost": total_s / unverified_s,
+        },
         {"what": "TP FPGMImportance, all groups", "s": t_imp},
         {"what": f"TP MetaPruner+step (ratio {args.tp_ratio}, MACs -{tp_red:.1%})", "s": t_step},
     ]
     stages = {k: round(report.timings[k], 3) for k in report.timings}
     print_table(
         rows,
-        ["what", "s", "vs_fpgm_importance", "vs_tp_step"],
+        ["what", "s", "vs_fpgm_importance", "vs_tp_step", "verify_cost"],
         title=f"{args.model} plan time, CPU, median of {args.repeat} (last run: {stages})",
     )
 
