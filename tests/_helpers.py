@@ -84,18 +84,31 @@ def randomise_bns(model: nn.Module, seed: int) -> nn.Module:
     return model.eval()
 
 
+def _out_channel(layer: nn.Module, c: int) -> tuple:
+    """Index of output channel ``c`` in ``layer.weight`` (ConvTranspose: (in, out/groups, ...))."""
+    if isinstance(layer, nn.modules.conv._ConvNd) and layer.transposed:
+        opg = layer.out_channels // layer.groups
+        ipg = layer.in_channels // layer.groups
+        g, k = divmod(c, opg)
+        return (slice(g * ipg, (g + 1) * ipg), k)
+    return (c,)
+
+
 @torch.no_grad()
 def duplicate_channels(
     layer: nn.Module, bn: nn.Module | None, pairs: list[tuple[int, int]]
 ) -> None:
-    """Make output channel j of ``layer`` (and of its BN) an exact copy of channel r, for (j, r)."""
+    """Make output channel j of ``layer`` (and of its norm: BatchNorm, LayerNorm, GroupNorm) an exact
+    copy of channel r, for (j, r)."""
     for j, r in pairs:
-        layer.weight[j] = layer.weight[r]
+        layer.weight[_out_channel(layer, j)] = layer.weight[_out_channel(layer, r)]
         if getattr(layer, "bias", None) is not None:
             layer.bias[j] = layer.bias[r]
         if bn is not None:
-            for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
-                t[j] = t[r]
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                t = getattr(bn, name, None)
+                if t is not None:
+                    t[j] = t[r]
 
 
 def conv_bn(cin: int, cout: int, kernel_size: int, **kwargs) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
@@ -241,6 +254,29 @@ def small_cnn() -> tuple[nn.Module, torch.Tensor]:
                 mod.weight.uniform_(0.5, 1.5)
                 mod.bias.normal_(0, 0.2)
     return m, torch.randn(1, 3, 8, 8)
+
+
+def n_prunable(model: nn.Module, x: torch.Tensor) -> int:
+    """The number of prunable channels (to turn "remove exactly the duplicates" into a ratio)."""
+    from simprune.pruning.groups import build_dependency_graph, collect_groups
+
+    dg = build_dependency_graph(model, x)
+    groups, _ = collect_groups(dg, model)
+    return sum(g.n_channels for g in groups)
+
+
+def removed_by_layer(plan, expected: dict[str, list[int]]) -> dict[str, list[int]]:
+    """{layer: removed channels of the group where ``layer`` produces} for the expected layers, and
+    check that no other group lost a channel."""
+    out = {}
+    for gp in plan.groups:
+        producers = {name for name, kind in gp.members if kind in ("producer", "depthwise")}
+        hit = producers & set(expected)
+        if gp.removed:
+            assert hit, f"group {gp.root} lost channels {gp.removed} but holds no duplicate"
+        for name in hit:
+            out[name] = gp.removed
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------

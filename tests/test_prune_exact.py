@@ -9,16 +9,7 @@ import torch
 
 import simprune
 from simprune.pruning import prune
-from tests._helpers import DUPLICATE_MODELS, duplicate_model
-
-
-def _n_prunable(model, x):
-    # The number of prunable channels, to turn "remove exactly the duplicates" into a ratio.
-    from simprune.pruning.groups import build_dependency_graph, collect_groups
-
-    dg = build_dependency_graph(model, x)
-    groups, _ = collect_groups(dg, model)
-    return sum(g.n_channels for g in groups)
+from tests._helpers import DUPLICATE_MODELS, duplicate_model, n_prunable, removed_by_layer
 
 
 def _setup(kind: str, device: str = "cpu"):
@@ -26,24 +17,10 @@ def _setup(kind: str, device: str = "cpu"):
     model's output) for a duplicate-channel model on ``device``."""
     model, x, expected = duplicate_model(kind)
     model, x = model.to(device), x.to(device)
-    ratio = sum(len(v) for v in expected.values()) / _n_prunable(model, x)
+    ratio = sum(len(v) for v in expected.values()) / n_prunable(model, x)
     with torch.no_grad():
         y0 = model(x)
     return model, x, expected, ratio, y0
-
-
-def _removed_by_layer(plan, expected):
-    """{layer: removed channels of the group where ``layer`` produces} for the expected layers, and
-    check that no other group lost a channel."""
-    out = {}
-    for gp in plan.groups:
-        producers = {name for name, kind in gp.members if kind in ("producer", "depthwise")}
-        hit = producers & set(expected)
-        if gp.removed:
-            assert hit, f"group {gp.root} lost channels {gp.removed} but holds no duplicate"
-        for name in hit:
-            out[name] = gp.removed
-    return out
 
 
 @pytest.mark.parametrize(
@@ -63,7 +40,7 @@ def test_duplicates_removed_and_output_unchanged(kind, device, backend):
     pruned, plan, report = prune(
         model, x, pruning_ratio=ratio, min_keep_ratio=0.0, backend=backend, progress=False
     )
-    assert _removed_by_layer(plan, expected) == expected
+    assert removed_by_layer(plan, expected) == expected
     assert next(pruned.parameters()).device.type == device
     with torch.no_grad():
         y1 = pruned(x)
@@ -81,7 +58,7 @@ def test_without_merge_the_output_changes(kind):
     pruned, plan, _ = prune(
         model, x, pruning_ratio=ratio, min_keep_ratio=0.0, merge=False, progress=False
     )
-    assert _removed_by_layer(plan, expected) == expected
+    assert removed_by_layer(plan, expected) == expected
     with torch.no_grad():
         y1 = pruned(x)
     assert (y1 - y0).abs().max() > 1e-3

@@ -38,8 +38,10 @@ class GroupCurve:
         ok = np.flatnonzero(self.kept_after[: m + 1] >= self.min_kept)
         m = int(ok[-1]) if ok.size else 0
         if round_to and round_to > 1:
+            # Kept channels come in units of ch_groups: a multiple of round_to is one of the lcm.
+            step = math.lcm(round_to, self.ch_groups)
             kept_ch = int(self.kept_after[m]) * self.ch_groups
-            want = min(self.n_units * self.ch_groups, int(math.ceil(kept_ch / round_to)) * round_to)
+            want = min(self.n_units * self.ch_groups, int(math.ceil(kept_ch / step)) * step)
             want_units = int(math.ceil(want / self.ch_groups))
             ok = np.flatnonzero(self.kept_after[: m + 1] >= want_units)
             m = int(ok[-1]) if ok.size else 0

@@ -24,8 +24,11 @@ def _producer_weight(m: Member) -> torch.Tensor:
     mod = m.module
     w = mod.weight.detach()
     if isinstance(mod, nn.modules.conv._ConvNd) and mod.transposed:
-        # ConvTranspose weights are (in, out/groups, ...): output channels on dim 1.
-        w = w.transpose(0, 1)
+        # ConvTranspose weights are (in, out/groups, ...): output channel g * out/groups + k (conv
+        # group g) is column k of the rows of group g's inputs, g * in/groups ... (g + 1) * in/groups.
+        g = mod.groups
+        ipg = w.shape[0] // g
+        w = w.reshape(g, ipg, *w.shape[1:]).transpose(1, 2).reshape(-1, ipg, *w.shape[2:])
     return w
 
 

@@ -17,6 +17,7 @@ through a flatten).
 
 from __future__ import annotations
 
+import math
 import traceback
 import warnings
 from collections.abc import Sequence
@@ -241,6 +242,8 @@ def reaches_output(item: Any) -> bool:
 
 
 def _channel_groups_of(members: list[Member]) -> int:
+    """Blocks whose channels must lose the same positions: the conv groups of a grouped conv and the
+    groups of a GroupNorm (removing channels unevenly would regroup, or break, its statistics)."""
     cg = 1
     for m in members:
         mod = m.module
@@ -249,8 +252,26 @@ def _channel_groups_of(members: list[Member]) -> int:
             and mod.groups > 1
             and not (mod.groups == mod.in_channels == mod.out_channels)
         ):
-            cg = max(cg, mod.groups)
+            cg = math.lcm(cg, mod.groups)
+        elif isinstance(mod, nn.GroupNorm) and mod.num_groups > 1:
+            cg = math.lcm(cg, mod.num_groups)
     return cg
+
+
+def _unprunable(members: list[Member]) -> str | None:
+    """Why Torch-Pruning cannot rewrite a group, or None."""
+    for m in members:
+        mod = m.module
+        if (
+            isinstance(mod, nn.modules.conv._ConvNd)
+            and mod.transposed
+            and mod.groups > 1
+            and m.kind != "depthwise"
+        ):
+            # Torch-Pruning slices a grouped ConvTranspose's weight (in, out/groups, ...) as if it
+            # were a Conv's: the result has the wrong shape.
+            return f"grouped ConvTranspose {m.name!r} (Torch-Pruning cannot prune its channels)"
+    return None
 
 
 def collect_groups(
@@ -284,6 +305,10 @@ def collect_groups(
             continue
         if not any(m.kind in ("producer", "depthwise") for m in members):
             skipped.append((root_name, "no Conv/Linear producer"))
+            continue
+        why = _unprunable(members)
+        if why:
+            skipped.append((root_name, why))
             continue
         cg = _channel_groups_of(members)
         if n % cg:
