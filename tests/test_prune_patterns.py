@@ -356,22 +356,8 @@ PATTERNS: dict[str, Pattern] = {
 # Bugs found by this suite (in simprune, not in the tests; the reason names the failing step): the
 # test states the correct behaviour and is expected to fail until they are fixed.
 XFAIL = {
-    "hardcoded_view": "verify attributes a crash to the last Conv/Linear that *started* (conv1), "
-    "not to the groups read after it: the view's failure excludes conv0's group (which the view "
-    "never sees) in a first pass, and conv1's group in a second one -- conv0 is excluded although "
-    "pruning it alone is exact",
-    "pixel_shuffle": "prune crashes in merge.apply_merges (RuntimeError: INDICES element is out of "
-    "DATA bounds) on Torch-Pruning's out-of-range consumer indices for conv2 before verification "
-    "runs; with merge=False the mixed positions (several channels, each decoded cleanly) name no "
-    "group, so every pruned group is excluded, not only conv1's",
     "depth_to_space": "prune raises TracingError (Torch-Pruning's index propagation 'runs away' at "
     "the reshape: 16 channels -> 64 indices) for the whole model instead of excluding conv1's group",
-    "einsum": "prune crashes in merge.apply_merges (RuntimeError: INDICES element is out of DATA "
-    "bounds): Torch-Pruning gives fc consumer indices 0..7 of conv1's channels (fc has 6 inputs) "
-    "and the merge runs before verification; with merge=False conv1 is excluded as it should be",
-    "multihead_attention": "verify's probe crashes: forward-mode AD is not implemented for "
-    "aten::_native_multi_head_attention (the eval fast path; without it, for "
-    "_scaled_dot_product_flash_attention_for_cpu), NotImplementedError escapes simprune.prune",
 }
 
 

@@ -95,9 +95,15 @@ def _fold(m: Member, merges: Sequence[tuple[int, int, float]]) -> int:
     src: list[int] = []
     dst: list[int] = []
     coef: list[float] = []
+    n_in = w.shape[0] if isinstance(mod, nn.modules.conv._ConvNd) and mod.transposed else None
+    n_in = n_in if n_in is not None else (w.shape[1] * getattr(mod, "groups", 1))
     for j, r, a in merges:
         lj, lr = idx.get(j), idx.get(r)
         if lj is None or lr is None or len(lj) != len(lr) or a == 0.0:
+            continue
+        if max(lj + lr) >= n_in:
+            # Torch-Pruning's index mapping points past this layer's inputs (a pixel shuffle, an
+            # einsum over the channels): no fold here; the rewrite's verification rejects the group.
             continue
         src += lj
         dst += lr

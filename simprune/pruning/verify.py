@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .groups import ChannelGroup, _run_forward
 
@@ -121,12 +122,19 @@ def probe_positions(model: nn.Module, example_inputs: Any, groups: Sequence[Chan
     maps: dict[str, PositionMap] = {}
     for name, size in sizes.items():
         ids = np.full(size, NONE, dtype=np.int64)
+        groups_here = set(mixed.get(name, set()))
         if pairs.get(name):
             pp = np.unique(np.concatenate(pairs[name]), axis=0)
             pos, cnt = np.unique(pp[:, 0], return_counts=True)
             ids[pp[:, 0]] = pp[:, 1]
-            ids[pos[cnt > 1]] = MIXED
-        maps[name] = PositionMap(name, ids, mixed.get(name, set()))
+            multi = pos[cnt > 1]
+            ids[multi] = MIXED
+            # several channels feed one position (a pixel shuffle, a channel-mixing op): theirs
+            both = pp[np.isin(pp[:, 0], multi) & (pp[:, 1] >= 0), 1]
+            groups_here.update(
+                int(np.searchsorted(offsets, g, side="right") - 1) for g in np.unique(both)
+            )
+        maps[name] = PositionMap(name, ids, groups_here)
     return Probe(offsets, maps, small)
 
 
@@ -336,7 +344,10 @@ def _probe_forward(
     modes = [m.training for m in model.modules()]
     try:
         model.eval()
-        with torch.no_grad(), fwAD.dual_level(), warnings.catch_warnings():
+        # Grad mode on (no graph is needed, but it keeps nn.MultiheadAttention off its fused fast
+        # path) and the math attention kernel: the fused kernels have no forward-mode AD.
+        with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]), fwAD.dual_level(), \
+                warnings.catch_warnings():  # fmt: skip
             # torch's forward AD scripts its decompositions on first use (torch.jit deprecation).
             warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch")
             warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
@@ -577,7 +588,8 @@ def verify_rewrite(
         return res
     # 3. the real forward.
     inputs = probe.inputs if probe.inputs is not None else example_inputs
-    _forward_check(original, pruned, probe, edits, pruned_groups, rows_of, inputs, res)
+    produced_by = {gi: {m.name for m in g.producers()} for gi, g in enumerate(groups)}
+    _forward_check(original, pruned, probe, edits, pruned_groups, rows_of, produced_by, inputs, res)
     return res
 
 
@@ -612,10 +624,12 @@ def _forward_check(
     edits: dict[str, _Edit | str],
     pruned_groups: set[int],
     rows_of: dict[str, list[int]],
+    produced_by: dict[int, set[str]],
     example_inputs: Any,
     res: VerifyResult,
 ) -> None:
     order: list[str] = []
+    finished: set[str] = set()
     outs0: dict[str, torch.Tensor] = {}
     outs1: dict[str, torch.Tensor] = {}
     handles = []
@@ -654,6 +668,7 @@ def _forward_check(
             order.append(name)
 
         def post1(mod: nn.Module, _a: Any, out: Any, name: str = name) -> None:
+            finished.add(name)
             if isinstance(out, torch.Tensor):
                 outs1[name] = out.detach()
 
@@ -669,8 +684,14 @@ def _forward_check(
                 got = _run_forward(pruned, example_inputs)
             except Exception as e:  # noqa: BLE001 - any failure of the rewritten forward
                 where = order[-1] if order else "?"
-                why = f"the pruned model fails in {where!r}: {type(e).__name__}: {str(e)[:200]}"
-                gis = reads(where) or set(pruned_groups)
+                if where in finished:
+                    # It failed after this layer, in an operation on its output: its own channels.
+                    why = f"the pruned model fails after {where!r}: {type(e).__name__}: {str(e)[:200]}"
+                    gis = {gi for gi in pruned_groups if where in produced_by.get(gi, set())}
+                else:
+                    why = f"the pruned model fails in {where!r}: {type(e).__name__}: {str(e)[:200]}"
+                    gis = reads(where)
+                gis = gis or set(pruned_groups)
                 for gi in gis:
                     res.failed.setdefault(gi, why)
                 return
