@@ -120,7 +120,11 @@ def _run_forward(model: nn.Module, example_inputs: Any) -> Any:
 def build_dependency_graph(
     model: nn.Module, example_inputs: Any, ignored_layers: Sequence[nn.Module] = ()
 ) -> tp.DependencyGraph:
-    """Trace ``model`` with Torch-Pruning; failures name the module or op that broke the trace."""
+    """Trace ``model`` with Torch-Pruning; failures name the module or op that broke the trace.
+
+    The graph's channel-index propagation is bounded: a group whose indices run away through a
+    reshape (swin_t) raises TracingError when it is built instead of exhausting memory.
+    """
     current: list[str] = []
     names = module_names(model)
 
@@ -180,6 +184,76 @@ def build_dependency_graph(
     for w in caught:
         if "Unknown operation" not in str(w.message):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+    # Memory guard. Torch-Pruning builds a group by pushing the root's channel indices through the
+    # graph (get_pruning_group); a reshape's index mapping (_FlattenIndexMapping) multiplies them by
+    # its stride, and a node is visited again whenever it is reached with a different index list.
+    # Where a path loops back through such a reshape (torchvision's swin_t: the attention scores,
+    # the relative position bias and the window reshapes of every block), each lap multiplies the
+    # list again (32x: 768 -> 24,576 -> 786,432 -> ... indices at 224x224, copied onto every node
+    # reached) and the process is killed past 24 GB (maxvit_t and swin_v2_t alike). The indices
+    # themselves grow: no genuine one exceeds twice the widest dimension of a parameter or buffer
+    # (a flatten feeds a Linear whose in_features is the flattened width), so a mapping that
+    # produces one raises TracingError at once, naming the layers around that reshape. (A bounded
+    # loop, e.g. a depth-to-space reshape, repeats indices with other root channels: lists grow a
+    # few times, index values do not.)
+    tensors = [*model.parameters(), *model.buffers()]
+    dims = [max(t.shape) for t in tensors if t.dim()]
+    if not dims:
+        return dg
+    limit = 2 * max(dims)
+    flatten_cls = tp.dependency.index_mapping._FlattenIndexMapping
+
+    def nearby(node: Any, k: int = 3) -> list[str]:
+        seen, queue = {id(node)}, [node]
+        found: list[str] = []
+        while queue and len(found) < k and len(seen) < 10_000:
+            n = queue.pop(0)
+            name = names.get(n.module)
+            if name and isinstance(n.module, (nn.Module, nn.Parameter)):
+                found.append(name)
+            for m in list(n.inputs) + list(n.outputs):
+                if id(m) not in seen:
+                    seen.add(id(m))
+                    queue.append(m)
+        return found
+
+    class _BoundedFlatten(flatten_cls):  # type: ignore[misc, valid-type]
+        dep: Any = None
+
+        def __call__(self, idxs: Any) -> Any:
+            out = super().__call__(idxs)
+            if any(i.idx >= limit for i in out):
+                where = ", ".join(nearby(self.dep.target)) if self.dep is not None else "?"
+                raise TracingError(
+                    "Torch-Pruning's channel-index propagation runs away at a reshape near "
+                    f"{where}: the index mapping of a view/reshape/flatten maps {len(idxs)} "
+                    f"channel indices to indices up to {max(i.idx for i in out)} (the widest "
+                    f"parameter dimension is {max(dims)}), on a path that loops back through the "
+                    "reshape and multiplies them on every lap (window partition / attention "
+                    "products, as in Swin transformers). Torch-Pruning cannot build this model's "
+                    "channel groups in bounded memory, so it is not supported."
+                )
+            return out
+
+    def bound(v: Any, dep: Any) -> Any:
+        if type(v) is flatten_cls:
+            v.__class__ = _BoundedFlatten
+            v.dep = dep
+        return v
+
+    class _Mappings(list):  # type: ignore[type-arg]
+        # get_pruning_group re-creates the reshape mappings (dep.index_mapping[i] = ...) first
+        dep: Any = None
+
+        def __setitem__(self, i: Any, v: Any) -> None:
+            super().__setitem__(i, bound(v, self.dep))
+
+    for node in dg.module2node.values():
+        for dep in node.dependencies:
+            guarded = _Mappings(bound(v, dep) for v in dep.index_mapping)
+            guarded.dep = dep
+            dep.index_mapping = guarded
     return dg
 
 
