@@ -369,10 +369,20 @@ def _decode(
     """Positions whose tangents decode to one channel id: t2 / t1 = id + 1, t3 / t1 = (id + 1)^2;
     the others are MIXED, and tg / t1 = group + 1 names the group whose channels mix there."""
     t1, t2, t3, tg = ts
-    scale = float(np.abs(t1).max()) if t1.size else 0.0
-    if scale == 0.0:
+    if not t1.size:
         return
-    alive = np.abs(t1) > 1e-6 * scale
+    # Reached by a tangent in any code. A position fed by one channel has t1 != 0; one where the
+    # uniform code cancels (t1 = 0, t2 != 0: a LayerNorm/GroupNorm subtracting the channel mean)
+    # is mixed.
+    reached = np.zeros(t1.shape, bool)
+    for t in (t1, t2, tg):
+        sc = float(np.abs(t).max())
+        if sc > 0.0:
+            reached |= np.abs(t) > 1e-6 * sc
+    if not reached.any():
+        return
+    scale = float(np.abs(t1).max())
+    alive = reached & (np.abs(t1) > 1e-6 * scale) if scale > 0.0 else np.zeros_like(reached)
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.where(alive, t2 / np.where(alive, t1, 1.0), 0.0)
         q = np.where(alive, t3 / np.where(alive, t1, 1.0), 0.0)
@@ -388,14 +398,14 @@ def _decode(
         pairs.setdefault(name, []).append(
             np.unique(np.stack([pos, ri[pos, el].astype(np.int64) - 1], axis=1), axis=0)
         )
-    bad = alive & ~ok
+    bad = reached & ~ok
     if bad.any():
         pp = np.unique(np.nonzero(bad)[0])
         pairs.setdefault(name, []).append(np.stack([pp, np.full_like(pp, MIXED)], axis=1))
         with np.errstate(divide="ignore", invalid="ignore"):
             g = tg[bad] / t1[bad]
-        gi = np.round(g)
-        one = np.abs(g - gi) < 1e-3 * np.maximum(gi, 1)
+            gi = np.round(g)
+            one = np.isfinite(g) & (np.abs(g - gi) < 1e-3 * np.maximum(gi, 1))
         groups = mixed.setdefault(name, set())
         groups.update(int(v) - 1 for v in np.unique(gi[one]) if v >= 1)
         if not one.all():
@@ -521,6 +531,7 @@ def verify_rewrite(
             if mem.kind == "consumer":
                 consumer_of.setdefault(mem.name, set()).add(gi)
 
+    mixed_at: dict[int, str] = {}  # group -> a consumer where its channels mix
     # 2. consumers rebuilt from the original weights at the probed positions, and compared.
     for name, pm in probe.maps.items():
         read = {probe.group_of(int(i)) for i in np.unique(pm.ids[pm.ids >= 0])}
@@ -530,12 +541,10 @@ def verify_rewrite(
         if not touched:
             continue
         if (pm.ids == MIXED).any() or (pm.mixed_groups & pruned_groups):
+            # Not expressible as dropped inputs: only the forward check can accept the rewrite
+            # (e.g. exact duplicates under a LayerNorm keep its statistics); if it fails, this is why.
             for gi in touched:
-                res.failed.setdefault(
-                    gi,
-                    f"its channels mix before they reach {name!r} (a LayerNorm/GroupNorm, an "
-                    "attention or a reshape across channels): removing one is not removing inputs",
-                )
+                mixed_at.setdefault(gi, name)
             continue
         mod0, mod1 = orig_mods.get(name), new_mods.get(name)
         if mod0 is None or mod1 is None:
@@ -589,7 +598,18 @@ def verify_rewrite(
     # 3. the real forward.
     inputs = probe.inputs if probe.inputs is not None else example_inputs
     produced_by = {gi: {m.name for m in g.producers()} for gi, g in enumerate(groups)}
-    _forward_check(original, pruned, probe, edits, pruned_groups, rows_of, produced_by, inputs, res)
+    consumer_names = {gi: {m.name for m in g.consumers()} for gi, g in enumerate(groups)}
+    _forward_check(
+        original, pruned, probe, edits, pruned_groups, rows_of, produced_by, consumer_names,
+        inputs, res,
+    )  # fmt: skip
+    for gi in list(res.failed):
+        if gi in mixed_at:
+            res.failed[gi] = (
+                f"its channels mix before they reach {mixed_at[gi]!r} (a LayerNorm/GroupNorm, an "
+                "attention or a reshape across channels): removing one is not removing inputs, "
+                f"and the pruned model differs ({res.failed[gi]})"
+            )
     return res
 
 
@@ -625,6 +645,7 @@ def _forward_check(
     pruned_groups: set[int],
     rows_of: dict[str, list[int]],
     produced_by: dict[int, set[str]],
+    consumer_of: dict[int, set[str]],
     example_inputs: Any,
     res: VerifyResult,
 ) -> None:
@@ -640,7 +661,11 @@ def _forward_check(
         pm = probe.maps.get(name)
         if pm is None:
             return set()
-        return {probe.group_of(int(i)) for i in np.unique(pm.ids[pm.ids >= 0])} & pruned_groups
+        got = {probe.group_of(int(i)) for i in np.unique(pm.ids[pm.ids >= 0])}
+        got |= {g for g in pm.mixed_groups if g >= 0}
+        if -1 in pm.mixed_groups:
+            got |= {gi for gi, names in consumer_of.items() if name in names}
+        return got & pruned_groups
 
     for name, m in mods0.items():
         if not _is_layer(m):
