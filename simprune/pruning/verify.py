@@ -342,17 +342,20 @@ def _probe_forward(
         if m in producers:
             handles.append(m.register_forward_hook(post))
     modes = [m.training for m in model.modules()]
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
         model.eval()
-        # Grad mode on (no graph is needed, but it keeps nn.MultiheadAttention off its fused fast
-        # path) and the math attention kernel: the fused kernels have no forward-mode AD.
-        with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]), fwAD.dual_level(), \
+        # nn.MultiheadAttention off its fused fast path and the math attention kernel: the fused
+        # kernels have no forward-mode AD.
+        torch.backends.mha.set_fastpath_enabled(False)
+        with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]), fwAD.dual_level(), \
                 warnings.catch_warnings():  # fmt: skip
             # torch's forward AD scripts its decompositions on first use (torch.jit deprecation).
             warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch")
             warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
             _run_forward(model, inputs)
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for h in handles:
             h.remove()
         for mod, t in zip(model.modules(), modes, strict=True):
