@@ -88,6 +88,16 @@ def _model(name: str) -> tuple[nn.Module, torch.Tensor]:
     return model, torch.randn(1, 3, size, size)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Small inputs: a second intra-op thread only adds OpenMP spin-waits, which on a shared 2-core
+    # machine made these tests several times slower (prune of densenet121: 2 s vs 4-38 s).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 _RESULTS: dict[str, dict] = {}
 
 
