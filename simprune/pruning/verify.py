@@ -30,9 +30,10 @@ warns; the report lists every excluded group with its reason and every corrected
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,23 @@ class Probe:
 
     def group_of(self, gid: int) -> int:
         return int(np.searchsorted(self.offsets, gid, side="right") - 1)
+
+
+@contextlib.contextmanager
+def _evaluating(*models: nn.Module, handles: Sequence[Any] = ()) -> Iterator[None]:
+    """Every module of ``models`` in eval mode for the block; on exit each one's own training flag
+    is restored and the hook ``handles`` are removed."""
+    modes = [[m.training for m in model.modules()] for model in models]
+    try:
+        for model in models:
+            model.eval()
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for model, flags in zip(models, modes, strict=True):
+            for mod, t in zip(model.modules(), flags, strict=True):
+                mod.training = t
 
 
 def _as_tuple(x: Any) -> tuple[Any, ...]:
@@ -165,16 +183,11 @@ def probe_inputs(model: nn.Module, example_inputs: Any) -> Any:
         for x in xs
     )
     small_in = small if isinstance(example_inputs, tuple) else small[0]
-    modes = [m.training for m in model.modules()]
     try:
-        model.eval()
-        with torch.no_grad():
+        with _evaluating(model), torch.no_grad():
             _run_forward(model, small_in)
     except Exception:  # noqa: BLE001 - any failure: the model needs its full-size inputs
         return example_inputs
-    finally:
-        for mod, t in zip(model.modules(), modes, strict=True):
-            mod.training = t
     return small_in
 
 
@@ -257,16 +270,8 @@ def _producer_stats(
 
     for m in producers:
         handles.append(m.register_forward_hook(post))
-    modes = [m.training for m in model.modules()]
-    try:
-        model.eval()
-        with torch.no_grad():
-            _run_forward(model, example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
-        for mod, t in zip(model.modules(), modes, strict=True):
-            mod.training = t
+    with _evaluating(model, handles=handles), torch.no_grad():
+        _run_forward(model, example_inputs)
     return stats
 
 
@@ -341,14 +346,13 @@ def _probe_forward(
         handles.append(m.register_forward_pre_hook(pre))
         if m in producers:
             handles.append(m.register_forward_hook(post))
-    modes = [m.training for m in model.modules()]
     fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
-        model.eval()
         # nn.MultiheadAttention off its fused fast path and the math attention kernel: the fused
         # kernels have no forward-mode AD.
         torch.backends.mha.set_fastpath_enabled(False)
-        with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]), fwAD.dual_level(), \
+        with _evaluating(model, handles=handles), torch.no_grad(), \
+                sdpa_kernel([SDPBackend.MATH]), fwAD.dual_level(), \
                 warnings.catch_warnings():  # fmt: skip
             # torch's forward AD scripts its decompositions on first use (torch.jit deprecation).
             warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch")
@@ -356,10 +360,6 @@ def _probe_forward(
             _run_forward(model, inputs)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-        for h in handles:
-            h.remove()
-        for mod, t in zip(model.modules(), modes, strict=True):
-            mod.training = t
     return got if ok[0] else None
 
 
@@ -701,35 +701,23 @@ def _forward_check(
                 outs1[name] = out.detach()
 
         handles += [m.register_forward_pre_hook(pre1), m.register_forward_hook(post1)]
-    modes0 = [m.training for m in original.modules()]
-    modes1 = [m.training for m in pruned.modules()]
-    try:
-        original.eval()
-        pruned.eval()
-        with torch.no_grad():
-            ref = _run_forward(original, example_inputs)
-            try:
-                got = _run_forward(pruned, example_inputs)
-            except Exception as e:  # noqa: BLE001 - any failure of the rewritten forward
-                where = order[-1] if order else "?"
-                if where in finished:
-                    # It failed after this layer, in an operation on its output: its own channels.
-                    why = f"the pruned model fails after {where!r}: {type(e).__name__}: {str(e)[:200]}"
-                    gis = {gi for gi in pruned_groups if where in produced_by.get(gi, set())}
-                else:
-                    why = f"the pruned model fails in {where!r}: {type(e).__name__}: {str(e)[:200]}"
-                    gis = reads(where)
-                gis = gis or set(pruned_groups)
-                for gi in gis:
-                    res.failed.setdefault(gi, why)
-                return
-    finally:
-        for h in handles:
-            h.remove()
-        for mod, t in zip(original.modules(), modes0, strict=True):
-            mod.training = t
-        for mod, t in zip(pruned.modules(), modes1, strict=True):
-            mod.training = t
+    with _evaluating(original, pruned, handles=handles), torch.no_grad():
+        ref = _run_forward(original, example_inputs)
+        try:
+            got = _run_forward(pruned, example_inputs)
+        except Exception as e:  # noqa: BLE001 - any failure of the rewritten forward
+            where = order[-1] if order else "?"
+            if where in finished:
+                # It failed after this layer, in an operation on its output: its own channels.
+                why = f"the pruned model fails after {where!r}: {type(e).__name__}: {str(e)[:200]}"
+                gis = {gi for gi in pruned_groups if where in produced_by.get(gi, set())}
+            else:
+                why = f"the pruned model fails in {where!r}: {type(e).__name__}: {str(e)[:200]}"
+                gis = reads(where)
+            gis = gis or set(pruned_groups)
+            for gi in gis:
+                res.failed.setdefault(gi, why)
+            return
     a, b = _flat_outputs(ref), _flat_outputs(got)
     shapes_a = [tuple(t.shape) for t in a]
     shapes_b = [tuple(t.shape) for t in b]
