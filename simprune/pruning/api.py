@@ -127,8 +127,9 @@ def prune(
     example_inputs : Tensor or tuple of Tensors
         Inputs for tracing and for recording output sizes (a batch of 1 is enough).
     macs_reduction, params_reduction, pruning_ratio : float in [0, 1)
-        Exactly one. MACs/params: fraction of the analytic model's MACs (Conv/Linear/norm layers,
-        per sample) or of all parameters to remove, met within +-1 %. ``pruning_ratio``: fraction of
+        Exactly one. MACs/params: fraction of the whole model's MACs as Torch-Pruning's
+        ``count_ops_and_params`` counts them (per sample; attention included) or of all parameters
+        to remove, met within +-1 %. ``pruning_ratio``: fraction of
         the prunable channels to remove (with ``cut="uniform"``: of every group's channels, as in
         Torch-Pruning).
     metric : {"gaussian", "wasserstein", "linear", "cosine", "euclidean", "sqeuclidean"}
