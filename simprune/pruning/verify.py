@@ -164,31 +164,33 @@ def probe_positions(model: nn.Module, example_inputs: Any, groups: Sequence[Chan
 LEVELS = [("scale", 1.0), ("scale", -1.0), ("bn", 0.5), ("bn", 2.0)]
 CODES = (0, 1, 2, -1)  # tangent (channel id + 1) ** code; -1: group index + 1
 RUNS = [(level, code) for level in LEVELS for code in CODES]
-PROBE_SIZE = 32  # spatial size the probe and the forward check use when the model accepts it
+# Spatial sizes the probe and the forward check try, smallest first (the first the model runs on).
+PROBE_SIZES = (16, 32)
+PROBE_SIZE = PROBE_SIZES[-1]
 
 
 def probe_inputs(model: nn.Module, example_inputs: Any) -> Any:
-    """The example inputs, with images (N, C, H, W) shrunk to at most PROBE_SIZE x PROBE_SIZE when
-    the model still runs on them (a Conv/Linear's input positions -- its channels or features --
+    """The example inputs, with images (N, C, H, W) shrunk to 16 x 16 (else 32 x 32) when the model
+    still runs on them (a Conv/Linear's input positions -- its channels or features --
     do not depend on the image size; the forward check then costs a fraction of a full forward)."""
     xs = _as_tuple(example_inputs)
     if not any(_shrinkable(x) for x in xs):
         return example_inputs
-    small = tuple(
-        nn.functional.interpolate(
-            x, size=(min(x.shape[2], PROBE_SIZE), min(x.shape[3], PROBE_SIZE))
+    for size in PROBE_SIZES:
+        small = tuple(
+            nn.functional.interpolate(x, size=(min(x.shape[2], size), min(x.shape[3], size)))
+            if _shrinkable(x)
+            else x
+            for x in xs
         )
-        if _shrinkable(x)
-        else x
-        for x in xs
-    )
-    small_in = small if isinstance(example_inputs, tuple) else small[0]
-    try:
-        with _evaluating(model), torch.no_grad():
-            _run_forward(model, small_in)
-    except Exception:  # noqa: BLE001 - any failure: the model needs its full-size inputs
-        return example_inputs
-    return small_in
+        small_in = small if isinstance(example_inputs, tuple) else small[0]
+        try:
+            with _evaluating(model), torch.no_grad():
+                _run_forward(model, small_in)
+        except Exception:  # noqa: BLE001 - any failure: try a larger size, else the full one
+            continue
+        return small_in
+    return example_inputs
 
 
 def _shrinkable(x: Any) -> bool:
