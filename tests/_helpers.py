@@ -307,3 +307,15 @@ def load_through_bytes(dst: nn.Module, src: nn.Module) -> nn.Module:
     buf.seek(0)
     dst.load_state_dict(torch.load(buf))
     return dst
+
+
+# The torchvision models every whole-model pruning test sweeps (test_prune_sweep, test_prune_macs).
+TORCHVISION_SWEEP = [
+    "wide_resnet50_2",
+    "mobilenet_v3_small",
+    "densenet121",
+    "regnet_y_400mf",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "vit_b_16",
+]

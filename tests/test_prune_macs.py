@@ -28,19 +28,12 @@ from torch import nn
 
 from simprune.pruning import CostModel, TracingError, prune
 from simprune.pruning.groups import build_dependency_graph, collect_groups
+from tests._helpers import TORCHVISION_SWEEP
 
 TARGET = 0.3
 REPO = Path(__file__).resolve().parents[1]
 
-TORCHVISION = [
-    "wide_resnet50_2",
-    "mobilenet_v3_small",
-    "densenet121",
-    "regnet_y_400mf",
-    "efficientnet_b0",
-    "convnext_tiny",
-    "vit_b_16",
-]
+TORCHVISION = TORCHVISION_SWEEP
 TIMM = [
     "resnet50d",
     "regnety_008",

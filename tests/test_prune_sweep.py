@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 
 from simprune.pruning import PruningPlan, apply_plan, prune
-from tests._helpers import load_through_bytes, state_dicts_equal
+from tests._helpers import TORCHVISION_SWEEP, load_through_bytes, state_dicts_equal
 
 
 def _setup(name: str):
@@ -46,15 +46,7 @@ def _setup(name: str):
     return model, x, kwargs
 
 
-SWEEP = [
-    "wide_resnet50_2",
-    "mobilenet_v3_small",
-    "densenet121",
-    "regnet_y_400mf",
-    "efficientnet_b0",
-    "convnext_tiny",
-    "vit_b_16",
-]
+SWEEP = TORCHVISION_SWEEP
 
 
 @pytest.mark.parametrize("name", SWEEP)
