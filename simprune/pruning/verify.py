@@ -431,23 +431,31 @@ class VerifyResult:
 
 @dataclass
 class _PlanIds:
-    """The plan in global channel ids: removed mask, merge target (-1: none) and coefficient."""
+    """The plan in global channel ids: the removed mask, the merges as (removed, kept, coefficient)
+    triples sorted by the removed id (a removed channel may be rebuilt from several kept ones: the
+    data merge), and the constant each removed channel adds to its consumers' biases (``shifts``)."""
 
     removed: np.ndarray  # bool (n_ids,)
-    merge_to: np.ndarray  # int64 (n_ids,)
-    coef: np.ndarray  # float64 (n_ids,)
+    src: np.ndarray  # int64 (n_merges,) removed id, sorted
+    dst: np.ndarray  # int64 (n_merges,) kept id
+    coef: np.ndarray  # float64 (n_merges,)
+    shift: np.ndarray  # float64 (n_ids,)
 
 
 def _plan_ids(probe: Probe, groups: Sequence[ChannelGroup], plans: Sequence[Any]) -> _PlanIds:
     n = probe.offsets[-1] + groups[-1].n_channels if groups else 0
-    ids = _PlanIds(np.zeros(n, bool), np.full(n, -1, np.int64), np.zeros(n))
+    removed, shift = np.zeros(n, bool), np.zeros(n)
+    trip: list[tuple[int, int, float]] = []
     for gi, gp in enumerate(plans):
         off = probe.offsets[gi]
-        ids.removed[np.asarray(gp.removed, dtype=np.int64) + off] = True
-        for j, r, a in gp.merges:
-            ids.merge_to[off + int(j)] = off + int(r)
-            ids.coef[off + int(j)] = float(a)
-    return ids
+        removed[np.asarray(gp.removed, dtype=np.int64) + off] = True
+        trip += [(off + int(j), off + int(r), float(a)) for j, r, a in gp.merges if a != 0.0]
+        for j, c in getattr(gp, "shifts", None) or ():
+            shift[off + int(j)] += float(c)
+    t = np.asarray(trip, dtype=np.float64).reshape(-1, 3)
+    order = np.argsort(t[:, 0], kind="stable")
+    t = t[order]
+    return _PlanIds(removed, t[:, 0].astype(np.int64), t[:, 1].astype(np.int64), t[:, 2], shift)
 
 
 @dataclass
@@ -455,26 +463,37 @@ class _Edit:
     """What the plan does to one consumer's input positions."""
 
     keep: np.ndarray  # positions that stay
-    zero: np.ndarray  # removed positions without a merge
-    dst: np.ndarray  # removed positions with a merge ...
-    src: np.ndarray  # ... take (coef x) the value at the representative's matching position
+    gone: np.ndarray  # removed positions: they read 0 ...
+    dst: np.ndarray  # ... plus, at these (removed) positions (repeats allowed) ...
+    src: np.ndarray  # ... coef x the value at the kept channel's matching position
     coef: np.ndarray
+    shift_pos: np.ndarray  # removed positions whose channel adds a constant to the bias ...
+    shift: np.ndarray  # ... this constant times the weights of the position
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.gone.size or self.dst.size)
 
 
 def _edit_of(ids: np.ndarray, plan: _PlanIds) -> _Edit | str:
-    """The edit of a consumer whose positions read ``ids``, or why it cannot be expressed."""
+    """The edit of a consumer whose positions read ``ids``, or why it cannot be expressed. A channel
+    feeding several positions (a flatten) is matched position by position, in order."""
     valid = ids >= 0
     gid = np.where(valid, ids, 0)
     gone = valid & plan.removed[gid]
-    merged = gone & (plan.merge_to[gid] >= 0)
     pos = np.flatnonzero(valid)
     order = np.lexsort((pos, ids[pos]))  # by id, then position
     spos, sid = pos[order], ids[pos][order]
     start = np.searchsorted(sid, sid, side="left")
     rank = np.empty(len(ids), np.int64)
     rank[spos] = np.arange(len(spos)) - start
-    dst = np.flatnonzero(merged)
-    tgt = plan.merge_to[ids[dst]]
+    # every removed position, once per merge triple of its channel
+    gpos = np.flatnonzero(gone)
+    lo_t = np.searchsorted(plan.src, ids[gpos], side="left")
+    n_t = np.searchsorted(plan.src, ids[gpos], side="right") - lo_t
+    dst = np.repeat(gpos, n_t)
+    t = np.repeat(lo_t - np.cumsum(n_t) + n_t, n_t) + np.arange(int(n_t.sum()))
+    tgt = plan.dst[t]
     lo = np.searchsorted(sid, tgt, side="left")
     hi = np.searchsorted(sid, tgt, side="right")
     cnt_j = np.searchsorted(sid, ids[dst], side="right") - np.searchsorted(sid, ids[dst], "left")
@@ -482,9 +501,9 @@ def _edit_of(ids: np.ndarray, plan: _PlanIds) -> _Edit | str:
         k = int(np.flatnonzero(hi - lo != cnt_j)[0])
         return f"channels {ids[dst[k]]} and {tgt[k]} feed different numbers of inputs"
     src = spos[lo + rank[dst]]
-    return _Edit(
-        np.flatnonzero(~gone), np.flatnonzero(gone & ~merged), dst, src, plan.coef[ids[dst]]
-    )
+    sh = plan.shift[ids[gpos]] if gpos.size else np.zeros(0)
+    nz = sh != 0.0
+    return _Edit(np.flatnonzero(~gone), gpos, dst, src, plan.coef[t], gpos[nz], sh[nz])
 
 
 def _tolerance(dtype: torch.dtype) -> float:
@@ -619,17 +638,42 @@ def verify_rewrite(
 
 
 def _edit_input(x: torch.Tensor, dim: int, edit: _Edit) -> torch.Tensor:
-    """A consumer's input as the plan makes it read: removed positions 0 or coef x representative."""
+    """A consumer's input as the plan makes it read: a removed position reads 0 plus the sum of its
+    merge coefficients times the kept channels' values at the matching positions."""
     y = x.clone()
-    if edit.zero.size:
-        y.index_fill_(dim, torch.as_tensor(edit.zero, device=x.device), 0.0)
+    if edit.gone.size:
+        y.index_fill_(dim, torch.as_tensor(edit.gone, device=x.device), 0.0)
     if edit.dst.size:
         shape = [1] * x.dim()
         shape[dim] = edit.dst.size
         c = torch.as_tensor(edit.coef, dtype=x.dtype, device=x.device).reshape(shape)
         vals = x.index_select(dim, torch.as_tensor(edit.src, device=x.device)) * c
-        y.index_copy_(dim, torch.as_tensor(edit.dst, device=x.device), vals)
+        y.index_add_(dim, torch.as_tensor(edit.dst, device=x.device), vals)
     return y
+
+
+def _shift_bias(mod: nn.Module, edit: _Edit) -> torch.Tensor | None:
+    """The bias change of a consumer from the plan's shifts: sum over the shifted positions p of
+    shift_p x (p's weights summed over the kernel) -- what the merge folds into the bias. None for a
+    layer kind it is not defined for (the reference then lacks the shift: the forward check fails
+    and the group is excluded)."""
+    if not edit.shift_pos.size:
+        return None
+    w = mod.weight.detach()
+    pos = torch.as_tensor(edit.shift_pos, device=w.device)
+    c = torch.as_tensor(edit.shift, dtype=w.dtype, device=w.device)
+    if isinstance(mod, nn.Linear):
+        return w.index_select(1, pos) @ c
+    if isinstance(mod, nn.modules.conv._ConvNd) and not mod.transposed:
+        ipg = mod.in_channels // mod.groups
+        opg = mod.out_channels // mod.groups
+        ws = w.flatten(2).sum(2)  # (out, in / groups)
+        out = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+        for p, v in zip(edit.shift_pos.tolist(), edit.shift.tolist(), strict=True):
+            g, lp = divmod(int(p), ipg)
+            out[g * opg : (g + 1) * opg] += v * ws[g * opg : (g + 1) * opg, lp]
+        return out
+    return None
 
 
 def _flat_outputs(out: Any) -> list[torch.Tensor]:
@@ -681,13 +725,23 @@ def _forward_check(
         def pre0(mod: nn.Module, args: Any, edit: Any = edit, dim: int = dim) -> Any:
             if not isinstance(edit, _Edit) or not args or not isinstance(args[0], torch.Tensor):
                 return None
-            if edit.zero.size == 0 and edit.dst.size == 0:
+            if not edit.changes:
                 return None
             return (_edit_input(args[0], dim % args[0].dim(), edit), *args[1:])
 
-        def post0(mod: nn.Module, _a: Any, out: Any, name: str = name) -> None:
-            if isinstance(out, torch.Tensor):
-                outs0[name] = out.detach()
+        shift = _shift_bias(m, edit) if isinstance(edit, _Edit) else None
+
+        def post0(
+            mod: nn.Module, _a: Any, out: Any, name: str = name, shift: Any = shift, dim: int = dim
+        ) -> Any:
+            if not isinstance(out, torch.Tensor):
+                return None
+            if shift is not None:
+                shape = [1] * out.dim()
+                shape[dim % out.dim()] = -1
+                out = out + shift.to(out.dtype).reshape(shape)
+            outs0[name] = out.detach()
+            return out
 
         handles += [m.register_forward_pre_hook(pre0), m.register_forward_hook(post0)]
     for name, m in mods1.items():
