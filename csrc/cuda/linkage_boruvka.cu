@@ -149,6 +149,7 @@ __global__ void boruvka_relabel_kernel(int64_t* comp, const int64_t* label, int6
     comp[v] = label[comp[v]];
 }
 
+#ifndef SIMPRUNE_HOST_HARNESS  // csrc/harness compiles the device code above as host C++
 // ---- host side ---------------------------------------------------------------------------------------
 // stats = (iterations, 0, most edges in one iteration). T: the storage type of the square matrix.
 template <typename T>
@@ -203,14 +204,17 @@ std::tuple<at::Tensor, at::Tensor> boruvka_typed(const at::Tensor& d, int64_t n,
   return {Z.to(d.device()), stats.to(d.device())};
 }
 
+#endif  // SIMPRUNE_HOST_HARNESS
 }  // namespace
 
+#ifndef SIMPRUNE_HOST_HARNESS
 int64_t boruvka_bytes_needed(int64_t n, int64_t elem) { return elem * n * n + 96 * n + 1024; }
 
 std::tuple<at::Tensor, at::Tensor> boruvka_cuda(const at::Tensor& d, int64_t n, bool fp32,
                                                 const char* op) {
   return fp32 ? boruvka_typed<float>(d, n, op) : boruvka_typed<double>(d, n, op);
 }
+#endif  // SIMPRUNE_HOST_HARNESS
 
 }  // namespace linkage
 }  // namespace simprune

@@ -18,7 +18,11 @@ namespace simprune {
 namespace linkage {
 namespace {
 
-constexpr int kThreads = 512;  // threads per block of the rounds and Boruvka kernels (16 warps)
+#ifndef SIMPRUNE_HOST_HARNESS_THREADS  // csrc/harness runs smaller blocks as host threads
+#define SIMPRUNE_HOST_HARNESS_THREADS 512
+#endif
+// Threads per block of the rounds and Boruvka kernels (16 warps).
+constexpr int kThreads = SIMPRUNE_HOST_HARNESS_THREADS;
 constexpr int kWarps = kThreads / 32;
 
 // The first minimal (value, index) across a warp: a butterfly of shuffles combined with nn_better
@@ -82,6 +86,7 @@ __global__ void square_kernel(const Tin* __restrict__ d, T* __restrict__ S, int6
   }
 }
 
+#ifndef SIMPRUNE_HOST_HARNESS  // csrc/harness launches square_kernel itself
 // Launches square_kernel on the condensed vector starting at element `offset` of `d` (float64 when
 // d_double, else float32). The caller checks the launch (C10_CUDA_KERNEL_LAUNCH_CHECK).
 template <typename T>
@@ -97,6 +102,7 @@ inline void launch_square(const void* d, bool d_double, int64_t offset, T* S, in
     square_kernel<float, T><<<blocks, 256, 0, stream>>>(src, S, n);
   }
 }
+#endif  // SIMPRUNE_HOST_HARNESS
 
 }  // namespace
 }  // namespace linkage

@@ -283,6 +283,7 @@ __global__ void init_slots_kernel(int64_t* rep, int64_t* size, int64_t* last, in
   }
 }
 
+#ifndef SIMPRUNE_HOST_HARNESS  // csrc/harness compiles the device code above as host C++
 // ---- host side ---------------------------------------------------------------------------------------
 template <typename T>
 struct ProblemT {
@@ -385,8 +386,10 @@ std::tuple<at::Tensor, at::Tensor> rounds_typed(const at::Tensor& d, int meth, i
   return {Z.to(d.device()), stats.to(d.device())};
 }
 
+#endif  // SIMPRUNE_HOST_HARNESS
 }  // namespace
 
+#ifndef SIMPRUNE_HOST_HARNESS
 int64_t rounds_bytes_needed(int64_t n, int64_t elem) {
   const int64_t h = n / 2;
   return elem * (n * n + std::max<int64_t>(h * h, 1)) + n * (2 * 3 * 8 + 1 + 4 * 8 + 8) +
@@ -436,6 +439,7 @@ at::Tensor rounds_batched_cuda(const at::Tensor& d, at::IntArrayRef sizes, int m
     probs[i].finish(Z.data_ptr<double>() + 4 * zrow[i], stats, op);
   return Z.to(d.device());
 }
+#endif  // SIMPRUNE_HOST_HARNESS
 
 }  // namespace linkage
 }  // namespace simprune

@@ -57,7 +57,10 @@ namespace simprune {
 namespace linkage {
 namespace strict {
 
-constexpr int kStrictThreads = 512;  // one block of 16 warps
+#ifndef SIMPRUNE_HOST_HARNESS_STRICT_THREADS  // csrc/harness: a smaller block of host threads
+#define SIMPRUNE_HOST_HARNESS_STRICT_THREADS 512
+#endif
+constexpr int kStrictThreads = SIMPRUNE_HOST_HARNESS_STRICT_THREADS;  // one block of 16 warps
 constexpr int kStrictWarps = kStrictThreads / 32;
 
 struct alignas(16) Scratch {
