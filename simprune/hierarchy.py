@@ -7,7 +7,7 @@ import scipy.cluster.hierarchy as sch
 import torch
 
 from . import ops
-from ._checks import as_tensor, check_finite, check_float
+from ._checks import as_tensor, check_finite, check_float, check_host_memory
 from .backends import (
     METHODS,
     MODES,
@@ -82,6 +82,40 @@ def _square_to_condensed(d: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"the square distance matrix is not symmetric (max |D - D^T| = {err:.3g})")
     iu = torch.triu_indices(n, n, offset=1, device=d.device)
     return d[iu[0], iu[1]]
+
+
+def _host_bytes_needed(
+    backend: str, method: str, n: int, storage: torch.dtype, d: torch.Tensor | None
+) -> list[tuple[str, int]]:
+    """The O(n^2) host buffers one CPU ``linkage`` call allocates, as (what, bytes); ``d`` is None
+    when the distances are still to be computed from observations."""
+    m = n * (n - 1) // 2
+    elem = storage.itemsize
+    name = "float64" if elem == 8 else "float32"
+    parts = []
+    if d is None:
+        parts.append((f"the {name} condensed distances", m * elem))
+    converted = d is not None and d.dtype != storage
+    if backend == "cpu" and (method != "single" or converted):
+        parts.append((f"the cpu backend's {name} condensed working copy", m * elem))
+    elif backend == "torch":  # scipy works on a float64 copy (and checks it for finiteness)
+        parts.append(("scipy's float64 working copy", m * 8 * (2 if converted else 1) + m))
+    elif backend == "triton":  # the interpreter: the square matrix and its first compaction
+        parts.append((f"the {name} square matrix", elem * (n * n + (n // 2) ** 2)))
+    return parts
+
+
+def _check_host_memory(
+    backend: str, method: str, n: int, storage: torch.dtype, d: torch.Tensor | None
+) -> None:
+    parts = _host_bytes_needed(backend, method, n, storage, d)
+    if not parts:
+        return
+    what = " + ".join(f"{w}, {b} bytes" for w, b in parts) + ", plus O(n)"
+    halves = storage == torch.float64 and backend in ("cpu", "triton")
+    hint = " (storage=torch.float32 would halve it)" if halves else ""
+    need = sum(b for _, b in parts) + 256 * n
+    check_host_memory(need, f"simprune.linkage (backend={backend!r})", n, what, hint)
 
 
 def linkage(
@@ -178,6 +212,8 @@ def linkage(
     name, impl = resolve_impl(
         "linkage", backend, x.device, method=method, mode=mode, storage=storage
     )
+    if x.device.type == "cpu":  # refused before any O(n^2) allocation (the GPU paths check theirs)
+        _check_host_memory(name, method, n, storage, d)
     if d is None:
         # The distances use the same backend when it can compute them here, else the best one.
         d = pairwise_distance(

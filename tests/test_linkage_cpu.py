@@ -131,3 +131,77 @@ def test_shared_header_compiles_for_the_device(tmp_path):
     # Explicitly rounded operations only: ptxas never contracts those into an FMA.
     assert "fma.rn.f64" not in text
     assert "mul.rn.f64" in text and "sqrt.rn.f64" in text and "div.rn.f64" in text
+
+
+# ---------------------------------------------------------------------------------------------------
+# Memory: a job that cannot fit is refused up front, naming needed vs available bytes (as the CUDA
+# path does), before any O(n^2) allocation -- never the allocator's raw "can't allocate memory".
+# No test allocates: the host's available bytes are patched, or n is far beyond any machine.
+
+
+def test_available_host_bytes_is_plausible():
+    from simprune._checks import available_host_bytes
+
+    avail = available_host_bytes()
+    assert avail is None or 0 < avail < 1 << 50
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_memory_refusal_names_needed_and_available_bytes(backend, monkeypatch):
+    import simprune._checks
+    import simprune.hierarchy
+
+    monkeypatch.setattr(simprune._checks, "available_host_bytes", lambda: 10**9)
+
+    def no_distances(*args, **kwargs):
+        raise AssertionError("the distances were computed before the memory check")
+
+    monkeypatch.setattr(simprune.hierarchy, "pairwise_distance", no_distances)
+    n = 200_000
+    m = n * (n - 1) // 2
+    with pytest.raises(torch.OutOfMemoryError) as e:
+        simprune.linkage(torch.randn(n, 2), "average", backend=backend)
+    msg = str(e.value)
+    assert f"n = {n} needs " in msg and "only 1000000000 bytes are available" in msg
+    need = int(msg.split(" needs ")[1].split()[0])
+    assert need >= 2 * 8 * m  # the float64 distances and a float64 working copy
+    assert f"condensed distances, {8 * m} bytes" in msg
+    assert ("storage=torch.float32 would halve it" in msg) == (backend == "cpu")
+    if backend == "cpu":  # float32 storage: both buffers halve
+        with pytest.raises(torch.OutOfMemoryError, match=f" needs {2 * 4 * m + 256 * n} bytes"):
+            simprune.linkage(torch.randn(n, 2), "average", storage=torch.float32, backend="cpu")
+    # Condensed input: only the working copy (single linkage reads float64 input in place).
+    d = torch.zeros(1, dtype=torch.float64).expand(m)  # no real allocation
+    with pytest.raises(torch.OutOfMemoryError, match=f" needs {8 * m + 256 * n} bytes"):
+        simprune.linkage(d, "average", backend="cpu")
+    monkeypatch.setattr(simprune._checks, "available_host_bytes", lambda: 10**12)
+    small = simprune.linkage(torch.pdist(torch.randn(50, 2)), "average", backend="cpu")  # it fits
+    assert small.shape == (49, 4)
+
+
+def test_memory_refusal_beyond_any_machine():
+    # n = 3e6 observations (24 MB): ~72 TB of distances and working copy, refused on any host.
+    with pytest.raises(torch.OutOfMemoryError, match="bytes of host memory"):
+        simprune.linkage(torch.zeros(3_000_000, 1), "average", backend="cpu")
+
+
+@pytest.mark.parametrize(
+    "op,what",
+    [
+        ("linkage_cpu", "condensed working copy"),
+        ("linkage_rounds_cpu", "square matrix"),
+    ],
+)
+def test_compiled_ops_refuse_before_allocating(op, what):
+    """The C++ ops check too (simprune::check_host_memory, host_common.h), before the working copy:
+    a stride-0 condensed vector of n = 3e6 (36 TB as float64) costs nothing to pass."""
+    if not has_kernel(f"{op}", "CPU"):
+        pytest.skip(f"simprune._C has no {op}")
+    n = 3_000_000
+    d = torch.zeros(1, dtype=torch.float64).expand(n * (n - 1) // 2)
+    fn = getattr(torch.ops.simprune, op)
+    args = (d, "average", "exact") if op == "linkage_cpu" else (d, "average")
+    with pytest.raises(torch.OutOfMemoryError, match=f"simprune::{op}: n = {n} needs .*{what}"):
+        fn(*args)
+    with pytest.raises(torch.OutOfMemoryError, match="float32"):
+        fn(*args, torch.float32)

@@ -291,6 +291,19 @@ void run_linkage(const at::Tensor& d, int m, int64_t n, int threads, const char*
   });
 }
 
+// Host bytes one call needs beyond its input: the working copy (the NN-chain's condensed copy of the
+// storage type; the MST reads the input itself unless it must be converted or made contiguous), the
+// O(n) vectors and the merge log.
+int64_t linkage_cpu_bytes_needed(const at::Tensor& d, int m, int64_t n, bool fp32) {
+  const int64_t elem = fp32 ? 4 : 8;
+  const int64_t cnt = d.numel();
+  const bool same_type = d.scalar_type() == (fp32 ? at::kFloat : at::kDouble);
+  int64_t need = 0;
+  if (!d.is_contiguous()) need += cnt * static_cast<int64_t>(d.element_size());
+  if (m != kSingle || !same_type) need += cnt * elem;
+  return need + 192 * n;  // roff, act, size, chain, last, merges (4), eff, key, sort order, label
+}
+
 at::Tensor linkage_cpu(const at::Tensor& d, const std::string& method, const std::string& mode,
                        std::optional<at::ScalarType> storage) {
   const char* op = "simprune::linkage_cpu";
@@ -299,6 +312,12 @@ at::Tensor linkage_cpu(const at::Tensor& d, const std::string& method, const std
   const bool fp32 = parse_storage(storage, op);
   check_no_strict_float32(strict, fp32, op);
   const int64_t n = check_condensed(d, at::kCPU, op);
+  if (n >= 2) {  // before any O(n^2) allocation
+    check_host_memory(linkage_cpu_bytes_needed(d, m, n, fp32), n,
+                      fp32 ? "the float32 condensed working copy, 2 n(n-1) bytes, plus O(n)"
+                           : "the float64 condensed working copy, 4 n(n-1) bytes, plus O(n)",
+                      op, fp32 ? "" : " (storage=torch.float32 would halve it)");
+  }
   at::Tensor Z = at::empty({n - 1, 4}, d.options().dtype(at::kDouble));
   if (n < 2) return Z;
   const int threads = threads_for(n, parallel_min_n(kParallelMinN));

@@ -218,6 +218,14 @@ std::tuple<at::Tensor, at::Tensor> linkage_rounds_cpu(const at::Tensor& d, const
   const int meth = parse_method(method, op);
   const bool fp32 = parse_storage(storage, op);
   const int64_t n = check_condensed(d, at::kCPU, op);
+  if (n >= 2) {  // before any O(n^2) allocation: the square matrix, and a float64 copy of the input
+    const int64_t elem = fp32 ? 4 : 8;
+    const bool copy = d.scalar_type() != at::kDouble || !d.is_contiguous();
+    check_host_memory(elem * n * n + (copy ? 8 * d.numel() : 0) + 256 * n, n,
+                      fp32 ? "the float32 square matrix, 4 n^2 bytes, plus O(n)"
+                           : "the float64 square matrix, 8 n^2 bytes, plus O(n)",
+                      op, fp32 ? "" : " (storage=torch.float32 would halve it)");
+  }
   return fp32 ? rounds_for<float>(meth, d, n) : rounds_for<double>(meth, d, n);
 }
 

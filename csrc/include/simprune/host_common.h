@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <fstream>
 #include <numeric>
 #include <optional>
 #include <string>
@@ -22,7 +23,71 @@
 
 #include "simprune/linkage_common.h"
 
+#if defined(__unix__)
+#include <unistd.h>
+#endif
+
 namespace simprune {
+
+// ---- host memory --------------------------------------------------------------------------------
+// Bytes a new host allocation can get now, or -1 when unknown (then nothing is refused): Linux's
+// MemAvailable (free memory plus what the kernel can reclaim without swapping), capped by the
+// cgroup's remaining allowance (v2 memory.max - memory.current, v1 memory.limit_in_bytes -
+// memory.usage_in_bytes). The Python twin (the same sources): simprune._checks.available_host_bytes.
+namespace detail {
+inline int64_t read_first_int(const char* path) {
+  std::ifstream f(path);
+  long long v = -1;
+  if (!(f >> v)) return -1;  // missing, or "max" (no limit)
+  return static_cast<int64_t>(v);
+}
+}  // namespace detail
+
+inline int64_t available_host_bytes() {
+  int64_t avail = -1;
+  {
+    std::ifstream f("/proc/meminfo");
+    std::string key;
+    long long kb = 0;
+    std::string unit;
+    while (f >> key >> kb) {
+      std::getline(f, unit);
+      if (key == "MemAvailable:") {
+        avail = static_cast<int64_t>(kb) * 1024;
+        break;
+      }
+    }
+  }
+#if defined(_SC_AVPHYS_PAGES) && defined(_SC_PAGE_SIZE)
+  if (avail < 0) {
+    const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    if (pages > 0 && page > 0) avail = static_cast<int64_t>(pages) * page;
+  }
+#endif
+  if (avail < 0) return -1;
+  const char* paths[2][2] = {
+      {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"},
+      {"/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"}};
+  for (const auto& p : paths) {
+    const int64_t limit = detail::read_first_int(p[0]), usage = detail::read_first_int(p[1]);
+    if (limit >= 0 && usage >= 0 && limit < (int64_t{1} << 60)) {
+      avail = std::min(avail, std::max<int64_t>(limit - usage, 0));
+      break;
+    }
+  }
+  return avail;
+}
+
+// Refuses (torch.OutOfMemoryError) a job that needs more host memory than is available, before any
+// of it is allocated: the message names the op, n, the bytes needed and what for, the bytes
+// available, and `hint` (a cheaper option, or "").
+inline void check_host_memory(int64_t need, int64_t n, const char* what, const char* op,
+                              const char* hint = "") {
+  const int64_t avail = available_host_bytes();
+  TORCH_CHECK_WITH(OutOfMemoryError, avail < 0 || need <= avail, op, ": n = ", n, " needs ", need,
+                   " bytes of host memory (", what, "), but only ", avail, " bytes are available",
+                   hint);
+}
 
 // n from a condensed length m = n(n-1)/2; m = 0 means n = 1 (empty Z).
 inline int64_t n_from_condensed(int64_t m, const char* op) {
