@@ -75,6 +75,10 @@ CONFIGS = {
 REPAIR_BP, REPAIR_BK = 64, 32
 # Initial capacity of the near-pair list: max(MIN_REPAIR_CAP, 8 * rows).
 MIN_REPAIR_CAP = 4096
+# Most entries the near-pair list may hold (12 bytes each: 24 GiB at the limit). The kernel's cap
+# argument is int32; the flag counter is int64 and never wraps. More flagged pairs than this is
+# refused with an error (the data is then clustered so tightly that most pairs need the repair).
+MAX_REPAIR_PAIRS = 2**31 - 1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -193,7 +197,7 @@ def _distance_kernel(
     tiles_ptr,  # ragged: int32 (T, 3) = (group, ti, tj)
     groups_ptr,  # ragged: int64 (G, 5) = (elem_off, row_off, n, d, out_off)
     near_ptr,  # int32 (cap, 3) = (group, i, j) of pairs to repair
-    count_ptr,  # int32 (1,) number of pairs flagged (may exceed cap: the launcher then retries)
+    count_ptr,  # int64 (1,) number of pairs flagged (may exceed cap: the launcher then retries)
     n,
     m,
     d,
@@ -268,13 +272,17 @@ def _distance_kernel(
         near_i = near.to(tl.int32)
         cnt = tl.sum(tl.sum(near_i, axis=1), axis=0)
         if cnt > 0:
-            base = tl.atomic_add(count_ptr, cnt)
-            # Deterministic in-tile compaction: row offsets + position within the row.
+            # The counter is int64: it counts every flagged pair, also past the list's end (the
+            # launcher then retries with room for all), and n(n-1)/2 exceeds int32 above n = 65,536.
+            base = tl.atomic_add(count_ptr, cnt.to(tl.int64))
+            # Deterministic in-tile compaction: row offsets + position within the row. In-tile
+            # offsets are int32 (< BM^2); only the tile's base is int64.
             row_cnt = tl.sum(near_i, axis=1)
             row_start = tl.cumsum(row_cnt, axis=0) - row_cnt
-            pos = base + row_start[:, None] + tl.cumsum(near_i, axis=1) - near_i
-            ok = near & (pos < cap)
-            p = near_ptr + 3 * pos.to(tl.int64)
+            off = row_start[:, None] + tl.cumsum(near_i, axis=1) - near_i
+            room = tl.minimum(tl.maximum(cap - base, 0), BM * BM).to(tl.int32)
+            ok = near & (off < room)
+            p = near_ptr + 3 * base + 3 * off
             tl.store(p, tl.zeros((BM, BM), dtype=tl.int32) + g, mask=ok)
             tl.store(p + 1, tl.zeros((BM, BM), dtype=tl.int32) + rows[:, None], mask=ok)
             tl.store(p + 2, tl.zeros((BM, BM), dtype=tl.int32) + cols[None, :], mask=ok)
@@ -536,6 +544,27 @@ def _new_stats(stats: dict[str, int] | None) -> dict[str, int]:
     return stats
 
 
+def _retry_cap(flagged: int) -> int:
+    """Capacity of the near-pair list for the second launch: every pair the first one flagged."""
+    return flagged
+
+
+def _check_repair_pairs(flagged: int, metric: str, cdt: torch.dtype) -> None:
+    """Refuse a near-pair list longer than MAX_REPAIR_PAIRS (the kernel's int32 cap)."""
+    if flagged > MAX_REPAIR_PAIRS:
+        raise RuntimeError(
+            f"pairwise_distance (triton): {flagged} pairs were flagged for the exact near-pair "
+            f"repair, more than the limit of {MAX_REPAIR_PAIRS} ({12 * flagged / 2**30:.1f} GiB of "
+            f"list); the {metric} distances of these rows are clustered so tightly that the "
+            f"expansion cancels for most pairs: use backend='cuda' (direct differences, no list)"
+            + (
+                ", or out_dtype=torch.float64 (repairs far fewer pairs)"
+                if cdt != torch.float64
+                else ""
+            )
+        )
+
+
 def _run(
     xc, yc, nx, ny, xo, yo, sx, sy, out, tiles, groups, grid, n, m, d, ld, cdt, mode, cfg, metric,
     sym, condensed, ragged, precision, total_rows, stats,
@@ -544,19 +573,22 @@ def _run(
 
     Adds to ``stats``: ``mode`` (the kernel mode, MODE_EXPAND or MODE_DIRECT; the last launch's),
     ``launches`` (tile-kernel launches: 2 when the near-pair list overflowed and the launch was
-    repeated) and ``flagged`` (pairs flagged for the exact repair)."""
+    repeated) and ``flagged`` (pairs flagged for the exact repair).
+
+    Raises ``RuntimeError`` (and never launches the repair past the near-pair list's end) when more
+    than ``MAX_REPAIR_PAIRS`` pairs are flagged, or when the retry overflows as well."""
     bm, bk, warps, stages = cfg
     dev = out.device
     scaled = metric == "cosine"
     # Room for a few near pairs per row: enough for near-duplicate sets; clustered data may overflow
     # once (then the launch is repeated with the exact count).
-    cap = 0 if mode == MODE_DIRECT else max(MIN_REPAIR_CAP, 8 * total_rows)
+    cap = 0 if mode == MODE_DIRECT else min(max(MIN_REPAIR_CAP, 8 * total_rows), MAX_REPAIR_PAIRS)
     stats["mode"] = mode
     stats.setdefault("flagged", 0)
     for _ in range(2):
         stats["launches"] = stats.get("launches", 0) + 1
         near = torch.empty((max(cap, 1), 3), dtype=torch.int32, device=dev)
-        count = torch.zeros(1, dtype=torch.int32, device=dev)
+        count = torch.zeros(1, dtype=torch.int64, device=dev)
         _distance_kernel[(grid,)](
             xc, yc, nx, ny, xo, yo, sx, sy, out, tiles, groups, near, count,
             n, m, d, ld, cap, REPAIR_RATIO[cdt],
@@ -569,7 +601,16 @@ def _run(
         flagged = int(count.item())
         if flagged <= cap:
             break
-        cap = flagged  # rare (e.g. strongly clustered data): rerun with room for every pair
+        _check_repair_pairs(flagged, metric, cdt)
+        # rare (e.g. strongly clustered data): rerun with room for every pair
+        cap = _retry_cap(flagged)
+    else:
+        # The counts of both launches differ (they should not: the same data, the same arithmetic).
+        # Never launch the repair past the list's end: a pair left unrepaired would be silently wrong.
+        raise RuntimeError(
+            f"pairwise_distance (triton): the near-pair list overflowed again on the retry "
+            f"({flagged} pairs flagged, room for {cap}); the exact repair was not run"
+        )
     stats["flagged"] += flagged
     if flagged:
         _repair_kernel[(triton.cdiv(flagged, REPAIR_BP),)](

@@ -39,7 +39,7 @@ def _main_sig(cdt: str, in_dt: str, out_dt: str) -> dict[str, str]:
         "tiles_ptr": "*i32",
         "groups_ptr": "*i64",
         "near_ptr": "*i32",
-        "count_ptr": "*i32",
+        "count_ptr": "*i64",
         "n": "i32",
         "m": "i32",
         "d": "i32",

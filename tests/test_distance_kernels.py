@@ -151,6 +151,57 @@ def test_repair_list_overflow_retries(monkeypatch):
     _check_square(out, ref, 1e-6)
 
 
+class _NoLaunch:
+    """Stands in for a kernel that must not be launched."""
+
+    def __getitem__(self, grid):
+        raise AssertionError("the repair kernel was launched")
+
+
+def test_repair_never_reads_past_the_list(monkeypatch):
+    """If the retry overflows too, the launcher raises instead of repairing past the list's end."""
+    monkeypatch.setattr(kd, "MIN_REPAIR_CAP", 1)
+    monkeypatch.setattr(kd, "_retry_cap", lambda flagged: flagged // 2)  # a retry still too small
+    monkeypatch.setattr(kd, "_repair_kernel", _NoLaunch())
+    x = torch.tensor(testing.mixture(130, 48, k=4, seed=1), dtype=torch.float32)
+    stats: dict[str, int] = {}
+    with pytest.raises(RuntimeError, match="overflowed again on the retry"):
+        kd.pairwise_distance_triton(x, None, "sqeuclidean", False, None, stats=stats)
+    assert stats["launches"] == 2
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_repair_list_limit_checked(monkeypatch, ragged):
+    """More flagged pairs than MAX_REPAIR_PAIRS (forced small here; the real limit is the kernel's
+    int32 cap, the counter itself is int64) is refused with a clear error, before any repair."""
+    monkeypatch.setattr(kd, "MIN_REPAIR_CAP", 1)
+    monkeypatch.setattr(kd, "MAX_REPAIR_PAIRS", 200)
+    monkeypatch.setattr(kd, "_repair_kernel", _NoLaunch())
+    x = torch.tensor(testing.mixture(130, 48, k=4, seed=1), dtype=torch.float32)
+    with pytest.raises(RuntimeError, match=r"flagged .* more than the limit of 200"):
+        if ragged:
+            kd.pairwise_distance_ragged_triton(
+                x.reshape(-1), [130], [48], "sqeuclidean", True, None
+            )
+        else:
+            kd.pairwise_distance_triton(x, None, "sqeuclidean", False, None)
+
+
+def test_repair_list_limit_not_hit_below_it(monkeypatch):
+    """The same data under a limit it fits in: no error, the retry repairs every flagged pair."""
+    monkeypatch.setattr(kd, "MIN_REPAIR_CAP", 1)
+    x = torch.tensor(testing.mixture(130, 48, k=4, seed=1), dtype=torch.float32)
+    stats: dict[str, int] = {}
+    kd.pairwise_distance_triton(x, None, "sqeuclidean", False, None, stats=stats)
+    monkeypatch.setattr(kd, "MAX_REPAIR_PAIRS", stats["flagged"])
+    ref = pairwise_distance_ref(x, None, "sqeuclidean", False, torch.float64)
+    out = kd.pairwise_distance_triton(
+        x, None, "sqeuclidean", False, None, out=_poisoned((130, 130), torch.float32), stats=stats
+    )
+    assert stats["launches"] == 2
+    _check_square(out, ref, 1e-6)
+
+
 def test_out_buffer_checked():
     x = torch.randn(5, 3)
     with pytest.raises(ValueError, match="out must be"):
