@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from . import ops
-from ._checks import as_tensor, check_finite, check_float, check_matrix
+from ._checks import as_tensor, check_finite, check_float, check_host_memory, check_matrix
 from .backends import resolve, resolve_impl
 
 METRICS = ("sqeuclidean", "euclidean", "cosine")
@@ -172,6 +172,59 @@ def _check_inputs(x, y, metric, condensed, out_dtype, precision):
     return x, y
 
 
+# Host bytes per output pair that the torch reference allocates at its peak (float64 expansion,
+# scale, near-pair mask, the mirrored copy and, for condensed=True, the triangle's indices): measured
+# 26 (n = 3000, every metric and layout), rounded up.
+_REF_BYTES_PER_PAIR = 28
+# The cpu backend's expansion works on row panels of this many rows (csrc/cpu/distance.cpp kPanel).
+_CPU_PANEL_ROWS = 128
+
+
+def _host_bytes_needed(
+    backend: str, n: int, m: int, d: int, condensed: bool, out_dtype: torch.dtype
+) -> list[tuple[str, int]]:
+    """The host buffers one CPU ``pairwise_distance`` call allocates, as (what, bytes)."""
+    pairs = n * (n - 1) // 2 if condensed else n * m
+    name = "float64" if out_dtype == torch.float64 else "float32"
+    parts = [(f"the {name} result", pairs * out_dtype.itemsize)]
+    if backend == "torch":
+        parts.append(("the float64 reference's working matrices", _REF_BYTES_PER_PAIR * n * m))
+    elif backend == "cpu":
+        parts.append(
+            ("the centred rows and one row panel", 8 * (2 * (n + m) * d + _CPU_PANEL_ROWS * m))
+        )
+    return parts
+
+
+def _check_host_memory(backend: str, n: int, m: int, d: int, condensed: bool, out_dtype) -> None:
+    """Refuse a CPU problem that does not fit in host memory, before anything is allocated."""
+    parts = _host_bytes_needed(backend, n, m, d, condensed, out_dtype)
+    what = " + ".join(f"{w}, {b} bytes" for w, b in parts) + ", plus O(n)"
+    need = sum(b for _, b in parts) + 64 * (n + m)
+    check_host_memory(need, f"simprune.pairwise_distance (backend={backend!r})", n, what)
+
+
+def _check_host_memory_batched(backend: str, xs: list[torch.Tensor], condensed: bool, out_dtype):
+    """The batched form's refusal: every group's result, plus the largest group's working buffers."""
+    results, working, what = 0, 0, ""
+    for x in xs:
+        n, d = x.shape
+        odt = out_dtype or torch.promote_types(x.dtype, torch.float32)
+        parts = _host_bytes_needed(backend, n, n, d, condensed, odt)
+        results += parts[0][1]
+        w = sum(b for _, b in parts[1:])
+        if w > working:
+            working, what = w, " + ".join(f"{w_}, {b} bytes" for w_, b in parts[1:])
+    desc = f"the {len(xs)} groups' results, {results} bytes" + (
+        f" + the working buffers of the largest group ({what})" if what else ""
+    )
+    need = results + working + 64 * sum(int(x.shape[0]) for x in xs)
+    n_max = max(int(x.shape[0]) for x in xs)
+    check_host_memory(
+        need, f"simprune.pairwise_distance_batched (backend={backend!r})", n_max, desc
+    )
+
+
 def pairwise_distance(
     x,
     y=None,
@@ -209,6 +262,12 @@ def pairwise_distance(
     -------
     Tensor on x's device, shape (n, m) or (n(n-1)/2,).
 
+    Raises
+    ------
+    torch.OutOfMemoryError
+        On the CPU, before anything is allocated, when the result and the backend's working buffers
+        need more host memory than is available (the message names both byte counts).
+
     Examples
     --------
     >>> import torch, simprune
@@ -221,7 +280,11 @@ def pairwise_distance(
     tensor([ 25., 100.,  25.])
     """
     x, y = _check_inputs(x, y, metric, condensed, out_dtype, precision)
-    _, fn = resolve("pairwise_distance", backend, x.device)
+    name, fn = resolve("pairwise_distance", backend, x.device)
+    if x.device.type == "cpu":
+        m = x.shape[0] if y is None else y.shape[0]
+        odt = out_dtype or torch.promote_types(x.dtype, torch.float32)
+        _check_host_memory(name, x.shape[0], m, x.shape[1], condensed, odt)
     return fn(x, y, metric, condensed, out_dtype, precision)
 
 
@@ -252,6 +315,8 @@ def pairwise_distance_batched(
         return []
     dev, dt = checked[0].device, checked[0].dtype
     name, impl = resolve_impl("pairwise_distance_ragged", backend, dev)
+    if all(x.device.type == "cpu" for x in checked):
+        _check_host_memory_batched(name, checked, condensed, out_dtype)
     if impl.fn is not None and all(x.device == dev and x.dtype == dt for x in checked):
         # All groups in one launch (the grouped-GEMM pattern): the common case of a whole network.
         rows = [int(x.shape[0]) for x in checked]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import scipy.spatial.distance as ssd
@@ -155,3 +157,56 @@ def test_property_matches_scipy(x, metric):
     scale = max(1.0, float(np.abs(x).max()) ** (2 if metric == "sqeuclidean" else 1))
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * scale)
     assert np.array_equal(got, got.T) and not np.any(np.diag(got))
+
+
+# ------------------------------------------------------------------------------------------------
+# host memory: a CPU problem that cannot fit is refused up front, needed vs available bytes
+# ------------------------------------------------------------------------------------------------
+def _no_kernel(*args, **kwargs):
+    raise AssertionError("the backend ran although the problem cannot fit")
+
+
+@pytest.mark.parametrize("condensed", [False, True])
+@pytest.mark.parametrize("backend", simprune.available_backends("pairwise_distance", "cpu"))
+def test_huge_problem_refused_before_allocating(monkeypatch, backend, condensed):
+    """n = 200,000 needs >= 80 GB for the result alone: refused by the shared host-memory check
+    (simprune._checks.check_host_memory) before the backend runs, naming both byte counts."""
+    import simprune.distance as sd
+
+    real = sd.resolve
+    monkeypatch.setattr(sd, "resolve", lambda *a, **k: (real(*a, **k)[0], _no_kernel))
+    x = torch.zeros(200_000, 2)
+    with pytest.raises(torch.OutOfMemoryError) as e:
+        simprune.pairwise_distance(x, condensed=condensed, backend=backend)
+    msg = str(e.value)
+    assert f"backend={backend!r}" in msg and "n = 200000" in msg
+    need = int(re.search(r"needs (\d+) bytes", msg).group(1))
+    avail = int(re.search(r"only (\d+) bytes", msg).group(1))
+    assert need >= 200_000 * 199_999 // 2 * 4 > avail
+
+
+def test_memory_check_follows_available_bytes(monkeypatch):
+    """The limit is the available host memory: just below the need refuses, at the need runs."""
+    import simprune._checks as checks
+
+    x = torch.randn(50, 4)
+    need = {}
+
+    def fake(value):
+        monkeypatch.setattr(checks, "available_host_bytes", lambda: value)
+
+    fake(1)
+    with pytest.raises(torch.OutOfMemoryError, match=r"needs (\d+) bytes") as e:
+        simprune.pairwise_distance(x, backend="torch")
+    need["torch"] = int(re.search(r"needs (\d+) bytes", str(e.value)).group(1))
+    assert need["torch"] >= 50 * 50 * (4 + 26)  # the result + the reference's working matrices
+    fake(need["torch"] - 1)
+    with pytest.raises(torch.OutOfMemoryError):
+        simprune.pairwise_distance(x, backend="torch")
+    fake(need["torch"])
+    assert simprune.pairwise_distance(x, backend="torch").shape == (50, 50)
+    fake(None)  # unknown: nothing is refused
+    assert simprune.pairwise_distance(x, backend="torch").shape == (50, 50)
+    fake(1)
+    with pytest.raises(torch.OutOfMemoryError, match="pairwise_distance_batched"):
+        simprune.pairwise_distance_batched([x, x[:7]], backend="torch")
