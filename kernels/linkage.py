@@ -324,6 +324,43 @@ def storage_dtype(storage: torch.dtype | None, op: str) -> torch.dtype:
     raise ValueError(f"{op}: storage must be torch.float64 or torch.float32, got {storage}")
 
 
+# Elements per slice of the failure path's counts (its temporaries stay this small).
+COUNT_CHUNK = 1 << 24
+
+
+def check_values(d: torch.Tensor, op: str, storage: torch.dtype = torch.float64) -> None:
+    """Refuse NaN, Inf, negative values -- and, with float32 storage of float64 distances, values
+    beyond float32's range (they would be stored as Inf) -- with their counts.
+
+    No O(n^2) temporary: one fused min/max reduction decides (both propagate NaN); only a failing
+    input is counted, in slices of ``COUNT_CHUNK`` elements."""
+    limit = (
+        torch.finfo(torch.float32).max
+        if storage == torch.float32 and d.dtype == torch.float64
+        else float("inf")
+    )
+    lo, hi = (float(v) for v in torch.stack(torch.aminmax(d)).cpu())  # one host round trip
+    if lo >= 0.0 and hi <= limit and hi != float("inf"):  # NaN fails every comparison
+        return
+    counts = torch.zeros(3, dtype=torch.int64, device=d.device)
+    for start in range(0, d.numel(), COUNT_CHUNK):
+        c = d[start : start + COUNT_CHUNK]
+        big = (c.abs() > limit) if limit != float("inf") else torch.isinf(c)
+        counts += torch.stack([torch.isnan(c).sum(), big.sum(), (c < 0).sum()])
+    n_nan, n_inf, n_neg = counts.tolist()
+    if n_nan or n_inf:
+        raise ValueError(
+            f"{op}: distances contain {n_nan} NaN and {n_inf} Inf value(s); linkage needs "
+            "finite distances"
+            + (
+                " (with storage=torch.float32, values beyond float32's range, 3.4e38, count as Inf)"
+                if storage == torch.float32
+                else ""
+            )
+        )
+    raise ValueError(f"{op}: distances must be non-negative; found {n_neg} negative value(s)")
+
+
 def check_input(d: torch.Tensor, method: str, op: str, storage: torch.dtype = torch.float64) -> int:
     """Validate a condensed distance vector for the linkage ops; returns n."""
     if method in ("centroid", "median"):
@@ -347,31 +384,9 @@ def check_input(d: torch.Tensor, method: str, op: str, storage: torch.dtype = to
         n = n_from_condensed(m)
     except ValueError as e:
         raise ValueError(f"{op}: {e}") from None
-    # Before the value checks, which themselves allocate O(n^2).
     _check_memory(n, d.device, torch.finfo(storage).bits // 8)
     if m:
-        if storage == torch.float32 and d.dtype == torch.float64:
-            # Inf, and the values that would become Inf in the float32 matrix.
-            inf = (d.abs() > torch.finfo(torch.float32).max).sum()
-        else:
-            inf = torch.isinf(d).sum()
-        # The three counts in one host round trip.
-        n_nan, n_inf, n_neg = torch.stack([torch.isnan(d).sum(), inf, (d < 0).sum()]).tolist()
-        if n_nan or n_inf:
-            raise ValueError(
-                f"{op}: distances contain {n_nan} NaN and {n_inf} Inf value(s); linkage needs "
-                "finite distances"
-                + (
-                    " (with storage=torch.float32, values beyond float32's range, 3.4e38, count "
-                    "as Inf)"
-                    if storage == torch.float32
-                    else ""
-                )
-            )
-        if n_neg:
-            raise ValueError(
-                f"{op}: distances must be non-negative; found {n_neg} negative value(s)"
-            )
+        check_values(d, op, storage)
     return n
 
 

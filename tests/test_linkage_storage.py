@@ -126,3 +126,89 @@ def test_float32_storage_tiny_sizes(n, method):
                 zk, kl.linkage_rounds_triton(torch.from_numpy(d), method, F32)[0].numpy()
             )
             assert_bitwise(zk, zt)
+
+
+# ---- the values check of the Triton path (kernels/linkage.py check_values; the CUDA op's twin is
+# csrc/cuda/linkage.cpp check_values): no O(n^2) temporary on the way to float32 storage -------------
+
+
+def _linkage_module():
+    if not has_triton():
+        pytest.skip("triton not installed")
+    import simprune.kernels.linkage as kl
+
+    return kl
+
+
+def test_range_check_makes_no_full_size_temporary(monkeypatch):
+    """The check used to build abs(d) (a full copy of the condensed matrix) on the path meant to
+    save memory; now one min/max reduction decides: no op output is larger than a few elements."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    kl = _linkage_module()
+
+    class Largest(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            sizes = [t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+            Largest.largest = max([Largest.largest, *sizes])
+            return out
+
+    d = torch.from_numpy(data("gaussian", 300))  # float64, 44,850 distances
+    for storage in (torch.float64, F32):
+        with Largest():
+            kl.check_values(d, "op", storage)
+    assert Largest.largest <= 2
+    # A failing input is counted in slices (here of 64 elements): still nothing full-size.
+    bad = d.clone()
+    bad[7] = 1e39
+    monkeypatch.setattr(kl, "COUNT_CHUNK", 64)
+    Largest.largest = 0
+    with Largest(), pytest.raises(ValueError, match="1 Inf.*beyond float32's range"):
+        kl.check_values(bad, "op", F32)
+    assert Largest.largest == 64
+
+
+def test_range_check_fires_and_counts_exactly(monkeypatch):
+    kl = _linkage_module()
+    monkeypatch.setattr(kl, "COUNT_CHUNK", 7)  # many slices: the counts must add up across them
+    top = float(np.finfo(np.float32).max)
+    above = float(np.nextafter(top, np.inf))
+    d = torch.ones(100, dtype=torch.float64)
+    d[5] = top
+    kl.check_values(d, "op", F32)  # float32's largest value itself is fine
+    d[[3, 50, 99]] = above
+    with pytest.raises(ValueError, match="0 NaN and 3 Inf.*3.4e38"):
+        kl.check_values(d, "op", F32)
+    kl.check_values(d, "op", torch.float64)  # fine in float64 storage
+    kl.check_values(d.float(), "op", F32)  # float32 input: nothing to check against the range
+    d[[10, 20]] = float("nan")
+    d[30] = -float("inf")
+    with pytest.raises(ValueError, match="2 NaN and 4 Inf"):
+        kl.check_values(d, "op", F32)
+    e = torch.ones(100, dtype=torch.float64)
+    e[[0, 8, 16, 17]] = -1.0
+    e[9] = -0.0  # a signed zero is non-negative
+    with pytest.raises(ValueError, match="found 4 negative"):
+        kl.check_values(e, "op")
+    e[[0, 8, 16, 17]] = 0.0
+    kl.check_values(e, "op")
+
+
+@pytest.mark.skipif(not INTERPRET, reason="runs the Triton kernels (TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("method", ["single", "average"])
+def test_triton_float32_storage_of_float64_input_unchanged(method):
+    """float64 input into float32 storage gives the float32 input's Z, bit for bit (the check does
+    not touch the values), and refuses a value beyond float32's range."""
+    d = data("gaussian", 60)
+    z64 = torch.ops.simprune.linkage_triton(torch.from_numpy(d), method, "exact", F32).numpy()
+    d32 = torch.from_numpy(d.astype(np.float32))
+    z32 = torch.ops.simprune.linkage_triton(d32, method, "exact", F32).numpy()
+    assert_bitwise(z64, z32)
+    big = torch.from_numpy(d.copy())
+    big[11] = 1e39
+    with pytest.raises(ValueError, match="1 Inf"):
+        torch.ops.simprune.linkage_triton(big, method, "exact", F32)

@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -67,18 +68,29 @@ void check_memory_strict(int64_t n, const at::Device& dev, const char* op) {
                    " (mode='exact' with storage=torch.float32 needs about 5 n^2 bytes)");
 }
 
-// The values, on the device (after the memory check: these reductions themselves allocate O(n^2)
-// bytes). fp32: float32 storage, where a float64 value beyond float32's range would become Inf
-// (counted so).
+// The values, on the device. fp32: float32 storage, where a float64 value beyond float32's range
+// would become Inf (counted so). No O(n^2) temporary: one fused min/max reduction decides (both
+// propagate NaN); only a failing input is counted, in slices of kCountChunk elements.
+constexpr int64_t kCountChunk = int64_t{1} << 24;
+
 void check_values(const at::Tensor& d, const char* op, bool fp32 = false) {
   if (d.numel() == 0) return;
-  // One small host round trip for the three counts.
-  const at::Tensor inf = fp32 && d.scalar_type() == at::kDouble
-                             ? (at::abs(d) > std::numeric_limits<float>::max()).sum()
-                             : at::isinf(d).sum();
-  const at::Tensor counts = at::stack({at::isnan(d).sum(), inf, (d < 0).sum()}).cpu();
-  const int64_t* c = counts.data_ptr<int64_t>();
-  report_values(c[0], c[1], c[2], op, fp32);
+  const double limit = fp32 && d.scalar_type() == at::kDouble
+                           ? static_cast<double>(std::numeric_limits<float>::max())
+                           : std::numeric_limits<double>::infinity();
+  const auto [mn, mx] = at::aminmax(d);
+  const at::Tensor ends = at::stack({mn, mx}).to(at::kDouble).cpu();  // one host round trip
+  const double lo = ends.data_ptr<double>()[0], hi = ends.data_ptr<double>()[1];
+  if (lo >= 0.0 && hi <= limit && !std::isinf(hi)) return;  // NaN fails every comparison
+  at::Tensor counts = at::zeros({3}, d.options().dtype(at::kLong));
+  for (int64_t start = 0; start < d.numel(); start += kCountChunk) {
+    const at::Tensor c = d.narrow(0, start, std::min(kCountChunk, d.numel() - start));
+    const at::Tensor big = std::isinf(limit) ? at::isinf(c) : at::abs(c) > limit;
+    counts += at::stack({at::isnan(c).sum(), big.sum(), (c < 0).sum()});
+  }
+  const at::Tensor h = counts.cpu();
+  const int64_t* cnt = h.data_ptr<int64_t>();
+  report_values(cnt[0], cnt[1], cnt[2], op, fp32);
 }
 
 // Exact mode on one problem: the rounds, or Boruvka (single linkage in linkage_cuda).
@@ -109,7 +121,7 @@ at::Tensor linkage_cuda(const at::Tensor& d, const std::string& method, const st
   const int64_t n = check_condensed(d, at::kCUDA, kOp);
   const c10::cuda::CUDAGuard guard(d.device());
   if (n < 2) return at::empty({0, 4}, d.options().dtype(at::kDouble));
-  check_memory_strict(n, d.device(), kOp);  // before the values check, which allocates O(n^2)
+  check_memory_strict(n, d.device(), kOp);
   check_values(d, kOp);
   return linkage_strict_cuda(d.contiguous(), meth, n, kOp);
 }
