@@ -4,9 +4,10 @@ One copy, used by the test suite, ``simprune selfcheck`` (on users' machines: th
 neither pytest nor hypothesis) and the benchmarks.
 
 * **Data sets** (linkage.md 8.1, no downloads): :func:`gaussian`, :func:`mixture`,
-  :func:`channel_like`, :func:`dead_duplicate`, :func:`quantised`, :func:`chain_1d`, plus
-  :func:`near_duplicates` and :func:`half_integer_grid`; :data:`DATASETS` names the first six with
-  their default dimensions, :data:`TIE_FREE` those without tied distances.
+  :func:`channel_like`, :func:`dead_duplicate`, :func:`quantised`, :func:`chain_1d`,
+  :func:`chain_geometric`, plus :func:`near_duplicates` and :func:`half_integer_grid`;
+  :data:`DATASETS` names the first seven with their default dimensions, :data:`TIE_FREE` those
+  without tied distances.
 * **Tolerances**: :data:`TOLERANCES`, one table per op kind and dtype (linkage.md 8.3).
 * **Comparisons**: :func:`max_relative_error` (distances), :func:`same_partition` (flat clusters),
   and the linkage gates against scipy's ``Z``: :func:`tree_mismatch` / :func:`assert_same_tree`
@@ -142,6 +143,22 @@ def chain_1d(n: int) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(gaps)])[:, None]
 
 
+def chain_geometric(n: int, shrink: float = 2.0**-20) -> np.ndarray:
+    """``n`` points on a line, shape ``(n, 1)``, with gaps shrinking geometrically from 1 to
+    ``shrink``: every point's nearest neighbour is the next one (the last pair is the closest), so the
+    first Borůvka iteration hooks all points into one chain of n - 1 edges -- the worst case for
+    a serial walk along parent pointers, O(log n) steps for pointer doubling. The minimum spanning
+    tree (the chain's own gaps) is unique: single linkage has one correct Z.
+
+    >>> np.diff(chain_geometric(4).ravel()).tolist() == [1.0, 2.0**-10, 2.0**-20]
+    True
+    """
+    if n < 2:
+        return np.zeros((n, 1))
+    gaps = shrink ** (np.arange(n - 1) / max(n - 2, 1))
+    return np.concatenate([[0.0], np.cumsum(gaps)])[:, None]
+
+
 def near_duplicates(n: int, d: int, seed: int = 0) -> np.ndarray:
     """Gaussian rows, shape ``(n, d)``, where every 8th row (from row 1) is the previous row plus
     1e-4 noise and the last row an exact copy of the one before it (a zero distance); for n < 4 plain
@@ -179,9 +196,12 @@ DATASETS: Mapping[str, Callable[..., np.ndarray]] = MappingProxyType(
         "dead_duplicate": lambda n, d=16, seed=0: dead_duplicate(n, d, seed),
         "quantised": lambda n, d=8, seed=0: quantised(n, d, seed),
         "chain_1d": lambda n, d=1, seed=0: chain_1d(n),
+        "chain_geometric": lambda n, d=1, seed=0: chain_geometric(n),
     }
 )
-# Those whose distances have no ties (scipy's tree is then the only correct one).
+# Those whose distances have no ties (scipy's tree is then the only correct one). chain_geometric's
+# minimum spanning tree is unique (single linkage), but its long distances are sums of many gaps whose
+# float64 rounding may tie: it is not listed.
 TIE_FREE = ("gaussian", "mixture", "channel_like", "chain_1d")
 
 

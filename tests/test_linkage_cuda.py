@@ -148,10 +148,16 @@ def test_cuda_batched_wide_problem_goes_through_the_whole_gpu_kernel(method):
 @needs_cuda_kernel
 @pytest.mark.parametrize(
     "name,n",
-    [(s, n) for s in ("gaussian", "mixture", "chain_1d") for n in (2, 3, 31, 513, 1000)]
-    + [("gaussian", 4097), ("dead_duplicate", 1000), ("quantised", 300)],
+    [
+        (s, n)
+        for s in ("gaussian", "mixture", "chain_1d", "chain_geometric")
+        for n in (2, 3, 31, 513, 1000)
+    ]
+    + [("gaussian", 4097), ("chain_geometric", 4097), ("dead_duplicate", 1000), ("quantised", 300)],
 )
 def test_cuda_single_boruvka(name, n):
+    # chain_geometric: one Boruvka iteration hooks every point into one chain of n - 1 edges (the
+    # pointer doubling of boruvka_jump_step_kernel, ceil(log2 n) steps).
     d = data(name, n)
     z = torch.ops.simprune.linkage_cuda(torch.from_numpy(d).cuda(), "single", "exact")
     z = z.cpu().numpy()

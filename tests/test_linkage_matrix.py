@@ -404,6 +404,29 @@ def test_chain_needs_n_over_2_rounds(impl, n):
     assert_same_tree(z, scipy_z("chain_1d", n, "complete"), "complete")
 
 
+@pytest.mark.parametrize(
+    "impl,n",
+    cases(CPU_EXACT, [(2,), (3,), (31,), (1000,), (4097,)])
+    + cases(CPU_STRICT, [(31,), (1000,)])
+    + cases(AUTO_CPU, [(1000,)])
+    + cases(TWIN, [(31,), (300,)])
+    + cases(TRITON_OP, [(31,), (150,)])
+    + cases(TRITON_STRICT, [(65,)])
+    + cases(AUTO_CUDA, [(31,), (513,), (4097,)])
+    + cases(CUDA_STRICT, [(513,)]),
+)
+def test_single_linkage_geometric_chain(impl, n):
+    # Gaps shrinking geometrically along a line (simprune.testing.chain_geometric): every point's
+    # nearest neighbour is the next one, so Boruvka's first iteration hooks all points into one chain
+    # of n - 1 edges (resolved by pointer doubling in ceil(log2 n) steps; a serial walk up the parent
+    # pointers is O(n) per thread), and the rounds merge one pair per round. The MST is unique:
+    # scipy's Z bit for bit, on every backend (the CUDA path: Boruvka, through the public API).
+    z, stats = impl.run(data("chain_geometric", n), "single")
+    assert_bitwise(z, scipy_z("chain_geometric", n, "single"))
+    if impl is TWIN:
+        assert stats[0] == n - 1  # one reciprocal pair per round: the closest, at the end
+
+
 # ---------------------------------------------------------------------------------------------------
 # Threads: the parallel loops (forced at small n) give the one-thread result, ties included (the
 # combine of partial argmins must keep scipy's rule).

@@ -126,7 +126,7 @@ def test_reciprocal_and_compact_kernels():
 
 BORUVKA_CASES = [
     (name, n)
-    for name in ("gaussian", "mixture", "channel_like", "chain_1d")
+    for name in ("gaussian", "mixture", "channel_like", "chain_1d", "chain_geometric")
     for n in (2, 3, 31, 150, 300)
 ]
 
@@ -138,6 +138,10 @@ def test_boruvka_tie_free_is_scipy_bitwise(name, n):
     assert_bitwise(z.numpy(), scipy_z(name, n, "single"))
     iters = stats.tolist()[0]
     assert 1 <= iters <= max(1, int(np.ceil(np.log2(n))))  # Boruvka: at most log2 n passes
+    if name == "chain_geometric" and n > 2:
+        # Every point hooks onto its right neighbour: one iteration, one chain of n - 1 edges that
+        # pointer doubling resolves (stats[2]: the edges added in that iteration).
+        assert stats.tolist() == [1, 0, n - 1]
 
 
 @interpreted

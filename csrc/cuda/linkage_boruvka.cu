@@ -5,8 +5,9 @@
 // order as linkage_boruvka_triton (kernels/linkage.py), so both give the same Z bit for bit. Each
 // iteration: the lightest edge from every vertex to another component (one warp per vertex), per
 // component the lightest of those under the total order (w, min id, max id) -- so the choice graph is
-// a forest -- then hooking and pointer jumping. Heights are input distances; the log is sorted stably
-// by height and relabelled as scipy's label(). All indices are int64.
+// a forest -- then hooking and pointer doubling (ceil(log2 components) parallel steps). Heights are
+// input distances; the log is sorted stably by height and relabelled as scipy's label(). All indices
+// are int64.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -15,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <tuple>
+#include <utility>
 
 #include "linkage_cuda.h"
 #include "linkage_device.cuh"
@@ -131,16 +133,24 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Every label follows its parent chain to the surviving root (the choice graph is a forest).
-__global__ void boruvka_jump_kernel(const int64_t* parent, int64_t* label, int64_t n) {
+// One step of pointer doubling (as the Triton Borůvka, kernels/linkage.py): dst[c] = src[src[c]].
+// The host runs boruvka_jump_steps of them, ping-ponging two buffers: every label then holds the
+// surviving root of its chain (roots map to themselves, so a step past convergence changes nothing).
+// The old walk followed each chain serially: O(n) dependent loads per thread on a chain of
+// geometrically shrinking gaps, where every vertex hooks onto its right neighbour.
+__global__ void boruvka_jump_step_kernel(const int64_t* __restrict__ src, int64_t* __restrict__ dst,
+                                         int64_t n) {
   for (int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; c < n;
-       c += int64_t{gridDim.x} * blockDim.x) {
-    // The choice graph is a forest, so a chain is shorter than n; the bound only guards against a
-    // hang should that ever be violated (the host then sees no progress and raises).
-    int64_t r = c;
-    for (int64_t s = 0; parent[r] != r && s < n; ++s) r = parent[r];
-    label[c] = r;
-  }
+       c += int64_t{gridDim.x} * blockDim.x)
+    dst[c] = src[src[c]];
+}
+
+// The number of doubling steps for `components` components: a chain of the choice forest (a forest:
+// the edge order is total) has fewer edges than there are components, and step s covers 2^s of them.
+inline int boruvka_jump_steps(int64_t components) {
+  int steps = 0;
+  for (int64_t reach = 1; reach < components; reach *= 2) ++steps;
+  return steps;
 }
 
 __global__ void boruvka_relabel_kernel(int64_t* comp, const int64_t* label, int64_t n) {
@@ -187,8 +197,14 @@ std::tuple<at::Tensor, at::Tensor> boruvka_typed(const at::Tensor& d, int64_t n,
     boruvka_hook_kernel<T><<<1, kThreads, 0, stream>>>(S.data_ptr<T>(), comp.data_ptr<int64_t>(),
                                                     ck, parent, log.data_ptr<double>(),
                                                     ctrl.data_ptr<int64_t>(), n);
-    boruvka_jump_kernel<<<lin_blocks, 256, 0, stream>>>(parent, root, n);
-    boruvka_relabel_kernel<<<lin_blocks, 256, 0, stream>>>(comp.data_ptr<int64_t>(), root, n);
+    // Pointer doubling, ping-pong between parent and root; `label` ends on the last written one.
+    int64_t* label = parent;
+    int64_t* spare = root;
+    for (int s = boruvka_jump_steps(n - k); s > 0; --s) {
+      boruvka_jump_step_kernel<<<lin_blocks, 256, 0, stream>>>(label, spare, n);
+      std::swap(label, spare);
+    }
+    boruvka_relabel_kernel<<<lin_blocks, 256, 0, stream>>>(comp.data_ptr<int64_t>(), label, n);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const int64_t k_new = ctrl[0].item<int64_t>();  // one synchronisation per iteration
     TORCH_CHECK(k_new > k, op, ": Boruvka found no edge with ", n - k, " components left");
