@@ -327,10 +327,15 @@ def companion(op: str, backend: str, device: torch.device) -> str:
 
 def engine_device(backend: str, device: torch.device) -> torch.device:
     """Where the engine pass runs for data on ``device``: a named backend whose kernels run on the
-    CPU only (``"cpu"``) takes GPU data to the CPU (only descriptors travel); otherwise ``device``."""
+    CPU only (``"cpu"``) takes GPU data to the CPU, and one whose kernels run on the GPU only
+    (``"triton"``, ``"cuda"``) takes CPU data to the current GPU when there is one (a model kept in
+    host memory, planned on the GPU): only descriptors travel. Otherwise ``device``."""
     name = requested(backend)
-    if name in DEVICES and device.type not in DEVICES[name] and DEVICES[name] == ("cpu",):
-        return torch.device("cpu")
+    if name in DEVICES and device.type not in DEVICES[name]:
+        if DEVICES[name] == ("cpu",):
+            return torch.device("cpu")
+        if DEVICES[name] == ("cuda",) and torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
     return device
 
 

@@ -155,3 +155,19 @@ def dendrograms(
         timings["distances"] = t1 - t0
         timings["linkage"] = time.perf_counter() - t1
     return zs
+
+
+def working_set_bytes(n: int, d: int, itemsize: int, device_type: str) -> int:
+    """Estimated peak bytes of one group's engine pass on a ``device_type`` device (from sizes).
+
+    The descriptors (n x d of ``itemsize`` bytes) copied to the engine device, their condensed
+    distances (same item size) and a packed float64 copy for the linkage, the linkage's working
+    memory (CPU: one condensed float64 copy; GPU: the square float64 matrix with its 1.25 x 8 n^2
+    bytes, linkage.md) and Z. An upper-bound estimate used to bound a streamed batch and to report
+    the peak where the device cannot measure it (the CPU); not a measurement.
+    """
+    if n < 2:
+        return n * d * itemsize
+    pairs = n * (n - 1) // 2
+    work = pairs * 8 if device_type == "cpu" else (5 * 8 * n * n) // 4
+    return n * d * itemsize + pairs * itemsize + pairs * 8 + work + (n - 1) * 4 * 8

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import engine
 from ..dendrogram import cut_n_clusters
-from ..engine import check_metric_and_method, height_scale
+from ..engine import check_metric_and_method
 from .budget import CutResult, GroupCurve, make_curve, solve_global, solve_uniform
 from .calibrate import check_data_type, recalibrate_bn
-from .descriptors import check_finite_model, group_descriptors
+from .descriptors import check_finite_model
+from .distributed import EnginePass, engine_pass, resolve_process_group
 from .groups import ChannelGroup, build_dependency_graph, check_connected, collect_groups
 from .macs import CostModel
 from .merge import MERGE_MODES, assign, choose_kept, expand_units
@@ -109,6 +109,7 @@ def prune(
     backend: str = "auto",
     verify: bool = True,
     progress: bool = True,
+    process_group: Any = None,
 ) -> PruneResult:
     """Prune a network by channel similarity: cluster each channel group, keep representatives.
 
@@ -170,6 +171,14 @@ def prune(
         with a warning naming it and why, and the cut is re-solved without it; the report lists
         ``excluded`` groups and ``corrected`` consumers. ``verify=False`` trusts Torch-Pruning.
     progress : print progress on stderr.
+    process_group : torch.distributed process group, optional
+        Spread the engine pass over its ranks (simprune.pruning.distributed): each rank clusters
+        its share of the groups (by cost, n^2 * d), the dendrograms are gathered and every rank
+        solves the same cut and returns the same pruned model and plan as a single process would.
+        None (default): the default group when torch.distributed is initialised (``torchrun``)
+        with more than one rank; False: never. Every rank must call ``prune`` with the same model,
+        inputs and settings. Single process or not, the engine pass streams the groups to the
+        engine device in bounded batches; ``report.engine`` has its peak memory.
 
     Returns
     -------
@@ -214,6 +223,7 @@ def prune(
     if calibration_data is not None:
         check_data_type(calibration_data)
     check_finite_model(model)
+    pg = resolve_process_group(process_group)
 
     timings: dict[str, float] = {}
     with Progress(progress) as bar:
@@ -232,7 +242,7 @@ def prune(
             keep_per_cluster=keep_per_cluster, representative=representative,
             merge_mode=merge_mode, min_keep_ratio=min_keep_ratio, round_to=round_to,
         )  # fmt: skip
-        vs, zs = _engine_pass(groups, bar, timings, metric, method, backend)
+        ep = _engine_pass(groups, bar, timings, metric, method, backend, pg, settings)
         probe = None
         if verify:
             t0 = time.perf_counter()
@@ -244,7 +254,7 @@ def prune(
         while True:
             t0 = time.perf_counter()
             plan_groups, cut_res = _plan(
-                groups, vs, zs, cm, dendrograms, frozen=set(excluded), **settings
+                groups, ep, cm, dendrograms, frozen=set(excluded), **settings
             )
             timings["cut"] = timings.get("cut", 0.0) + time.perf_counter() - t0
             bar.stage("rewriting")
@@ -339,6 +349,7 @@ def prune(
         timings=timings,
         layers=layers,
         dendrograms=dendrograms,
+        engine=ep.stats,
     )
     if plan.n_removed == 0:
         warnings.warn(
@@ -369,24 +380,24 @@ def _engine_pass(
     metric: str,
     method: str,
     backend: str,
-) -> tuple[list[torch.Tensor], list[np.ndarray]]:
-    """Descriptors -> distances -> linkage: every group's descriptors and dendrogram."""
-    t0 = time.perf_counter()
-    vs = []
-    for k, g in enumerate(groups):
-        vs.append(group_descriptors(g, metric))
-        bar.stage("descriptors", k + 1, len(groups))
-    timings["descriptors"] = time.perf_counter() - t0
-    # One engine pass for every group with >= 2 units: condensed distances, then one Z per group.
-    bar.stage("distances + linkage")
-    zs = engine.dendrograms(vs, metric, method, backend, timings)
-    return vs, zs
+    pg: Any,
+    settings: dict[str, Any],
+) -> EnginePass:
+    """Descriptors -> distances -> linkage: every group's dendrogram (this rank's descriptors),
+    streamed to the engine device in bounded batches, spread over the ranks of ``pg``."""
+
+    def step(k: int, n: int) -> None:
+        bar.stage("engine pass (descriptors, distances, linkage)", k, n)
+
+    return engine_pass(
+        groups, metric, method, backend, process_group=pg, timings=timings, progress=step,
+        context={"backend": backend, **settings},
+    )  # fmt: skip
 
 
 def _plan(
     groups: list[ChannelGroup],
-    vs: list[torch.Tensor],
-    zs: list[np.ndarray],
+    ep: EnginePass,
     cm: CostModel,
     dendrograms: dict[str, np.ndarray],
     *,
@@ -401,10 +412,12 @@ def _plan(
     min_keep_ratio: float,
     round_to: int | None,
 ) -> tuple[list[GroupPlan], CutResult]:
-    """Cut -> representatives and merges for all groups; ``frozen`` groups (root names) keep all."""
+    """Cut -> representatives and merges for all groups; ``frozen`` groups (root names) keep all.
+
+    Every rank solves the same cut from the gathered dendrograms; each group's representatives and
+    merges come from its owner (``ep.map_groups``)."""
     curves: list[GroupCurve] = []
-    for g, v, z in zip(groups, vs, zs, strict=True):
-        scale = height_scale(v, metric)
+    for g, z, scale in zip(groups, ep.zs, ep.scales, strict=True):
         if z.shape[0]:
             zs_scaled = z.copy()
             zs_scaled[:, 2] /= scale
@@ -461,14 +474,17 @@ def _plan(
                 "(channel groups are removed in steps; round_to and grouped convs coarsen them)",
                 stacklevel=3,
             )
-    plans = []
-    for g, v, z, curve, m in zip(groups, vs, zs, curves, res.merges, strict=True):
+
+    def group_plan(i: int) -> GroupPlan:
+        g, z, curve, m = groups[i], ep.zs[i], curves[i], res.merges[i]
         n = g.n_units
-        vc = v.detach().cpu().to(torch.float64)
         if m == 0:
             kept_units = list(range(n))
             unit_merges: list[tuple[int, int, float]] = []
         else:
+            v = ep.vs[i]
+            assert v is not None, "internal: a group planned by a rank that does not own it"
+            vc = v.detach().cpu().to(torch.float64)
             labels = cut_n_clusters(torch.from_numpy(z), n - m)
             kept_t = choose_kept(
                 vc, labels, method=representative, keep_per_cluster=keep_per_cluster
@@ -477,14 +493,13 @@ def _plan(
                 raise AssertionError("internal: kept count differs from the cut's count")
             kept_units = kept_t.tolist()
             unit_merges = assign(vc, labels, kept_t, merge_mode) if merge_mode else []
-        plans.append(
-            GroupPlan(
-                root=g.root_name,
-                n_channels=g.n_channels,
-                ch_groups=g.ch_groups,
-                members=[[mm.name, mm.kind] for mm in g.members],
-                kept=g.unit_channels(kept_units),
-                merges=[[j, r, a] for j, r, a in expand_units(g, unit_merges)],
-            )
+        return GroupPlan(
+            root=g.root_name,
+            n_channels=g.n_channels,
+            ch_groups=g.ch_groups,
+            members=[[mm.name, mm.kind] for mm in g.members],
+            kept=g.unit_channels(kept_units),
+            merges=[[j, r, a] for j, r, a in expand_units(g, unit_merges)],
         )
-    return plans, res
+
+    return ep.map_groups(group_plan), res

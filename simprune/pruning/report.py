@@ -31,6 +31,9 @@ class PruneReport:
     corrected: list[list[str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     layers: dict[str, list[int]] = field(default_factory=dict)  # name -> [out before, out after]
+    # the engine pass (simprune.pruning.distributed): peak_bytes (and whether "measured" or
+    # estimated), launches, device, rank, world_size, per_rank peaks and group counts
+    engine: dict[str, Any] = field(default_factory=dict)
     # group root -> its linkage matrix with scale-free heights (for plots; not in to_dict()).
     dendrograms: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -85,6 +88,13 @@ class PruneReport:
         if self.timings:
             lines.append(
                 "plan time: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in self.timings.items())
+            )
+        if self.engine.get("peak_bytes"):
+            e = self.engine
+            ranks = f" (largest of {e['world_size']} ranks)" if e.get("world_size", 1) > 1 else ""
+            lines.append(
+                f"engine pass: peak {e['peak_bytes'] / 2**20:.1f} MiB{ranks} "
+                f"({e.get('measured')}), {e.get('launches')} launch(es)"
             )
         if self.skipped:
             lines.append(
