@@ -50,8 +50,27 @@ def _rows(m: Member, bn: nn.Module | None, metric: str) -> torch.Tensor:
     return v
 
 
+def activation_descriptors(group: ChannelGroup) -> torch.Tensor:
+    """``activation`` descriptors (n_channels, n_channels) float64: a square root V of the covariance
+    S of the group's channels at its consumers' inputs (V V^T = S, :mod:`simprune.pruning.stats`),
+    so that |v_i - v_j|^2 = S_ii + S_jj - 2 S_ij = Var(z_i - z_j) = E[(z_i - z_j)^2] on the centred
+    inputs, and |v_i|^2 = Var(z_i) (a channel's energy)."""
+    from .stats import covariance_sqrt
+
+    st = group.stats
+    if st is None:
+        raise ValueError(
+            f"metric='activation' needs statistics of group {group.root_name!r} from calibration "
+            "data (prune(..., calibration_data=...)); none were collected (no consumer input "
+            "holds all of its channels)"
+        )
+    return covariance_sqrt(st.cov)
+
+
 def group_descriptors(group: ChannelGroup, metric: str = "gaussian") -> torch.Tensor:
     """Descriptor matrix (n_units, d) of a channel group on the weights' device.
+
+    ``activation``: from the group's calibration statistics (:func:`activation_descriptors`).
 
     float64 when any producer is float64, float32 otherwise: the engine's float32 "exact" mode keeps
     distances to <= 1e-6 relative error (exact zeros for duplicates), ample for ranking merges, at
@@ -62,6 +81,9 @@ def group_descriptors(group: ChannelGroup, metric: str = "gaussian") -> torch.Te
     """
     metric_info(metric)
     n = group.n_channels
+    if metric == "activation":
+        v = activation_descriptors(group)
+        return _per_unit(v, group.ch_groups)
     dtype = (
         torch.float64
         if any(m.module.weight.dtype == torch.float64 for m in group.producers())
@@ -77,11 +99,13 @@ def group_descriptors(group: ChannelGroup, metric: str = "gaussian") -> torch.Te
         full = torch.zeros(n, v.shape[1], dtype=dtype, device=v.device)
         full[torch.tensor(m.root_idxs, device=v.device)] = v[torch.tensor(m.idxs, device=v.device)]
         blocks.append(full)
-    v = torch.cat(blocks, dim=1)
-    cg = group.ch_groups
+    return _per_unit(torch.cat(blocks, dim=1), group.ch_groups)
+
+
+def _per_unit(v: torch.Tensor, cg: int) -> torch.Tensor:
     if cg > 1:
         # (cg * gs, d) -> (gs, cg * d): unit u holds channels u, u + gs, u + 2 gs, ...
-        gs = n // cg
+        gs = v.shape[0] // cg
         v = v.reshape(cg, gs, -1).permute(1, 0, 2).reshape(gs, -1)
     return v.contiguous()
 

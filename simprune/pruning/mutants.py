@@ -189,8 +189,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "flatten-block-folded-once",
         "merge.py",
-        "        src += lj\n        dst += lr\n",
-        "        src += lj[:1]\n        dst += lr[:1]\n",
+        "        pos[t] = li\n",
+        "        pos[t] = li[:1] * len(li)\n",
         (
             "tests/test_prune_replay.py::test_replay_of_a_hand_made_plan_equals_the_hand_built_model",
         ),
