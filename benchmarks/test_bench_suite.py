@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from benchmarks.bench_linkage import d1k, test_linkage_1k  # noqa: F401  (re-exported suite)
+from benchmarks.bench_llama import test_llama_plan_smoke  # noqa: F401  (re-exported suite)
 from simprune import testing
 
 pytest.importorskip("pytest_benchmark")
