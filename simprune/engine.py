@@ -17,6 +17,7 @@ metric           pairwise distance D          dendrogram built on            hei
 ``euclidean``    euclidean                    euclidean                      / RMS descriptor norm
 ``sqeuclidean``  sqeuclidean                  euclidean                      / RMS descriptor norm
 ``cosine``       cosine                       cosine                         already scale-free
+``activation``   sqeuclidean (Var(z_i-z_j))   euclidean, sqrt(D)             / RMS descriptor norm
 ===============  ===========================  =============================  ======================
 
 Squared-Euclidean metrics cluster on sqrt(D), a true metric, valid for every linkage method (ward
@@ -75,6 +76,9 @@ METRICS: dict[str, MetricInfo] = {
         MetricInfo("cosine", "cosine", "cosine", True),
         MetricInfo("euclidean", "euclidean", "euclidean", False),
         MetricInfo("sqeuclidean", "sqeuclidean", "euclidean", False),
+        # Descriptors: a square root of the channels' covariance at the consumers' inputs
+        # (calibration data, simprune.pruning.stats): D = Var(z_i - z_j).
+        MetricInfo("activation", "sqeuclidean", "euclidean", False),
     )
 }
 # Descriptor metrics that need the following BatchNorm's gamma and beta.
