@@ -20,10 +20,11 @@ from .descriptors import check_finite_model
 from .distributed import EnginePass, engine_pass, resolve_process_group
 from .groups import ChannelGroup, build_dependency_graph, check_connected, collect_groups
 from .macs import CostModel
-from .merge import MERGE_MODES, assign, choose_kept, expand_units
+from .merge import MERGE_MODES, assign, choose_kept, data_merge_plans, expand_units
 from .plan import GroupPlan, PruningPlan, describe_inputs, execute
 from .progress import Progress
 from .report import GroupRow, PruneReport
+from .stats import GroupStats, attach_stats, collect_stats
 from .verify import probe_positions, verify_rewrite
 
 CUTS = ("global", "uniform")
@@ -133,8 +134,12 @@ def prune(
         to remove, met within +-1 %. ``pruning_ratio``: fraction of
         the prunable channels to remove (with ``cut="uniform"``: of every group's channels, as in
         Torch-Pruning).
-    metric : {"gaussian", "wasserstein", "linear", "cosine", "euclidean", "sqeuclidean"}
+    metric : str
+        "gaussian" (default), "wasserstein", "linear", "cosine", "euclidean", "sqeuclidean" or
+        "activation".
         Descriptor metric (simprune.similarity); BN metrics fall back to ``linear`` without a BN.
+        "activation" needs ``calibration_data``: D_ij = Var(z_i - z_j) of the channels as the
+        consumers read them, measured (simprune.pruning.descriptors.activation_descriptors).
     method : linkage method (scipy's names); "average" clusters on sqrt(D).
     cut : {"global", "uniform"}
         "global": one threshold t on the scale-free heights for all groups (a group's merge heights
@@ -147,15 +152,25 @@ def prune(
     keep_per_cluster : channels kept per cluster.
     representative : {"energy", "medoid"}
         Which channels of a cluster stay: largest energy (squared descriptor norm) or medoid.
-    merge : {True, "ls", "sum", False}
-        Fold removed channels into their representative in every consumer (True = "ls", the
-        least-squares coefficient <v_j, v_r>/<v_r, v_r>).
+    merge : {True, "ls", "sum", "data", False}
+        Fold removed channels into the kept ones in every consumer. True: "data" when
+        ``calibration_data`` is given, else "ls". "ls": into the representative with the
+        least-squares coefficient of the descriptors <v_j, v_r>/<v_r, v_r>; "sum": coefficient 1;
+        "data": each removed channel is reconstructed from all kept channels of its group by ridge
+        least squares on their statistics at the consumers' inputs, measured on
+        ``calibration_data`` (simprune.pruning.stats), W_K += W_R B^T, and its mean goes into the
+        consumers' biases (simprune.pruning.merge.data_merges; groups without measurable
+        statistics fall back to "ls" with a warning).
     min_keep_ratio : every group keeps at least max(1, ceil(min_keep_ratio * n)) units.
     round_to : keep a multiple of ``round_to`` channels per group (rounded up, at most all).
     ignored_layers : modules whose output channels are never pruned.
     inplace : prune ``model`` itself.
     calibration_data : Tensor or iterable of batches, optional
-        Inputs to re-estimate every BatchNorm's running statistics on after the rewrite
+        Real inputs. Used (1) before the cut, in one streaming pass of the unpruned model, for the
+        mean and covariance of every group's channels at its consumers' inputs, which
+        ``merge="data"`` (the default with data) and ``metric="activation"`` (channel distances
+        Var(z_i - z_j)) use; (2) after the rewrite, to re-estimate every BatchNorm's running
+        statistics
         (:func:`recalibrate_bn`: a Tensor of inputs, or batches such as a ``DataLoader`` of
         ``(x, y)``; a few hundred to a few thousand samples). Pruning and merging make the stored
         statistics stale; on the MNIST evidence this recovers most of the accuracy lost (-30 % MACs:
@@ -208,12 +223,20 @@ def prune(
     merge_mode: str | None
     if merge is True:
         merge_mode = "ls"
+        if calibration_data is not None:
+            merge_mode = "data"
     elif merge is False or merge is None:
         merge_mode = None
-    elif merge in MERGE_MODES:
+    elif merge in (*MERGE_MODES, "data"):
         merge_mode = str(merge)
     else:
-        raise ValueError(f"merge must be True, False, 'ls' or 'sum', got {merge!r}")
+        raise ValueError(f"merge must be True, False, 'ls', 'sum' or 'data', got {merge!r}")
+    for what, needs in (
+        ("merge='data'", merge_mode == "data"),
+        (f"metric={metric!r}", metric == "activation"),
+    ):
+        if needs and calibration_data is None:
+            raise ValueError(f"{what} needs calibration_data (inputs to measure the channels on)")
     if not 0.0 <= min_keep_ratio <= 1.0:
         raise ValueError(f"min_keep_ratio must be in [0, 1], got {min_keep_ratio!r}")
     if round_to is not None and not (isinstance(round_to, int) and round_to >= 1):
@@ -235,6 +258,13 @@ def prune(
         original = (copy.deepcopy(model) if inplace else model) if verify else None
         dg, groups, skipped, cm = _trace(model, work, example_inputs, ignored_layers)
         timings["trace"] = time.perf_counter() - t0
+        stats: dict[str, GroupStats] = {}
+        if merge_mode == "data" or metric == "activation":
+            bar.stage("calibration statistics")
+            t0 = time.perf_counter()
+            stats = collect_stats(work, groups, calibration_data, example_inputs)
+            attach_stats(groups, stats)
+            timings["statistics"] = time.perf_counter() - t0
 
         dendrograms: dict[str, np.ndarray] = {}
         settings: dict[str, Any] = dict(
@@ -289,6 +319,7 @@ def prune(
             dg, groups, _, cm = _trace(model, work, example_inputs, ignored_layers)
             if [g.root_name for g in groups] != names0:
                 raise RuntimeError("internal: re-tracing the model gave different channel groups")
+            attach_stats(groups, stats)
         work.train(training)
         if inplace and work is not model:
             # The final rewrite was made on a fresh copy: the caller's module becomes it.
@@ -502,4 +533,7 @@ def _plan(
             merges=[[j, r, a] for j, r, a in expand_units(g, unit_merges)],
         )
 
-    return ep.map_groups(group_plan), res
+    plans = ep.map_groups(group_plan)
+    if merge_mode == "data":
+        data_merge_plans(groups, plans)
+    return plans, res

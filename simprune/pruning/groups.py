@@ -69,6 +69,8 @@ class ChannelGroup:
     members: list[Member]
     tp_group: Any = field(repr=False)
     bn_of: dict[str, nn.Module] = field(default_factory=dict, repr=False)
+    # simprune.pruning.stats.GroupStats from calibration data (metric="activation", merge="data")
+    stats: Any = field(default=None, repr=False)
 
     @property
     def n_units(self) -> int:

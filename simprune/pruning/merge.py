@@ -413,3 +413,113 @@ def data_merge_plans(
     for gp, (merges, shifts) in zip(targets, data_merges(items, device), strict=True):
         gp.merges, gp.shifts = merges, shifts
     return missing
+
+
+@torch.no_grad()
+def _zero(m: Member, channels: Sequence[int]) -> None:
+    """Zero the inputs of ``channels`` in one consumer (their removal, without rewriting it)."""
+    mod = m.module
+    if not _supported(mod) or not channels:
+        return
+    n_in = _n_in(mod)
+    got = _positions(m, np.asarray(list(channels), dtype=np.int64), n_in)
+    if got is None:
+        return
+    pos, ok = got
+    w = _in_view(mod)
+    idx = torch.from_numpy(pos[ok].reshape(-1))
+    for rows, first, width in _conv_blocks(mod, n_in):
+        local = idx - first
+        local = local[(local >= 0) & (local < width)]
+        if local.numel():
+            w[rows, first : first + width].index_fill_(1, local.to(w.device), 0.0)
+
+
+def _solve_paired(st: Any, g: ChannelGroup, kept: Sequence[int]) -> tuple[list[Any], list[Any]]:
+    """The data merge of one group from joint statistics of [z_working, z_original] (2C)."""
+    c = g.n_channels
+    keep = np.zeros(c, dtype=bool)
+    keep[np.asarray(list(kept), dtype=np.int64)] = True
+    from .stats import warn_rank_deficient
+
+    eps = FALLBACK_RIDGE if warn_rank_deficient(st, int(keep.sum())) else None
+    if eps is None:
+        eps = DATA_RIDGE[torch.float64 if st.product_dtype == torch.float64 else torch.float32]
+    merges: list[list[Any]] = []
+    shifts: list[list[Any]] = []
+    mu = st.mean.to(torch.float64).cpu()
+    cov = st.cov.to(torch.float64).cpu()
+    for blk in _blocks(c, g.ch_groups):
+        k_ids, r_ids = blk[keep[blk]], blk[~keep[blk]]
+        if len(r_ids) == 0 or len(k_ids) == 0:
+            continue
+        kt, rt = torch.from_numpy(k_ids), torch.from_numpy(r_ids)
+        s_kk = cov[kt][:, kt]
+        s_kr = cov[kt][:, rt + c]
+        lam = eps * float(s_kk.diagonal().sum()) / len(k_ids)
+        (b,) = ridge_solve_batched([(s_kk, s_kr, lam)], torch.device("cpu"))
+        sh = mu[rt + c] - b.T @ mu[kt]
+        bn = b.numpy()
+        rows, cols = np.nonzero(bn)
+        merges += [
+            [int(j), int(r), float(a)]
+            for j, r, a in zip(
+                r_ids[cols].tolist(), k_ids[rows].tolist(), bn[rows, cols].tolist(), strict=True
+            )
+        ]
+        shifts += [[int(j), float(v)] for j, v in zip(r_ids.tolist(), sh.tolist(), strict=True)]
+    merges.sort(key=lambda t: (t[0], t[1]))
+    return merges, [s for s in shifts if s[1] != 0.0]
+
+
+def sequential_data_merge_plans(
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    plans: Sequence[Any],
+    data: Any,
+    example_inputs: Any,
+) -> list[str]:
+    """The layer-by-layer data merge (in place on ``plans``): groups in the order the forward
+    reaches their consumers; each group's removed channels *of the original model* are regressed
+    on its kept channels *in the model pruned so far* (earlier groups merged, shifted and their
+    removed inputs zeroed), one pass over ``data`` per group, so errors of earlier groups are
+    compensated instead of compounding. ``model`` is not modified. Returns the pruned groups
+    without usable statistics (they keep the descriptor merge)."""
+    import copy
+
+    from .stats import collect_paired_stats, execution_order
+
+    working = copy.deepcopy(model)
+    order = execution_order(model, example_inputs)
+
+    def first_read(g: ChannelGroup) -> int:
+        return min((order.get(m.name, 1 << 30) for m in g.consumers()), default=1 << 30)
+
+    missing = []
+    for gi in sorted(range(len(groups)), key=lambda i: first_read(groups[i])):
+        g, gp = groups[gi], plans[gi]
+        if not gp.removed:
+            continue
+        wg = copy.copy(g)
+        wg.members = [
+            Member(m.name, working.get_submodule(m.name), m.kind, m.idxs, m.root_idxs)
+            if m.kind == "consumer"
+            else m
+            for m in g.members
+        ]
+        st = collect_paired_stats(model, working, g, data, example_inputs)
+        if st is None:
+            missing.append(g.root_name)
+        else:
+            gp.merges, gp.shifts = _solve_paired(st, g, gp.kept)
+        apply_shifts(wg, [(int(j), float(c)) for j, c in gp.shifts])
+        apply_merges(wg, [(int(j), int(r), float(a)) for j, r, a in gp.merges])
+        for m in wg.consumers():
+            _zero(m, gp.removed)
+    if missing:
+        warnings.warn(
+            f"merge='data': no consumer input of group(s) {missing[:5]} holds all of their "
+            "channels; their removed channels use the descriptor merge ('ls')",
+            stacklevel=3,
+        )
+    return missing

@@ -413,3 +413,100 @@ def covariance_sqrt(cov: torch.Tensor) -> torch.Tensor:
     s = cov.to(torch.float64)
     evals, evecs = torch.linalg.eigh((s + s.T) / 2)
     return evecs * evals.clamp_min(0.0).sqrt()
+
+
+def execution_order(model: nn.Module, example_inputs: Any) -> dict[str, int]:
+    """Module name -> the index of its first call in one forward of ``example_inputs``."""
+    order: dict[str, int] = {}
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def pre(mod: nn.Module, _a: Any) -> None:
+        order.setdefault(names[id(mod)], len(order))
+
+    hs = [m.register_forward_pre_hook(pre) for m in model.modules()]
+    was = [m.training for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            _run_forward(model, example_inputs)
+    finally:
+        for h in hs:
+            h.remove()
+        for mod, t in zip(model.modules(), was, strict=True):
+            mod.training = t
+    return order
+
+
+@torch.no_grad()
+def collect_paired_stats(
+    original: nn.Module,
+    working: nn.Module,
+    group: ChannelGroup,
+    data: Any,
+    example_inputs: Any = None,
+    *,
+    batch_size: int = 256,
+    max_batches: int | None = None,
+) -> GroupStats | None:
+    """Joint statistics of one group's channels in the ``working`` (partly pruned) model and in the
+    ``original`` one, at the same consumers' inputs, on the same batches: mean (2C,) and covariance
+    (2C, 2C) of [z_working, z_original] (the layer-by-layer data merge regresses the original
+    channels on the working model's kept ones). One batch of this group's original samples is held
+    while the working model runs on the same batch. None when no consumer holds all channels."""
+    rs = readers_of(group, 0)
+    if not rs:
+        return None
+    device, dtype = _model_device_dtype(original)
+    c = group.n_channels
+    acc = _Acc(2 * c, device or torch.device("cpu"))
+    names = [m.name for m, _ in rs]
+    held: list[torch.Tensor] = []
+    paired: list[torch.Tensor] = []
+
+    def make(model: nn.Module, out: list[torch.Tensor]) -> list[Any]:
+        hs = []
+        for (_m, r), name in zip(rs, names, strict=True):
+            mod = model.get_submodule(name)
+
+            def hook(_m: nn.Module, args: tuple[Any, ...], r: _Reader = r) -> None:
+                if args and isinstance(args[0], torch.Tensor):
+                    out.append(_samples(args[0].detach(), r))
+
+            hs.append(mod.register_forward_pre_hook(hook))
+        return hs
+
+    handles = make(original, held) + make(working, paired)
+    was = [(m, m.training) for mod in (original, working) for m in mod.modules()]
+    original.eval()
+    working.eval()
+    n_batches = 0
+    try:
+        for k, x in enumerate(_batches(data, batch_size)):
+            if max_batches is not None and k >= max_batches:
+                break
+            check_batch(x, k, example_inputs, dtype)
+            if device is not None:
+                x = x.to(device)
+            if dtype is not None and x.is_floating_point() and x.dtype != dtype:
+                x = x.to(dtype)
+            held.clear()
+            paired.clear()
+            _run_forward(original, x)
+            _run_forward(working, x)
+            for zo, zw in zip(held, paired, strict=True):
+                acc.add(torch.cat([zw, zo.to(zw.dtype)], 1))
+            n_batches += 1
+    finally:
+        for h in handles:
+            h.remove()
+        for m, t in was:
+            m.training = t
+    if acc.n == 0:
+        return None
+    st = acc.result(group.root_name, names)
+    if not (bool(torch.isfinite(st.cov).all()) and bool(torch.isfinite(st.mean).all())):
+        raise ValueError(
+            f"group {group.root_name!r}: the calibration data gives non-finite activations (NaN "
+            f"or Inf) at the input of {', '.join(repr(n) for n in names)}"
+        )
+    return st
