@@ -587,3 +587,51 @@ def test_apply_plan_reproduces_the_pruned_model(name):
     # Without verification the replay is Torch-Pruning's rewrite: the same exactly when nothing
     # had to be corrected.
     assert state_dicts_equal(unverified, pruned) == (report.corrected == [])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The same patterns through Torch-Pruning's own pruner with simprune's importance: the interactive
+# loop's imp.prune(group, x) merges, prunes and verifies each group (restoring one that fails).
+
+
+def _tp_prune(name: str):
+    import torch_pruning as tp
+
+    from simprune.integrations.torch_pruning import SimilarityImportance
+
+    model, x, pat = build(name)
+    # Only the groups under test are pruned (the pattern's producers); every other layer is kept.
+    roots = set(pat.dups)
+    ignored = [
+        m for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) and n not in roots
+    ]  # fmt: skip
+    imp = SimilarityImportance()
+    pr = tp.pruner.MetaPruner(model, x, imp, pruning_ratio=RATIO, ignored_layers=ignored)
+    done: dict[str, bool] = {}
+    names = {m: n for n, m in model.named_modules()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for group in pr.step(interactive=True):
+            done[names[group[0].dep.target.module]] = imp.prune(group, x)
+    return model, pat, done, [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("name", list(PATTERNS))
+def test_similarity_importance_prune_is_exact_or_restores(name):
+    model0, _, pat = build(name)
+    x_new = fresh_input(pat)
+    y0 = outputs(model0, x_new)
+    model, pat, done, messages = _tp_prune(name)
+    restored = [m for m in messages if "not pruned (restored)" in m]
+    assert len(restored) == sum(not ok for ok in done.values())
+    # Every group pruned is pruned of exactly its duplicates (merged): the model is the original.
+    y1 = outputs(model, x_new)
+    assert max_error(y0, y1) <= EXACT
+    if pat.excluded is None:
+        assert all(done.values()) and done
+    else:  # the group simprune.prune excludes is restored here (or not offered by Torch-Pruning)
+        assert [n for n, ok in done.items() if not ok] in ([pat.excluded], []), (done, messages)
+        assert done.get(pat.excluded) in (None, False)
+        assert sorted(n for n, ok in done.items() if ok) == sorted(set(pat.dups) - {pat.excluded})
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in model0.parameters())

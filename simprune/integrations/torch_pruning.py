@@ -18,17 +18,22 @@ removed and scores the merge's height; the group's last survivor scores ``+inf``
 representative", so ``pruning_ratio``, ``global_pruning``, ``pruning_ratio_dict``, ``round_to``,
 ``iterative_steps`` and ``max_pruning_ratio`` keep their meaning.
 
-Merge compensation needs the interactive mode: :meth:`SimilarityImportance.merge` folds each removed
-channel into its representative (in every consumer of the group) before ``group.prune()``::
+Merge compensation needs the interactive mode. :meth:`SimilarityImportance.prune` folds each removed
+channel into its representative (in every consumer of the group), prunes, and verifies the rewrite
+against the real forward as :func:`simprune.prune` does (a group Torch-Pruning rewrites wrongly is
+corrected or restored, with a warning)::
 
     for group in pruner.step(interactive=True):
-        imp.merge(group)
-        group.prune()
+        imp.prune(group, example_inputs)
+
+(:meth:`SimilarityImportance.merge` then ``group.prune()`` is the same without the verification.)
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +54,7 @@ from ..pruning.groups import (
     reaches_output,
 )
 from ..pruning.merge import MERGE_MODES, apply_merges, assign, expand_units
+from ..pruning.verify import probe_positions, verify_rewrite
 
 __all__ = ["SimilarityImportance", "representatives_of_removed"]
 
@@ -367,19 +373,78 @@ class SimilarityImportance(tp.importance.Importance):
         channels to remove). For every consumer of the group (the layers that read these channels),
         ``W[:, r] += a_j * W[:, j]`` with r the kept representative of j's cluster in this step's
         dendrogram and a_j the ``merge`` coefficient. Returns the number of folded input
-        slices (0 when nothing is folded).
+        slices (0 when nothing is folded). Torch-Pruning's index bookkeeping is trusted here:
+        :meth:`prune` merges, prunes and checks the rewrite against the real forward.
 
         Raises ValueError when the group's channels changed since scoring (stale scores) or when a
         grouped-conv group does not remove the same positions in every conv group.
         """
+        got = self._channel_merges(group)
+        return apply_merges(got[0], got[1]) if got is not None else 0
+
+    def prune(self, group: Any, example_inputs: Any) -> bool:
+        """Merge (:meth:`merge`), prune, and verify the rewrite of one interactive group.
+
+        ``for group in pruner.step(interactive=True): imp.prune(group, example_inputs)``. Before
+        the rewrite, where the group's channels land in every consumer's input is probed on the
+        model (:func:`simprune.pruning.verify.probe_positions`); after ``group.prune()`` each
+        consumer's weights are compared with the original's at those positions (corrected where
+        Torch-Pruning removed the wrong features) and the pruned model must equal a copy of the
+        model taken before, with the removed channels' inputs dropped (merged), on
+        ``example_inputs`` (as :func:`simprune.prune`'s ``verify=True``). A group that fails is
+        **restored** (its layers as they were; the model computes what it computed before) with a
+        warning naming the group and why, and ``False`` is returned; ``True``: pruned and verified.
+        Costs a copy of the model and three small forwards per group.
+        """
+        dg = getattr(group, "_DG", None)
+        model = getattr(dg, "model", None)
+        if model is None:
+            raise ValueError("the group has no dependency graph (not a Torch-Pruning group)")
+        entry = self._lookup(group)
+        if entry is None:
+            raise ValueError("SimilarityImportance.prune: the group has no channels it scores")
+        got = self._channel_merges(group)
+        grp = entry.group
+        removed = sorted({int(i) for i in group[0].root_idxs})
+        original = copy.deepcopy(model)
+        probe = probe_positions(model, example_inputs, [grp])
+        if got is not None:
+            apply_merges(grp, got[1])
+        group.prune()
+        plan = _GroupChange(removed, [[j, r, a] for j, r, a in (got[1] if got else [])])
+        res = verify_rewrite(original, model, [grp], [plan], probe, example_inputs)
+        if res.ok:
+            for name, why in res.corrected:
+                warnings.warn(
+                    f"SimilarityImportance.prune: consumer {name!r} corrected: {why}", stacklevel=2
+                )
+            return True
+        _restore(model, original)
+        warnings.warn(
+            f"SimilarityImportance.prune: group {grp.root_name!r} not pruned (restored): "
+            f"{res.failed[0]}",
+            stacklevel=2,
+        )
+        self.invalidate()
+        return False
+
+    def _lookup(self, group: Any) -> _Entry | None:
+        """The scored entry of an interactive group (computed now if the step did not score it)."""
         dg = getattr(group, "_DG", None)
         if dg is None:
             raise ValueError("the group has no dependency graph (not a Torch-Pruning group)")
         entry = self._entries.get(_group_key(dg, group)) if dg is self._dg else None
+        return entry if entry is not None else self._entry(group)
+
+    def _channel_merges(
+        self, group: Any
+    ) -> tuple[ChannelGroup, list[tuple[int, int, float]]] | None:
+        """The group's ChannelGroup and its channel merges (removed, kept, coefficient), or None
+        when there is nothing to fold."""
+        entry = self._lookup(group)
         if entry is None:
-            entry = self._entry(group)
-            if entry is None:
-                return 0
+            return None
+        dg = group._DG
         grp = entry.group
         dep = group[0].dep
         mod = dep.target.module
@@ -394,7 +459,7 @@ class SimilarityImportance(tp.importance.Importance):
             )
         removed = sorted({int(i) for i in group[0].root_idxs})
         if not removed:
-            return 0
+            return None
         gs = grp.n_units
         units = sorted({c % gs for c in removed})
         if sorted(u + k * gs for u in units for k in range(grp.ch_groups)) != removed:
@@ -403,7 +468,7 @@ class SimilarityImportance(tp.importance.Importance):
                 f"each of its {grp.ch_groups} channel groups"
             )
         if len(units) >= gs or entry.z.shape[0] == 0:
-            return 0  # the whole group goes: nothing to fold into
+            return None  # the whole group goes: nothing to fold into
         rep = representatives_of_removed(entry.z, units, entry.energy)
         labels = torch.arange(gs, dtype=torch.int64)
         for j, r in rep.items():
@@ -412,7 +477,38 @@ class SimilarityImportance(tp.importance.Importance):
         is_kept[torch.as_tensor(units)] = False
         kept = torch.nonzero(is_kept).flatten()
         unit_merges = assign(entry.v.cpu().to(torch.float64), labels, kept, self.merge_mode)
-        return apply_merges(grp, expand_units(grp, unit_merges))
+        return grp, expand_units(grp, unit_merges)
+
+
+@torch.no_grad()
+def _restore(model: nn.Module, original: nn.Module) -> None:
+    """Give every module of ``model`` the parameters, buffers and plain attributes (channel counts)
+    of its namesake in ``original`` (a copy taken before a rewrite), keeping the module and
+    Parameter objects themselves: Torch-Pruning's graph (and the pruner) still hold them."""
+    mods0 = dict(original.named_modules())
+    for name, mod in model.named_modules():
+        orig = mods0.get(name)
+        if orig is None:
+            continue
+        for k, p0 in orig._parameters.items():
+            p = mod._parameters.get(k)
+            if p is None or p0 is None:
+                mod._parameters[k] = p0
+            else:
+                p.data = p0.data
+        for k, b0 in orig._buffers.items():
+            mod._buffers[k] = b0
+        for k, v in orig.__dict__.items():
+            if not k.startswith("_") and not isinstance(v, (nn.Module, torch.Tensor)):
+                mod.__dict__[k] = v
+
+
+@dataclass
+class _GroupChange:
+    """What :meth:`SimilarityImportance.prune` does to one group, as verify_rewrite reads a plan."""
+
+    removed: list[int]
+    merges: list[list[Any]]
 
 
 def _is_sentinel(name: str) -> bool:
