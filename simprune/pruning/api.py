@@ -25,6 +25,14 @@ from .plan import GroupPlan, PruningPlan, describe_inputs, execute
 from .progress import Progress
 from .report import GroupRow, PruneReport
 from .stats import GroupStats, attach_stats, collect_stats
+from .transformers import (
+    conv1d_to_linear,
+    describe_output_transform,
+    linear_to_conv1d,
+    mlp_groups,
+    resolve_scope,
+    set_use_cache,
+)
 from .verify import probe_positions, verify_rewrite
 
 CUTS = ("global", "uniform")
@@ -111,6 +119,8 @@ def prune(
     verify: bool = True,
     progress: bool = True,
     process_group: Any = None,
+    output_transform: Any = None,
+    scope: str = "auto",
 ) -> PruneResult:
     """Prune a network by channel similarity: cluster each channel group, keep representatives.
 
@@ -126,8 +136,10 @@ def prune(
     ----------
     model : nn.Module
         Left untouched unless ``inplace=True``.
-    example_inputs : Tensor or tuple of Tensors
-        Inputs for tracing and for recording output sizes (a batch of 1 is enough).
+    example_inputs : Tensor, tuple of Tensors, or dict of keyword arguments
+        Inputs for tracing and for recording output sizes (a batch of 1 is enough); a dict is
+        passed as ``model(**example_inputs)`` (e.g. ``{"input_ids": ids, "attention_mask": m}``).
+
     macs_reduction, params_reduction, pruning_ratio : float in [0, 1)
         Exactly one. MACs/params: fraction of the whole model's MACs as Torch-Pruning's
         ``count_ops_and_params`` counts them (per sample; attention included) or of all parameters
@@ -186,6 +198,19 @@ def prune(
         with a warning naming it and why, and the cut is re-solved without it; the report lists
         ``excluded`` groups and ``corrected`` consumers. ``verify=False`` trusts Torch-Pruning.
     progress : print progress on stderr.
+    output_transform : None, str or callable
+        Which outputs to trace (simprune.pruning.transformers): None, every tensor the model
+        returns (nested tuples, dicts and ``ModelOutput``s; cache objects ignored); a name
+        (``"logits"``; recorded in the plan); a callable ``output -> tensor(s)``.
+    scope : {"auto", "all", "mlp"}
+        Which channels may go. "all": every channel group Torch-Pruning finds (conv channels,
+        Linear features, the residual stream); "mlp": only the hidden neurons of MLP blocks (Linear
+        -> element-wise ops -> Linear: gated LLaMA/Mistral/Qwen2 MLPs, GPT-2, BERT/ViT
+        intermediate/output, timm ``Mlp``), found from their roots with a bounded search, the
+        residual stream, norms and attention untouched (simprune.pruning.transformers.mlp_groups).
+        "auto" (default): "mlp" for a Hugging Face ``PreTrainedModel`` (Torch-Pruning cannot
+        enumerate every group of a transformer), "all" otherwise. GPT-2's ``Conv1D`` layers are
+        pruned as Linear layers and returned as ``Conv1D``.
     process_group : torch.distributed process group, optional
         Spread the engine pass over its ranks (simprune.pruning.distributed): each rank clusters
         its share of the groups (by cost, n^2 * d), the dendrograms are gathered and every rank
@@ -246,6 +271,8 @@ def prune(
     if calibration_data is not None:
         check_data_type(calibration_data)
     check_finite_model(model)
+    scope = resolve_scope(model, scope)
+    use_cache = getattr(getattr(model, "config", None), "use_cache", None)
     pg = resolve_process_group(process_group)
 
     timings: dict[str, float] = {}
@@ -254,9 +281,13 @@ def prune(
         t0 = time.perf_counter()
         work = model if inplace else copy.deepcopy(model)
         training = work.training
+        converted = conv1d_to_linear(work)  # GPT-2's Conv1D: pruned as nn.Linear (transformers.py)
         # The unpruned model the rewrite is checked against (the caller's, untouched, unless inplace).
-        original = (copy.deepcopy(model) if inplace else model) if verify else None
-        dg, groups, skipped, cm = _trace(model, work, example_inputs, ignored_layers)
+        original = None
+        if verify:
+            original = copy.deepcopy(work) if inplace or converted else model
+        trace_args = (example_inputs, ignored_layers, output_transform, scope)
+        dg, groups, skipped, cm = _trace(model, work, *trace_args)
         timings["trace"] = time.perf_counter() - t0
         stats: dict[str, GroupStats] = {}
         if merge_mode == "data" or metric == "activation":
@@ -316,7 +347,7 @@ def prune(
             corrected = []
             work = copy.deepcopy(original)
             names0 = [g.root_name for g in groups]
-            dg, groups, _, cm = _trace(model, work, example_inputs, ignored_layers)
+            dg, groups, _, cm = _trace(model, work, *trace_args)
             if [g.root_name for g in groups] != names0:
                 raise RuntimeError("internal: re-tracing the model gave different channel groups")
             attach_stats(groups, stats)
@@ -350,6 +381,8 @@ def prune(
             "verify": verify,
             "excluded": sorted(excluded),
             "uniform_ratio": cut_res.ratio,
+            "output_transform": describe_output_transform(output_transform),
+            "scope": scope,
         },
         versions=_versions(),
     )
@@ -388,18 +421,32 @@ def prune(
             "min_keep_ratio guard / ignored)",
             stacklevel=2,
         )
+    if converted:
+        linear_to_conv1d(work)
+    set_use_cache(work, use_cache)
     return PruneResult(work, plan, report)
 
 
 def _trace(
-    model: nn.Module, work: nn.Module, example_inputs: Any, ignored_layers: Any
+    model: nn.Module,
+    work: nn.Module,
+    example_inputs: Any,
+    ignored_layers: Any,
+    output_transform: Any = None,
+    scope: str = "all",
 ) -> tuple[Any, list[ChannelGroup], list[tuple[str, str]], CostModel]:
     """Dependency graph, channel groups (and the skipped ones) and the cost model of ``work``."""
     ignored = _map_ignored(model, work, ignored_layers or [])
-    dg = build_dependency_graph(work, example_inputs, ignored)
-    groups, skipped = collect_groups(dg, work, ignored)
+    set_use_cache(work, False)  # restored by prune: no key/value cache while pruning
+    dg = build_dependency_graph(work, example_inputs, ignored, output_transform)
+    if scope == "mlp":
+        groups, skipped = mlp_groups(dg, work, ignored)
+    else:
+        groups, skipped = collect_groups(dg, work, ignored)
     cm = CostModel(work, example_inputs)
-    check_connected(dg, work, cm.ran, ignored)
+    if output_transform is None:
+        # With a transform, layers outside the traced outputs (a pooler) are legitimately absent.
+        check_connected(dg, work, cm.ran, ignored)
     cm.bind(groups)
     return dg, groups, skipped, cm
 

@@ -2,7 +2,10 @@
 
 MODEL is ``torchvision:NAME`` (random initialisation unless ``--weights`` gives a state dict) or a path
 to a model saved with ``torch.save(model)``, or to a state dict together with ``--arch
-torchvision:NAME``. Writes the pruned model (``torch.save`` of the module), the plan JSON, the report
+torchvision:NAME``, or ``hf:DIR`` (a Hugging Face model saved with ``save_pretrained`` in a local
+directory; never downloaded), or ``hf:`` with ``--config FILE.json`` (a Hugging Face config: random
+initialisation). Hugging Face models get ``--input-shape`` token ids (random in [0, vocab_size)) or
+float inputs for their main input (``pixel_values``), passed by keyword. Writes the pruned model (``torch.save`` of the module), the plan JSON, the report
 JSON and a PNG (widths per layer, dendrogram of one group) into ``--out``.
 """
 
@@ -66,8 +69,68 @@ def _load_state(model: nn.Module, sd: Any, source: str, arch: str) -> None:
     model.load_state_dict(sd)
 
 
-def load_model(spec: str, arch: str | None = None, weights: str | None = None) -> nn.Module:
-    """A model from ``torchvision:NAME`` or a file (whole model, or state dict with ``arch``)."""
+def _hf_class(tf: Any, config: Any) -> Any:
+    for arch in getattr(config, "architectures", None) or []:
+        cls = getattr(tf, arch, None)
+        if cls is not None:
+            return cls
+    return tf.AutoModel
+
+
+def load_hf_model(directory: str | None, config_file: str | None) -> nn.Module:
+    """A Hugging Face model from a local ``save_pretrained`` directory, or a config JSON (random
+    initialisation). Never touches the network (``local_files_only``)."""
+    try:
+        import transformers as tf
+    except ImportError:
+        raise SystemExit("error: hf: models need transformers (pip install transformers)") from None
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise SystemExit(f"error: --config {config_file!r} does not exist")
+        try:
+            with open(config_file) as f:
+                d = json.load(f)
+            model_type = d.pop("model_type")
+            config = tf.AutoConfig.for_model(model_type, **d)
+        except (OSError, ValueError, KeyError) as e:
+            raise SystemExit(
+                f"error: --config {config_file!r} is not a Hugging Face config JSON with a "
+                f"model_type: {e}"
+            ) from None
+        cls = _hf_class(tf, config)
+        return cls.from_config(config) if cls is tf.AutoModel else cls(config)
+    if not directory or not os.path.isdir(directory):
+        raise SystemExit(
+            f"error: hf:{directory or ''} is not a local directory (a save_pretrained folder); "
+            "give hf:DIR, or hf: with --config FILE.json"
+        )
+    try:
+        config = tf.AutoConfig.from_pretrained(directory, local_files_only=True)
+        return _hf_class(tf, config).from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise SystemExit(
+            f"error: cannot load a Hugging Face model from {directory!r}: {e}"
+        ) from None
+
+
+def hf_inputs(model: nn.Module, shape: list[int]) -> dict[str, torch.Tensor]:
+    """Random example inputs for a Hugging Face model's main input, by keyword."""
+    name = getattr(model, "main_input_name", "input_ids")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if name == "input_ids" and vocab:
+        return {name: torch.randint(0, int(vocab), shape)}
+    return {name: torch.randn(*shape)}
+
+
+def load_model(
+    spec: str, arch: str | None = None, weights: str | None = None, config: str | None = None
+) -> nn.Module:
+    """A model from ``torchvision:NAME``, ``hf:DIR`` (or ``hf:`` + ``config``) or a file (whole
+    model, or state dict with ``arch``)."""
+    if spec.startswith("hf:") or config:
+        if not spec.startswith("hf:"):
+            raise SystemExit("error: --config goes with MODEL hf: (a Hugging Face config JSON)")
+        return load_hf_model(spec[3:] or None, config)
     if spec.startswith("torchvision:"):
         model = _torchvision(spec.split(":", 1)[1])
         if weights:
@@ -117,8 +180,10 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-    model = load_model(args.model, args.arch, args.weights).eval()
-    x = torch.randn(*args.input_shape)
+    model = load_model(args.model, args.arch, args.weights, args.config).eval()
+    hf = args.model.startswith("hf:")
+    shape = args.input_shape or ([1, 32] if hf else [1, 3, 224, 224])
+    x: Any = hf_inputs(model, shape) if hf else torch.randn(*shape)
     calib = None
     if args.calibration_data:
         try:
@@ -161,6 +226,8 @@ def run(args: argparse.Namespace) -> int:
             inplace=True,
             calibration_data=calib,
             progress=not args.no_progress,
+            output_transform=args.output_transform,
+            scope=args.scope,
         )
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -197,14 +264,36 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", help="torchvision:NAME, a torch.save'd model, or a state dict + --arch")
+    p.add_argument(
+        "model",
+        help="torchvision:NAME, hf:DIR (save_pretrained folder), hf: + --config FILE.json, a "
+        "torch.save'd model, or a state dict + --arch",
+    )
+    p.add_argument("--config", help="Hugging Face config JSON for MODEL hf: (random init)")
+    p.add_argument(
+        "--output-transform",
+        default=None,
+        metavar="NAME",
+        help="the model output to trace, e.g. logits (default: every tensor it returns)",
+    )
+    p.add_argument(
+        "--scope",
+        default="auto",
+        choices=["auto", "all", "mlp"],
+        help="mlp: MLP neurons only (default for hf: models); all: every channel group",
+    )
     p.add_argument("--arch", help="torchvision:NAME for a state-dict MODEL file")
     p.add_argument("--weights", help="state dict to load into torchvision:NAME")
     t = p.add_mutually_exclusive_group()
     t.add_argument("--macs-reduction", type=float, help="fraction of MACs to remove (default 0.3)")
     t.add_argument("--params-reduction", type=float, help="fraction of parameters to remove")
     t.add_argument("--pruning-ratio", type=float, help="fraction of prunable channels to remove")
-    p.add_argument("--input-shape", type=_shape, default=[1, 3, 224, 224], help="e.g. 1,3,224,224")
+    p.add_argument(
+        "--input-shape",
+        type=_shape,
+        default=None,
+        help="e.g. 1,3,224,224 (default); hf: models: token ids 1,32 (default) or pixel_values",
+    )
     p.add_argument(
         "--metric",
         default="gaussian",

@@ -28,6 +28,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .transformers import output_transform_of
+
 _F = tp.pruner.function
 PRODUCER_FNS = (_F.prune_conv_out_channels, _F.prune_linear_out_channels)
 CONSUMER_FNS = (_F.prune_conv_in_channels, _F.prune_linear_in_channels)
@@ -120,13 +122,21 @@ def _run_forward(model: nn.Module, example_inputs: Any) -> Any:
 
 
 def build_dependency_graph(
-    model: nn.Module, example_inputs: Any, ignored_layers: Sequence[nn.Module] = ()
+    model: nn.Module,
+    example_inputs: Any,
+    ignored_layers: Sequence[nn.Module] = (),
+    output_transform: Any = None,
 ) -> tp.DependencyGraph:
     """Trace ``model`` with Torch-Pruning; failures name the module or op that broke the trace.
+
+    ``output_transform`` (simprune.pruning.transformers.output_transform_of): None traces every
+    tensor the model returns (ModelOutputs and nested containers included; cache objects ignored),
+    a string one named output, a callable whatever it returns.
 
     The graph's channel-index propagation is bounded: a group whose indices run away through a
     reshape (swin_t) raises TracingError when it is built instead of exhausting memory.
     """
+    transform = output_transform_of(output_transform)  # TypeError on a bad one, before tracing
     current: list[str] = []
     names = module_names(model)
 
@@ -151,7 +161,11 @@ def build_dependency_graph(
                 # (a bare tensor would be unpacked along the batch dimension) and retries on any
                 # error, which hides the real one.
                 dg = tp.DependencyGraph().build_dependency(
-                    model, example_inputs, forward_fn=_run_forward, verbose=True
+                    model,
+                    example_inputs,
+                    forward_fn=_run_forward,
+                    output_transform=transform,
+                    verbose=True,
                 )
             except Exception as e:  # noqa: BLE001 - re-raised with the failing module named
                 if current:

@@ -22,6 +22,7 @@ from torch import nn
 from .calibrate import check_data_type, recalibrate_bn
 from .groups import MEMBER_KINDS, ChannelGroup, build_dependency_graph, group_at
 from .merge import apply_merges, apply_shifts
+from .transformers import check_mlp_roots, conv1d_to_linear, linear_to_conv1d, set_use_cache
 from .verify import probe_positions, verify_rewrite
 
 PLAN_FORMAT = 1
@@ -157,20 +158,47 @@ class PruningPlan:
 
 
 def describe_inputs(example_inputs: Any) -> list[dict[str, Any]]:
-    xs = example_inputs if isinstance(example_inputs, (tuple, list)) else [example_inputs]
+    """Shape and dtype of each example input tensor; keyword inputs (a dict) also record their
+    ``name``. Empty when an input is not a tensor (apply_plan then needs example_inputs)."""
+    if isinstance(example_inputs, dict):
+        items = list(example_inputs.items())
+    elif isinstance(example_inputs, (tuple, list)):
+        items = [(None, x) for x in example_inputs]
+    else:
+        items = [(None, example_inputs)]
     out = []
-    for x in xs:
+    for name, x in items:
         if not isinstance(x, torch.Tensor):
             return []  # not reproducible from shapes: apply_plan then needs example_inputs
-        out.append({"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")})
+        d: dict[str, Any] = {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
+        if name is not None:
+            d["name"] = str(name)
+        out.append(d)
     return out
 
 
 def _inputs_from(desc: list[dict[str, Any]]) -> Any:
+    """Zeros of the recorded shapes: a tensor, a tuple, or a dict for keyword inputs (an integer
+    ``*mask*`` keyword gets ones: a mask of zeros would hide every token)."""
     if not desc:
         raise ValueError("this plan does not record its example inputs; pass example_inputs=")
-    xs = [torch.zeros(d["shape"], dtype=getattr(torch, d["dtype"])) for d in desc]
+    xs = [
+        (torch.ones if "mask" in d.get("name", "") else torch.zeros)(
+            d["shape"], dtype=getattr(torch, d["dtype"])
+        )
+        for d in desc
+    ]
+    if all("name" in d for d in desc):
+        return {d["name"]: x for d, x in zip(desc, xs, strict=True)}
     return xs[0] if len(xs) == 1 else tuple(xs)
+
+
+def _to_device(example_inputs: Any, dev: torch.device) -> Any:
+    if isinstance(example_inputs, dict):
+        return {k: _to_device(v, dev) for k, v in example_inputs.items()}
+    if isinstance(example_inputs, tuple):
+        return tuple(_to_device(v, dev) for v in example_inputs)
+    return example_inputs.to(dev) if isinstance(example_inputs, torch.Tensor) else example_inputs
 
 
 def _check_group(gp: GroupPlan, grp: ChannelGroup) -> None:
@@ -240,6 +268,7 @@ def apply_plan(
     inplace: bool = False,
     calibration_data: Any = None,
     verify: bool = True,
+    output_transform: Any = None,
 ) -> nn.Module:
     """Reproduce a pruned model from a fresh model of the same architecture and a plan.
 
@@ -248,7 +277,8 @@ def apply_plan(
     model : the unpruned model (same architecture and weights as when the plan was made, for an
         identical result; other weights give the same widths with these merges).
     plan : a :class:`PruningPlan` (or a path to its JSON file).
-    example_inputs : inputs for tracing; default: zeros of the shapes recorded in the plan.
+    example_inputs : inputs for tracing (a tensor, a tuple, or a dict of keyword arguments);
+        default: zeros of the shapes (and keyword names) recorded in the plan.
     inplace : modify ``model`` itself instead of a copy.
     calibration_data : inputs to re-estimate the BatchNorm statistics on afterwards, as in
         :func:`simprune.prune` (:func:`simprune.recalibrate_bn`); None leaves them as they are.
@@ -256,6 +286,8 @@ def apply_plan(
         (:mod:`simprune.pruning.verify`): consumers Torch-Pruning rewired wrongly are corrected
         (as ``prune`` corrected them, so the replay equals the pruned model); a group that fails
         raises ValueError (a replay cannot re-solve the cut: prune again).
+    output_transform : which outputs to trace, as in :func:`simprune.prune`; default: the output
+        name the plan records (a callable given to ``prune`` must be given again).
 
     Raises ValueError naming the first mismatch when the architecture differs from the plan's.
     """
@@ -263,21 +295,32 @@ def apply_plan(
         check_data_type(calibration_data)
     if isinstance(plan, (str, os.PathLike)):
         plan = PruningPlan.load(plan)
+    recorded = plan.settings.get("output_transform")
+    if output_transform is None and recorded is not None:
+        if recorded == "<callable>":
+            raise ValueError(
+                "this plan was made with a callable output_transform; pass it again "
+                "(output_transform=...)"
+            )
+        output_transform = recorded
     if example_inputs is None:
         example_inputs = _inputs_from(plan.example_inputs)
         dev = next((p.device for p in model.parameters()), None)
         if dev is not None:
-            example_inputs = (
-                tuple(t.to(dev) for t in example_inputs)
-                if isinstance(example_inputs, tuple)
-                else example_inputs.to(dev)
-            )
+            example_inputs = _to_device(example_inputs, dev)
     work = model if inplace else copy.deepcopy(model)
     training = work.training
-    dg = build_dependency_graph(work, example_inputs)
+    use_cache = set_use_cache(work, False)  # as prune traced it: no key/value cache
+    converted = conv1d_to_linear(work)  # GPT-2's Conv1D, as prune rewrote it
+    dg = build_dependency_graph(work, example_inputs, output_transform=output_transform)
+    if plan.settings.get("scope") == "mlp":
+        # Only MLP roots are traversed: an edited root elsewhere could run away (transformers.py).
+        check_mlp_roots(dg, work, [gp.root for gp in plan.groups])
     groups = plan_groups(work, dg, plan.groups)
     probe = probe_positions(work, example_inputs, groups) if verify else None
-    original = (copy.deepcopy(model) if inplace else model) if verify else None
+    original = None
+    if verify:
+        original = copy.deepcopy(work) if inplace or converted else model
     execute(work, dg, plan.groups, groups)
     if original is not None and probe is not None:
         res = verify_rewrite(original, work, groups, plan.groups, probe, example_inputs)
@@ -285,6 +328,9 @@ def apply_plan(
             why = "; ".join(f"group {plan.groups[gi].root!r}: {r}" for gi, r in res.failed.items())
             raise ValueError(f"the plan does not verify on this model ({why}); prune it again")
     work.train(training)
+    if converted:
+        linear_to_conv1d(work)
+    set_use_cache(work, use_cache)
     if calibration_data is not None:
         recalibrate_bn(work, calibration_data)
     return work
