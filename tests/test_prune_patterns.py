@@ -354,11 +354,9 @@ PATTERNS: dict[str, Pattern] = {
 }
 
 # Bugs found by this suite (in simprune, not in the tests; the reason names the failing step): the
-# test states the correct behaviour and is expected to fail until they are fixed.
-XFAIL = {
-    "depth_to_space": "verify excludes conv0's, conv1's and conv2's groups instead of conv1's alone "
-    "(a crash in the pruned forward is blamed on more groups than the reshape involves)",
-}
+# test states the correct behaviour and is expected to fail until they are fixed. None open now
+# (depth_to_space's over-exclusion was fixed: a malformed rewrite is blamed on the group it produces).
+XFAIL: dict[str, str] = {}
 
 
 def _param(name: str) -> object:

@@ -619,10 +619,13 @@ def verify_rewrite(
     new_mods = dict(pruned.named_modules())
     rows_of = _kept_rows_by_name(groups, plans, orig_mods)
     consumer_of: dict[str, set[int]] = {}
+    produces: dict[str, set[int]] = {}
     for gi, g in enumerate(groups):
         for mem in g.members:
             if mem.kind == "consumer":
                 consumer_of.setdefault(mem.name, set()).add(gi)
+            elif mem.kind in ("producer", "depthwise"):
+                produces.setdefault(mem.name, set()).add(gi)
 
     mixed_at: dict[int, str] = {}  # group -> a consumer where its channels mix
     # 2. consumers rebuilt from the original weights at the probed positions, and compared.
@@ -664,11 +667,15 @@ def verify_rewrite(
             want = want[torch.as_tensor(rows)]
         have = mod1.weight.detach()
         if tuple(have.shape) != tuple(want.shape):
+            # Right inputs, wrong outputs: the group(s) this layer produces are at fault.
+            rows_wrong = have.shape[1:] == want.shape[1:]
             why = (
-                f"the rewrite of {name!r} has weight {tuple(have.shape)}, the channels it reads "
-                f"need {tuple(want.shape)}"
+                f"the rewrite of {name!r} has weight {tuple(have.shape)}, the plan's "
+                + ("output channels" if rows_wrong else "channels it reads")
+                + f" need {tuple(want.shape)}"
             )
-            for gi in touched:
+            blamed = (produces.get(name, set()) & pruned_groups) if rows_wrong else set()
+            for gi in blamed or touched:
                 res.failed.setdefault(gi, why)
             continue
         tol = _tolerance(have.dtype)
@@ -837,8 +844,11 @@ def _forward_check(
                 why = f"the pruned model fails after {where!r}: {type(e).__name__}: {str(e)[:200]}"
                 gis = {gi for gi in pruned_groups if where in produced_by.get(gi, set())}
             else:
+                # In the layer itself: the groups it reads, or (a malformed layer) produces.
                 why = f"the pruned model fails in {where!r}: {type(e).__name__}: {str(e)[:200]}"
-                gis = reads(where)
+                gis = reads(where) or {
+                    gi for gi in pruned_groups if where in produced_by.get(gi, set())
+                }
             gis = gis or set(pruned_groups)
             for gi in gis:
                 res.failed.setdefault(gi, why)
