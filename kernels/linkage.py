@@ -65,7 +65,10 @@ else:
     PAIR_BP, PAIR_BC = 4, 256
     SQ_B = 64
     FLAG_B = 1024
-PHASE2_B = 32 if not _INTERPRET else 64
+# Phase 2 (the entries between new clusters) on the GPU: 16 x 16 tiles. At 32 x 32 (8 entries per
+# thread, each with four loads and three Lance-Williams evaluations) ward needed 255 registers and
+# spilled 32-36 B; at 16 it takes 90-92, no spill (tests/test_linkage_triton.py checks every config).
+PHASE2_B = 16 if not _INTERPRET else 64
 NUM_WARPS = 4
 # No FMA contraction on the GPU (scipy's arithmetic); ignored by the interpreter.
 _LAUNCH = dict(num_warps=NUM_WARPS, enable_fp_fusion=False)
