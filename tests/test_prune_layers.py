@@ -367,13 +367,6 @@ def _consumer_inputs_zeroed(model: nn.Module, x: torch.Tensor, consumer: str, re
         h.remove()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="simprune.pruning.verify excludes these groups ('the pruned model's fc2/c2 computes "
-    "something else than the original with the removed channels' inputs dropped') although the "
-    "pruned model equals exactly that (to 1e-16, asserted below with verify=False): a false "
-    "positive of the forward check on LayerNorm/GroupNorm groups, reported",
-)
 @pytest.mark.parametrize("kind", NORM_KINDS)
 def test_exact_norm_group_without_merge_passes_verification(kind):
     # Every normalisation group's channels copied once: removing the copies keeps the statistics,

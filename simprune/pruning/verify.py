@@ -627,6 +627,15 @@ def verify_rewrite(
             elif mem.kind in ("producer", "depthwise"):
                 produces.setdefault(mem.name, set()).add(gi)
 
+    # Where channels mix before a consumer (a LayerNorm / GroupNorm over them), positions are not
+    # one channel's: the edit the forward check applies there is Torch-Pruning's own mapping, taken
+    # as a hypothesis -- the real forward accepts it or not (exact duplicates under a norm keep its
+    # statistics: removing them is dropping their positions).
+    for name, pm in probe.maps.items():
+        if (pm.ids == MIXED).any() or (pm.mixed_groups & pruned_groups):
+            tp_ids = _tp_position_ids(name, len(pm.ids), groups, probe.offsets)
+            if tp_ids is not None:
+                edits[name] = _edit_of(tp_ids, plan_ids)
     mixed_at: dict[int, str] = {}  # group -> a consumer where its channels mix
     # 2. consumers rebuilt from the original weights at the probed positions, and compared.
     for name, pm in probe.maps.items():
@@ -711,6 +720,24 @@ def verify_rewrite(
                 f"and the pruned model differs ({res.failed[gi]})"
             )
     return res
+
+
+def _tp_position_ids(
+    name: str, size: int, groups: Sequence[ChannelGroup], offsets: list[int]
+) -> np.ndarray | None:
+    """The global channel id of each input position of consumer ``name`` by Torch-Pruning's index
+    mapping (NONE where no group maps), or None when a position is mapped twice or out of range."""
+    ids = np.full(size, NONE, dtype=np.int64)
+    for gi, g in enumerate(groups):
+        for mem in g.consumers():
+            if mem.name != name:
+                continue
+            for c, pos in mem.layer_index_map().items():
+                p = np.asarray(pos, dtype=np.int64)
+                if p.size and (p.max() >= size or (ids[p] != NONE).any()):
+                    return None
+                ids[p] = offsets[gi] + c
+    return ids
 
 
 def _edit_input(x: torch.Tensor, dim: int, edit: _Edit) -> torch.Tensor:
