@@ -12,7 +12,8 @@ SHELL := /bin/bash
 # pip lists every local index it skips; keep real messages only.
 QUIET := sed '/^WARNING: Location/d'
 
-.PHONY: venv build test test-py aot lint demo bench bench-smoke mutation-check clean gpu-check
+.PHONY: venv build test test-py aot lint demo bench bench-smoke mutation-check clean gpu-check \
+	wheelhouse gpu-check-dry-run
 
 $(STAMP): requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -78,3 +79,18 @@ clean:
 OUT ?= out
 gpu-check:
 	OUT=$(OUT) PYTHON=$(PYTHON) scripts/gpu_check.sh
+
+# The wheels scripts/gpu_check.sh installs on a GPU machine that lacks them and has no network (the
+# device run: Python 3.12, x86-64; see the script's header): wheelhouse/ (ignored), carried there.
+# Pure-Python or manylinux cp312 wheels only, no dependencies (the machine has torch and numpy).
+WHEELHOUSE_PKGS ?= torch-pruning==1.6.1 fastcluster==1.3.0
+wheelhouse: venv
+	rm -rf wheelhouse
+	$(PIP) download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d wheelhouse $(WHEELHOUSE_PKGS) 2>&1 | $(QUIET)
+	@du -sh wheelhouse && ls wheelhouse
+
+# Without a GPU: every step of scripts/gpu_check.sh resolves (scripts, modules, flags, wheels).
+gpu-check-dry-run: venv
+	GPU_CHECK_DRY_RUN=1 OUT=$(OUT)/dry-run PYTHON=$(PY) scripts/gpu_check.sh
