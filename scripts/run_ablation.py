@@ -17,6 +17,9 @@ interrupted run still gives complete tables for the first seeds:
 6. step 3 with the short fine-tune;
 7. step 1 at -70 % MACs, then seeds 3 and 4 of step 1 at all three levels;
 8. merge sum/off at -70 % (one epoch), and step 1 at -70 % with the short fine-tune.
+9. with calibration data (1000 training images), seeds 0, 1, 2, short fine-tune, at -30/-50/-70 %:
+   simprune + data merge (one-shot and layer by layer), the activation metric + data merge, and the
+   controls L1 + data merge, FPGM + data merge (simprune.demo.DATA_CRITERIA).
 
 A fine-tune (one epoch = 4000 images; SGD, cosine learning rate, the baseline's augmentation) starts
 from the BN-recalibrated pruned model; seeds vary the data order, the shifts and the random criterion.
@@ -40,6 +43,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from simprune.demo import (  # noqa: E402
+    DATA_CRITERIA,
     LABELS,
     PEER_CRITERIA,
     SIM_METRICS,
@@ -47,6 +51,8 @@ from simprune.demo import (  # noqa: E402
     Data,
     FinetuneConfig,
     RunConfig,
+    label,
+    parse_criterion,
     run_config,
 )
 from simprune.zoo import evaluate, load_baseline  # noqa: E402
@@ -134,7 +140,33 @@ def plan_all() -> list[tuple[RunConfig, int | None]]:
             for m in ("sum", "off")
         ]
         + [c for s in SEEDS for c in headline_configs(s, SHORT, (0.7,))]
+        # 9. calibration data: the data merge, the activation metric, the controls.
+        + [c for s in SEEDS for c in data_configs(s)]
     )
+
+
+def data_configs(seed: int, ft: int | None = SHORT) -> list[tuple[RunConfig, int | None]]:
+    out = []
+    for level in (0.3, 0.5, 0.7):
+        for spec in DATA_CRITERIA:
+            name, merge = parse_criterion(spec)
+            out.append((RunConfig(name, level, seed=seed, merge=merge or "ls"), ft))
+    return out
+
+
+# The table with calibration data: each criterion without and with the data merge.
+DATA_TABLE = [
+    ("sim_gaussian", "ls"),
+    ("sim_gaussian", "data"),
+    ("sim_gaussian", "data_seq"),
+    ("sim_activation", "data"),
+    ("l1", "ls"),
+    ("l1", "data"),
+    ("fpgm", "ls"),
+    ("fpgm", "data"),
+    ("bn_gamma", "ls"),
+    ("random", "ls"),
+]
 
 
 def _key(cfg: RunConfig, ft: int | None) -> str:
@@ -279,6 +311,30 @@ def cmd_report(args: argparse.Namespace) -> int:
                 ]
                 lines += _table(sel, _setting, _setting, "setting")
                 lines.append("")
+    ft = [r for r in rows if r["key"].endswith(f"|ft{SHORT}")]
+    for level in (0.3, 0.5, 0.7):
+        sel = [
+            r
+            for r in ft
+            if r["macs"] == level
+            and (r["criterion"], r["merge"]) in DATA_TABLE
+            and all(r[k] == DEFAULT[k] for k in ("method", "cut", "representative"))
+        ]
+        if not any(r["merge"] in ("data", "data_seq") for r in sel):
+            continue
+        sel.sort(key=lambda r: DATA_TABLE.index((r["criterion"], r["merge"])))
+        lines += [
+            f"### With calibration data: the data merge at −{level:.0%} MACs, short fine-tune "
+            f"(one pass over {SHORT} of the 4000 training images)",
+            "",
+        ]
+        lines += _table(
+            sel,
+            lambda r: (r["criterion"], r["merge"]),
+            lambda r: label(r["criterion"], r["merge"]),
+            "criterion",
+        )
+        lines.append("")
     if noft:
         lines += [
             "### Full factorial, no fine-tune (gaussian, −30 % MACs; deterministic)",

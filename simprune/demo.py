@@ -15,7 +15,14 @@ differs. Per group a peer keeps the top-k channels by
   layer, summed over producers (FPGM keeps the channels far from the geometric median);
 * ``random``: a seeded random score.
 
-Peers never merge: removed channels are simply dropped, as those methods do.
+Peers never merge: removed channels are simply dropped, as those methods do -- except in the
+controls with calibration data (``"l1:data"``, ``"fpgm:data"``): the same selection, then the data
+merge of :func:`simprune.prune` (each removed channel reconstructed from the kept ones by least
+squares on 1000 training images, :mod:`simprune.pruning.stats`), which separates what the selection
+adds from what the reconstruction adds.
+
+A criterion ``"NAME:MERGE"`` runs criterion NAME with merge MERGE (``data``: the data merge;
+``data_seq``: the layer-by-layer data merge, :func:`simprune.pruning.merge.sequential_data_merge_plans`).
 """
 
 from __future__ import annotations
@@ -38,7 +45,9 @@ from .pruning import PruningPlan, apply_plan, prune
 from .pruning.calibrate import recalibrate_bn as _recalibrate_bn
 from .pruning.groups import ChannelGroup, build_dependency_graph, group_at
 from .pruning.macs import CostModel
-from .pruning.plan import GroupPlan, describe_inputs
+from .pruning.merge import data_merge_plans, sequential_data_merge_plans
+from .pruning.plan import GroupPlan, describe_inputs, plan_groups
+from .pruning.stats import attach_stats, collect_stats
 from .zoo import evaluate, load_baseline
 
 SIM_METRICS = ("gaussian", "wasserstein", "linear", "cosine")
@@ -46,7 +55,19 @@ PEER_CRITERIA = ("l1", "bn_gamma", "fpgm", "random")
 # Criteria with their own allocation: Torch-Pruning's MetaPruner with global pruning, the ratio
 # bisected to the same MACs (a different per-layer width allocation than simprune's plan).
 TP_GLOBAL_CRITERIA = ("tp_l1", "tp_bn_gamma", "tp_fpgm", "tp_random")
-CRITERIA = tuple(f"sim_{m}" for m in SIM_METRICS) + PEER_CRITERIA + TP_GLOBAL_CRITERIA
+# With calibration data (1000 training images): the data merge, the activation metric, and the
+# peers' selections followed by the data merge.
+DATA_CRITERIA = (
+    "sim_gaussian:data",
+    "sim_gaussian:data_seq",
+    "sim_activation:data",
+    "l1:data",
+    "fpgm:data",
+)
+CRITERIA = (
+    tuple(f"sim_{m}" for m in SIM_METRICS) + PEER_CRITERIA + TP_GLOBAL_CRITERIA + DATA_CRITERIA
+)
+CALIBRATION_IMAGES = 1000  # training images for the statistics of the data merge
 
 LABELS = {
     "sim_gaussian": "simprune gaussian (+merge)",
@@ -61,7 +82,26 @@ LABELS = {
     "tp_bn_gamma": "TP global BN-gamma (own widths)",
     "tp_fpgm": "TP global FPGM (own widths)",
     "tp_random": "TP global random (own widths)",
+    "sim_activation": "simprune activation",
 }
+MERGE_LABELS = {
+    "data": "+ data merge",
+    "data_seq": "+ data merge, layer by layer",
+}
+
+
+def label(criterion: str, merge: str = "ls") -> str:
+    """The table label of a criterion run with a merge mode."""
+    base = LABELS.get(criterion, criterion)
+    if merge in MERGE_LABELS:
+        return f"{base.removesuffix(' (+merge)')} {MERGE_LABELS[merge]}"
+    return base
+
+
+def parse_criterion(spec: str) -> tuple[str, str | None]:
+    """``"NAME"`` or ``"NAME:MERGE"`` -> (NAME, MERGE or None)."""
+    name, _, merge = spec.partition(":")
+    return name, merge or None
 
 
 def random_shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 2) -> torch.Tensor:
@@ -300,7 +340,7 @@ class RunConfig:
     method: str = "average"
     cut: str = "global"
     representative: str = "energy"
-    merge: str = "ls"  # "ls" | "sum" | "off"
+    merge: str = "ls"  # "ls" | "sum" | "off" | "data" | "data_seq" (peers: "data" or none)
     seed: int = 0
 
     def key(self) -> str:
@@ -322,6 +362,7 @@ class Data:
 def _sim_prune(
     model: nn.Module, data: Data, cfg: RunConfig, metric: str
 ) -> tuple[nn.Module, PruningPlan]:
+    calib = cfg.merge in ("data", "data_seq") or metric == "activation"
     pm, plan, _ = prune(
         model,
         data.example,
@@ -330,10 +371,34 @@ def _sim_prune(
         method=cfg.method,
         cut=cfg.cut,
         representative=cfg.representative,
-        merge=False if cfg.merge == "off" else cfg.merge,
+        merge=False if cfg.merge == "off" else "data" if cfg.merge == "data_seq" else cfg.merge,
+        calibration_data=data.x_train[:CALIBRATION_IMAGES] if calib else None,
         progress=False,
     )
+    if calib:
+        if cfg.merge == "data_seq":
+            data_merge(model, data, plan, sequential=True)
+        # The model as pruned (prune() has also re-estimated BatchNorm on the data): the replay.
+        pm = apply_plan(model, plan, data.example)
     return pm, plan
+
+
+def data_merge(
+    model: nn.Module, data: Data, plan: PruningPlan, *, sequential: bool = False
+) -> PruningPlan:
+    """Replace the merges of ``plan`` (in place) by the data merge on the calibration images:
+    one-shot (:func:`simprune.pruning.merge.data_merge_plans`) or layer by layer
+    (:func:`simprune.pruning.merge.sequential_data_merge_plans`)."""
+    cal = data.x_train[:CALIBRATION_IMAGES]
+    dg = build_dependency_graph(model, data.example)
+    groups = plan_groups(model, dg, plan.groups)
+    if sequential:
+        sequential_data_merge_plans(model, groups, plan.groups, cal, data.example)
+    else:
+        attach_stats(groups, collect_stats(model, groups, cal, data.example))
+        data_merge_plans(groups, plan.groups)
+    plan.settings["merge"] = "data_seq" if sequential else "data"
+    return plan
 
 
 def prune_config(
@@ -359,6 +424,8 @@ def prune_config(
             if width_plans is not None:
                 width_plans[key] = ref
         plan = peer_plan(model, ref, cfg.criterion, data.example, seed=cfg.seed)
+        if cfg.merge in ("data", "data_seq"):
+            data_merge(model, data, plan, sequential=cfg.merge == "data_seq")
         return apply_plan(model, plan, data.example), plan
     if cfg.criterion in TP_GLOBAL_CRITERIA:
         return tp_global_prune(model, data.example, cfg.criterion, cfg.macs, seed=cfg.seed)[0], None
@@ -427,24 +494,24 @@ def run_config(
 # The demo
 
 
-DEMO_CRITERIA = ("sim_gaussian", "l1", "bn_gamma", "fpgm", "random")
+DEMO_CRITERIA = ("sim_gaussian", "sim_gaussian:data", "l1", "bn_gamma", "fpgm", "random")
 
 
 def _fmt_table(rows: Sequence[dict[str, Any]], baseline: dict[str, Any]) -> str:
     head = (
-        f"{'criterion':<30} {'MACs':>18} {'params':>8} {'pruned':>7} {'+BN recal':>9} "
+        f"{'criterion':<36} {'MACs':>18} {'params':>8} {'pruned':>7} {'+BN recal':>9} "
         f"{'+fine-tune':>10}"
     )
     lines = [head, "-" * len(head)]
     lines.append(
-        f"{'unpruned baseline':<30} {baseline['macs'] / 1e6:>7.2f} M {'':>8} "
+        f"{'unpruned baseline':<36} {baseline['macs'] / 1e6:>7.2f} M {'':>8} "
         f"{baseline['params'] / 1e3:>6.1f}k {baseline['acc']:>7.1%}"
     )
     for r in rows:
         ft = "" if r["acc_ft"] is None else f"{r['acc_ft']:.1%}"
         red = f"(-{r['macs_reduction']:.1%})"
         lines.append(
-            f"{LABELS.get(r['criterion'], r['criterion']):<30} "
+            f"{label(r['criterion'], r['merge']):<36} "
             f"{r['macs_after'] / 1e6:>7.2f} M {red:>8} {r['params_after'] / 1e3:>6.1f}k "
             f"{r['acc_pruned']:>7.1%} {r['acc_recal']:>9.1%} {ft:>10}"
         )
@@ -464,14 +531,14 @@ def plot_accuracy_vs_macs(
         cols.append(("acc_ft", "+ fine-tune"))
     fig, axes = plt.subplots(1, len(cols), figsize=(5 * len(cols), 4.2), sharey=True)
     axes = np.atleast_1d(axes)
-    crits = list(dict.fromkeys(r["criterion"] for r in rows))
+    crits = list(dict.fromkeys(label(r["criterion"], r["merge"]) for r in rows))
     markers = "os^vDPX*"
     for ax, (key, title) in zip(axes, cols, strict=True):
         for k, c in enumerate(crits):
             pts = sorted(
                 (r["macs_after"] / 1e6, r[key])
                 for r in rows
-                if r["criterion"] == c and r[key] is not None
+                if label(r["criterion"], r["merge"]) == c and r[key] is not None
             )
             pts.append((baseline["macs"] / 1e6, baseline["acc"]))
             xs, ys = zip(*sorted(pts), strict=True)
@@ -479,8 +546,8 @@ def plot_accuracy_vs_macs(
                 xs,
                 [100 * v for v in ys],
                 marker=markers[k % len(markers)],
-                lw=2.2 if c.startswith("sim_") else 1.2,
-                label=LABELS.get(c, c),
+                lw=2.2 if c.startswith("simprune") else 1.2,
+                label=c,
             )
         ax.set_title(title)
         ax.set_xlabel("MACs per image (M)")
@@ -559,12 +626,14 @@ def run_demo(
         for level in macs:
             for crit in criteria:
                 k = len(rows) + 1
-                bar.set_description(f"({k}/{n_runs}) {LABELS.get(crit, crit)} -{level:.0%} MACs")
+                name, merge = parse_criterion(crit)
+                text = label(name, merge or "ls")
+                bar.set_description(f"({k}/{n_runs}) {text} -{level:.0%} MACs")
                 bar.set_postfix_str("pruning")
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     row = run_config(
-                        RunConfig(crit, level, seed=seed),
+                        RunConfig(name, level, seed=seed, **({"merge": merge} if merge else {})),
                         data,
                         model=model,
                         finetune_config=fcfg,
@@ -573,13 +642,13 @@ def run_demo(
                         on_step=on_step if progress else None,
                     )
                 pruned, plan = row.pop("_model"), row.pop("_plan")
-                tag = f"{crit}_macs{round(level * 100)}"
+                tag = f"{crit.replace(':', '_')}_macs{round(level * 100)}"
                 if plan is not None:
                     plan.save(os.path.join(out_dir, f"{tag}.plan.json"))
                 torch.save(pruned.state_dict(), os.path.join(out_dir, f"{tag}.finetuned.pt"))
                 ft = "-" if row["acc_ft"] is None else f"{row['acc_ft']:.1%}"
                 say(
-                    f"({k}/{n_runs}) {LABELS.get(crit, crit)}, MACs -{row['macs_reduction']:.1%}: "
+                    f"({k}/{n_runs}) {text}, MACs -{row['macs_reduction']:.1%}: "
                     f"accuracy {row['acc_pruned']:.1%} pruned, {row['acc_recal']:.1%} after BN "
                     f"recalibration, {ft} fine-tuned"
                 )
@@ -596,7 +665,9 @@ def run_demo(
         f"\nMnistResNet on the shipped MNIST sample (1000 test images); fine-tune: {ft_desc}, "
         f"SGD lr {fcfg.lr} cosine, seed {seed}; BN recalibration on 1000 training images.\n"
         "Peers keep the same per-group widths as simprune's plan (identical MACs); simprune "
-        "merges removed channels into their representatives, peers drop them.\n"
+        "merges removed channels into their representatives, peers drop them; '+ data merge': "
+        f"each removed channel reconstructed from the kept ones by least squares on "
+        f"{CALIBRATION_IMAGES} training images.\n"
     )
     print(_fmt_table(rows, baseline))
     if plot:

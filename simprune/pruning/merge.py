@@ -277,15 +277,17 @@ def ridge_solve_batched(
 ) -> list[torch.Tensor]:
     """X = (A + lam I)^-1 R for each (A (k, k) PSD, R (k, m), lam), by batched Cholesky on ``device``.
 
-    Problems are bucketed by the next power of two of k (padded with the identity, right-hand sides
-    with zeros: the padded blocks do not touch the real ones). A factorisation that fails (an A that
+    Problems are bucketed by size (the next power of two up to 128, then multiples of 64), padded
+    with the identity and zero right-hand sides (the padded blocks do not touch the real ones). A factorisation that fails (an A that
     is not positive definite after the ridge: NaN, or lam = 0 with a singular A) is retried with the
     ridge grown 100x, up to 1e-2 of the mean diagonal, then gives X = 0.
     """
     out: list[torch.Tensor | None] = [None] * len(problems)
     buckets: dict[int, list[int]] = {}
     for i, (a, _, _) in enumerate(problems):
-        buckets.setdefault(1 << max(0, int(a.shape[0]) - 1).bit_length(), []).append(i)
+        k = int(a.shape[0])
+        size = 1 << max(0, k - 1).bit_length() if k <= 128 else -(-k // 64) * 64
+        buckets.setdefault(size, []).append(i)
     for size, idx in sorted(buckets.items()):
         mmax = max(int(problems[i][1].shape[1]) for i in idx)
         aa = torch.eye(size, dtype=torch.float64, device=device).repeat(len(idx), 1, 1)
@@ -367,21 +369,24 @@ def data_merges(
         mu = st.mean.to(torch.float64)
         b = b.cpu()
         c = mu[torch.from_numpy(r_ids)].cpu() - b.T @ mu[torch.from_numpy(k_ids)].cpu()
-        bn = b.numpy()
-        rows, cols = np.nonzero(bn)
         merges, shifts = out[gi]
-        merges += [
-            [int(j), int(r), float(a)]
-            for j, r, a in zip(
-                r_ids[cols].tolist(), k_ids[rows].tolist(), bn[rows, cols].tolist(), strict=True
-            )
-        ]
+        merges += _triples(b.numpy(), k_ids, r_ids)
         shifts += [
             [int(j), float(v)] for j, v in zip(r_ids.tolist(), c.tolist(), strict=True) if v != 0.0
         ]
-    for merges, _ in out:
-        merges.sort(key=lambda t: (t[0], t[1]))
     return out
+
+
+def _triples(b: np.ndarray, k_ids: np.ndarray, r_ids: np.ndarray) -> list[list[Any]]:
+    """[removed, kept, coefficient] for the non-zero entries of B (|K|, |R|), by removed channel
+    then kept channel (blocks come in channel order, so a group's list is sorted)."""
+    cols, rows = np.nonzero(b.T)  # removed-major
+    return [
+        [j, r, a]
+        for j, r, a in zip(
+            r_ids[cols].tolist(), k_ids[rows].tolist(), b[rows, cols].tolist(), strict=True
+        )
+    ]
 
 
 def data_merge_plans(
@@ -459,16 +464,8 @@ def _solve_paired(st: Any, g: ChannelGroup, kept: Sequence[int]) -> tuple[list[A
         lam = eps * float(s_kk.diagonal().sum()) / len(k_ids)
         (b,) = ridge_solve_batched([(s_kk, s_kr, lam)], torch.device("cpu"))
         sh = mu[rt + c] - b.T @ mu[kt]
-        bn = b.numpy()
-        rows, cols = np.nonzero(bn)
-        merges += [
-            [int(j), int(r), float(a)]
-            for j, r, a in zip(
-                r_ids[cols].tolist(), k_ids[rows].tolist(), bn[rows, cols].tolist(), strict=True
-            )
-        ]
+        merges += _triples(b.numpy(), k_ids, r_ids)
         shifts += [[int(j), float(v)] for j, v in zip(r_ids.tolist(), sh.tolist(), strict=True)]
-    merges.sort(key=lambda t: (t[0], t[1]))
     return merges, [s for s in shifts if s[1] != 0.0]
 
 

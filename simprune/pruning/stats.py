@@ -87,6 +87,7 @@ class _Reader:
     dim: int  # the channel dimension of the consumer's input (1: conv, -1: Linear)
     pos: torch.Tensor  # (C, k) input positions of each channel (k > 1: a flatten block)
     key: bytes  # identifies the positions (two consumers reading the same tensor the same way)
+    identity: bool = False  # the consumer reads exactly the group's channels, in order
 
 
 class _Acc:
@@ -112,7 +113,8 @@ class _Acc:
         step = max(1, min(CHUNK_ROWS, CHUNK_BYTES // (8 * c)))
         shift = self.shift.to(cdt)
         for a in range(0, z.shape[0], step):
-            zc = z[a : a + step].to(cdt) - shift
+            zc = z[a : a + step]
+            zc = zc.sub_(shift) if zc.dtype == cdt else zc.to(cdt) - shift
             self.ss += (zc.T @ zc).to(torch.float64)
             self.s += zc.sum(0, dtype=torch.float64)
         self.n += int(z.shape[0])
@@ -150,22 +152,28 @@ def readers_of(group: ChannelGroup, gi: int) -> list[tuple[Member, _Reader]]:
         if len(ks) != 1:
             continue
         pos = np.asarray([idx[c] for c in range(n)], dtype=np.int64)
-        if pos.max() >= _n_inputs(m.module):
+        n_in = _n_inputs(m.module)
+        if pos.max() >= n_in:
             continue
-        out.append(
-            (m, _Reader(gi, m.name, _channel_dim(m.module), torch.from_numpy(pos), pos.tobytes()))
-        )
+        ident = pos.shape[1] == 1 and n_in == n and bool((pos[:, 0] == np.arange(n)).all())
+        r = _Reader(gi, m.name, _channel_dim(m.module), torch.from_numpy(pos), pos.tobytes(), ident)
+        out.append((m, r))
     return out
 
 
 def _samples(x: torch.Tensor, r: _Reader) -> torch.Tensor:
-    """(rows, C) samples of the group's channels in a consumer input ``x``."""
+    """(rows, C) samples of the group's channels in a consumer input ``x``: always a new tensor
+    (the accumulator centres it in place)."""
     xm = x.movedim(r.dim, -1)
     c, k = r.pos.shape
+    if r.identity:
+        z = xm.reshape(-1, c)
+        if z.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+            z = z.clone()
+        return z
     pos = r.pos.to(x.device)
     if k == 1:
-        z = xm.index_select(-1, pos[:, 0])
-        return z.reshape(-1, c)
+        return xm.index_select(-1, pos[:, 0]).reshape(-1, c)
     z = xm.index_select(-1, pos.reshape(-1)).reshape(*xm.shape[:-1], c, k)
     return z.transpose(-1, -2).reshape(-1, c)
 
