@@ -50,8 +50,6 @@ _BROKEN = {
     "timm:vit_tiny_patch16_224": "pruning the qkv group breaks timm Attention's reshape to "
     "(3, num_heads, head_dim): the pruned model does not run (groups.py; with verify=True, the "
     "default, the qkv groups are excluded and the target is met)",
-    "timm:mixer_s16_224": "IndexError in group_descriptors for the token-mixing MLP groups "
-    "(descriptors.py)",
 }
 _MISSES_TARGET = {
     "timm:ghostnet_100": "GhostModule's cat([x1, cheap(x1)]) makes root channels i and i + n/2 one "

@@ -633,3 +633,38 @@ def test_similarity_importance_prune_is_exact_or_restores(name):
         assert done.get(pat.excluded) in (None, False)
         assert sorted(n for n, ok in done.items() if ok) == sorted(set(pat.dups) - {pat.excluded})
     assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in model0.parameters())
+
+
+class TokenMixer(nn.Module):
+    """An MLP-Mixer block: a Linear over the tokens (the channel axis moved by a transpose) and one
+    over the channels, both residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Linear(4, 8)
+        self.tok1, self.tok2 = nn.Linear(6, 10), nn.Linear(10, 6)
+        self.ch1, self.ch2 = nn.Linear(8, 12), nn.Linear(12, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 6 tokens, 4)
+        h = self.emb(x)
+        h = h + self.tok2(F.gelu(self.tok1(h.transpose(1, 2)))).transpose(1, 2)
+        h = h + self.ch2(F.gelu(self.ch1(h)))
+        return self.head(h.mean(1))
+
+
+def test_token_mixing_groups_are_skipped_with_a_reason():
+    # Torch-Pruning maps the residual stream's channels into the token Linear's features (index
+    # past its 6 outputs): that group is skipped, named, instead of an IndexError; the rest prunes.
+    torch.manual_seed(0)
+    model = TokenMixer().double().eval()
+    x = torch.randn(2, 6, 4, dtype=torch.float64)
+    y0 = model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the ratio is met to the closest step
+        pm, plan, report = simprune.prune(model, x, pruning_ratio=0.2, progress=False)
+    reasons = dict(report.skipped)  # the residual group is named by its root, ch2
+    assert "index 7 of 'tok2', which has 6 outputs" in reasons["ch2"], reasons
+    assert "moves the channel axis" in reasons["ch2"]
+    assert pm.emb.out_features == 8 and pm.ch1.out_features < 12 and pm.tok1.out_features < 10
+    assert report.excluded == [] and pm(x).shape == y0.shape

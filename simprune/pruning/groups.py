@@ -28,8 +28,6 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .transformers import output_transform_of
-
 _F = tp.pruner.function
 PRODUCER_FNS = (_F.prune_conv_out_channels, _F.prune_linear_out_channels)
 CONSUMER_FNS = (_F.prune_conv_in_channels, _F.prune_linear_in_channels)
@@ -136,6 +134,8 @@ def build_dependency_graph(
     The graph's channel-index propagation is bounded: a group whose indices run away through a
     reshape (swin_t) raises TracingError when it is built instead of exhausting memory.
     """
+    from .transformers import output_transform_of  # transformers.py builds on this module
+
     transform = output_transform_of(output_transform)  # TypeError on a bad one, before tracing
     current: list[str] = []
     names = module_names(model)
@@ -361,6 +361,27 @@ def _unprunable(members: list[Member]) -> str | None:
             # Torch-Pruning slices a grouped ConvTranspose's weight (in, out/groups, ...) as if it
             # were a Conv's: the result has the wrong shape.
             return f"grouped ConvTranspose {m.name!r} (Torch-Pruning cannot prune its channels)"
+        n = _extent(m)
+        if n is not None and m.idxs and (max(m.idxs) >= n or min(m.idxs) < 0):
+            # e.g. a Linear over a transposed tensor (a token-mixing MLP): Torch-Pruning's index
+            # mapping points past the layer's features.
+            side = "outputs" if m.kind in ("producer", "depthwise") else "inputs"
+            return (
+                f"Torch-Pruning maps the group's channels to index {max(m.idxs)} of {m.name!r}, "
+                f"which has {n} {side} (an operation between the layers moves the channel axis)"
+            )
+    return None
+
+
+def _extent(m: Member) -> int | None:
+    """The size of the dimension of ``m``'s layer its indices address (None: not checked)."""
+    mod = m.module
+    if not isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd)):
+        return None
+    if m.kind in ("producer", "depthwise"):
+        return int(mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels)
+    if m.kind == "consumer":
+        return int(mod.in_features if isinstance(mod, nn.Linear) else mod.in_channels)
     return None
 
 
