@@ -380,3 +380,27 @@ def test_prune_with_activation_metric_removes_the_duplicates():
         torch.testing.assert_close(
             pruned(data), _recalibrated(model, data)(data), rtol=0, atol=1e-6
         )
+
+
+def test_similarity_importance_with_data_scores_by_activation():
+    """Torch-Pruning with SimilarityImportance(metric="activation", data=...): one channel of every
+    duplicated pair goes (zero activation distance); without data it is refused."""
+    import torch_pruning as tp
+
+    from simprune.integrations.torch_pruning import SimilarityImportance
+
+    with pytest.raises(ValueError, match="metric='activation' needs data="):
+        SimilarityImportance(metric="activation")
+    model, x, _ = duplicate_model("mlp")
+    data = torch.randn(128, 16, dtype=torch.float64)
+    imp = SimilarityImportance(metric="activation", data=data)
+    pruner = tp.pruner.MetaPruner(
+        model, x, importance=imp, pruning_ratio=3 / 24, ignored_layers=[model.fc2, model.fc3]
+    )
+    removed = []
+    for g in pruner.step(interactive=True):
+        removed += [int(i) for i in g[0].idxs]
+        g.prune()
+    pairs = [(20, 5), (21, 6), (22, 7)]
+    assert len(removed) == 3 and all((a in removed) != (b in removed) for a, b in pairs)
+    assert imp.passes == 1

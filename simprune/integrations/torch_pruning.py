@@ -45,6 +45,7 @@ from torch import nn
 
 from ..dendrogram import redundancy_scores
 from ..engine import channel_energy, check_metric_and_method, dendrograms, scale_from_energy
+from ..pruning.calibrate import check_data_type
 from ..pruning.descriptors import group_descriptors
 from ..pruning.groups import (
     ChannelGroup,
@@ -54,6 +55,7 @@ from ..pruning.groups import (
     reaches_output,
 )
 from ..pruning.merge import MERGE_MODES, apply_merges, assign, expand_units
+from ..pruning.stats import attach_stats, collect_stats
 from ..pruning.verify import probe_positions, verify_rewrite
 
 __all__ = ["SimilarityImportance", "representatives_of_removed"]
@@ -172,11 +174,12 @@ class SimilarityImportance(tp.importance.Importance):
 
     Parameters
     ----------
-    metric : {"gaussian", "wasserstein", "linear", "cosine", "euclidean", "sqeuclidean"}
-        Descriptor metric, as in :func:`simprune.prune` (``gaussian``, the probabilistic
-        channel-similarity metric derived from the paper's stated model, for Conv/Linear + BN;
-        producers without a following BN use ``linear``). Coupled groups concatenate the descriptors
-        of every producer.
+    metric : str
+        "gaussian" (default), "wasserstein", "linear", "cosine", "euclidean", "sqeuclidean" or
+        "activation" (needs ``data``). Descriptor metric, as in :func:`simprune.prune`
+        (``gaussian``, the probabilistic channel-similarity metric derived from the paper's stated
+        model, for Conv/Linear + BN; producers without a following BN use ``linear``). Coupled
+        groups concatenate the descriptors of every producer.
     method : scipy linkage method ("average" default, on sqrt(D); "ward", "complete", ...).
     normalizer : how scores are scaled per group (matters for ``global_pruning`` only; all of them
         preserve the order within a group). ``"energy"`` (default): heights divided by the group's
@@ -186,6 +189,11 @@ class SimilarityImportance(tp.importance.Importance):
         or a callable; they are applied to the finite scores of the group's pruning units (the
         survivor keeps ``+inf``).
     merge : {"ls", "sum"} coefficient of :meth:`merge` (see :mod:`simprune.pruning.merge`).
+    data : Tensor or iterable of batches, optional
+        Calibration inputs for ``metric="activation"`` (required there): every time the scores are
+        computed, one forward pass over ``data`` measures each group's channels at its consumers'
+        inputs (:func:`simprune.pruning.stats.collect_stats`; the model as it is at that step) and
+        the distances are D_ij = Var(z_i - z_j).
     backend : engine backend ("auto", "torch", "cpu", "triton", "cuda").
     root_module_types : layer types whose output channels root the groups scored in one batch
         (Torch-Pruning's default roots, minus LSTM, which has no descriptor).
@@ -213,8 +221,14 @@ class SimilarityImportance(tp.importance.Importance):
         merge: str = "ls",
         backend: str = "auto",
         root_module_types: Sequence[type] = (nn.modules.conv._ConvNd, nn.Linear),
+        data: Any = None,
     ) -> None:
         check_metric_and_method(metric, method)
+        if metric == "activation" and data is None:
+            raise ValueError("metric='activation' needs data= (calibration inputs)")
+        if data is not None:
+            check_data_type(data)
+        self.data = data
         if not (
             normalizer is None
             or callable(normalizer)
@@ -260,7 +274,9 @@ class SimilarityImportance(tp.importance.Importance):
         grp.bn_of = following_norms(dg, grp)
         return grp
 
-    def _compute(self, groups: list[ChannelGroup]) -> list[_Entry]:
+    def _compute(self, groups: list[ChannelGroup], model: nn.Module) -> list[_Entry]:
+        if self.metric == "activation":
+            attach_stats(groups, collect_stats(model, groups, self.data))
         vs = []
         for grp in groups:
             try:
@@ -296,7 +312,7 @@ class SimilarityImportance(tp.importance.Importance):
             grp = self._build(dg, g, names)
             if grp is not None:
                 built.append((_group_key(dg, g), grp))
-        entries = self._compute([grp for _, grp in built]) if built else []
+        entries = self._compute([grp for _, grp in built], dg.model) if built else []
         self._entries = {key: e for (key, _), e in zip(built, entries, strict=True)}
         self._dg, self._token = dg, token
 
@@ -325,7 +341,7 @@ class SimilarityImportance(tp.importance.Importance):
         grp = self._build(dg, full, module_names(dg.model))
         if grp is None:
             return None
-        (entry,) = self._compute([grp])
+        (entry,) = self._compute([grp], dg.model)
         self._entries[key] = entry
         return entry
 
