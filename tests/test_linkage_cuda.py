@@ -275,6 +275,96 @@ def test_strict_kernels_have_barriers_and_no_fma(tmp_path):
     assert len(re.findall(r"\bbar(rier)?\.sync", text)) >= 5 * 4
 
 
+def _instantiations() -> str:
+    """Explicit instantiations of every templated kernel of linkage_rounds.cu / linkage_boruvka.cu
+    (their host code, which instantiates them in the build, is left out here)."""
+    lines = []
+    for t in ("double", "float"):
+        lines += [
+            f"template __global__ void rounds_kernel<{m}, {t}>(StateT<{t}>);" for m in range(5)
+        ]
+        lines.append(
+            f"template __global__ void boruvka_rowmin_kernel<{t}>(const {t}*, const int64_t*, "
+            "double*, int64_t*, int64_t);"
+        )
+        lines.append(
+            f"template __global__ void boruvka_hook_kernel<{t}>(const {t}*, const int64_t*, "
+            "const unsigned long long*, int64_t*, double*, int64_t*, int64_t);"
+        )
+    lines += [
+        f"template __global__ void grouped_rounds_kernel<{m}>(const StateT<double>*);"
+        for m in range(5)
+    ]
+    return "\n".join(lines)
+
+
+def test_rounds_and_boruvka_kernels_registers_and_spills(tmp_path):
+    """CPU only (nvcc, no GPU needed). The kernels of linkage_rounds.cu and linkage_boruvka.cu alone
+    (SIMPRUNE_CUDA_DEVICE_ONLY + SIMPRUNE_HOST_HARNESS: no torch headers, no host code), compiled
+    for sm_90 as the build compiles them: ptxas spills nothing anywhere, and the rounds kernel of
+    single, complete and weighted fits 64 registers -- two 512-thread blocks per SM, as its
+    __launch_bounds__ promise (average and ward: one block, see kRoundsMinBlocks). Borůvka resolves
+    its parent chains by pointer doubling (boruvka_jump_step_kernel)."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not found")
+    src = tmp_path / "kernels.cu"
+    src.write_text(
+        '#include "linkage_rounds.cu"\n#include "linkage_boruvka.cu"\n'
+        "namespace simprune { namespace linkage { namespace {\n" + _instantiations() + "\n}}}\n"
+    )
+    out = subprocess.run(
+        [
+            nvcc,
+            "-std=c++20",
+            "-arch=sm_90",
+            "-O3",
+            "--fmad=false",
+            "-Xptxas",
+            "-v",
+            "-DSIMPRUNE_CUDA_DEVICE_ONLY",
+            "-DSIMPRUNE_HOST_HARNESS",
+            "-I",
+            os.path.join(ROOT, "csrc", "include"),
+            "-I",
+            os.path.join(ROOT, "csrc", "cuda"),
+            "-c",
+            str(src),
+            "-o",
+            str(tmp_path / "kernels.o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    kernels = {}
+    name = None
+    for line in out.stderr.splitlines():
+        m = re.search(r"Compiling entry function '(\w+)'", line)
+        if m:
+            name = m.group(1)
+            continue
+        m = re.search(
+            r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line
+        )
+        if m and name:
+            kernels.setdefault(name, {})["spill"] = tuple(int(v) for v in m.groups())
+        m = re.search(r"Used (\d+) registers", line)
+        if m and name:
+            kernels.setdefault(name, {})["regs"] = int(m.group(1))
+            name = None
+    rounds = {k: v for k, v in kernels.items() if "13rounds_kernel" in k}
+    assert len(rounds) == 10 and len(kernels) >= 24, sorted(kernels)
+    assert any("boruvka_jump_step_kernel" in k for k in kernels)
+    for k, v in kernels.items():
+        assert v["spill"] == (0, 0, 0), f"{k}: stack/spill stores/spill loads {v['spill']}"
+    for k, v in rounds.items():
+        method = int(re.search(r"rounds_kernelILi(\d)E", k).group(1))
+        if method in (0, 1, 3):  # single, complete, weighted: two blocks of 512 threads per SM
+            assert v["regs"] <= 64, f"{k}: {v['regs']} registers"
+
+
 # ---------------------------------------------------------------------------------------------------
 # Kept last in this file: the slowest test.
 

@@ -8,9 +8,13 @@
 // a forest -- then hooking and pointer doubling (ceil(log2 components) parallel steps). Heights are
 // input distances; the log is sorted stably by height and relabelled as scipy's label(). All indices
 // are int64.
+// SIMPRUNE_CUDA_DEVICE_ONLY (with SIMPRUNE_HOST_HARNESS, which leaves out the host code): the
+// kernels alone, without torch's headers (tests/test_linkage_cuda.py reads ptxas' registers/spills).
+#ifndef SIMPRUNE_CUDA_DEVICE_ONLY
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -18,9 +22,11 @@
 #include <tuple>
 #include <utility>
 
+#ifndef SIMPRUNE_CUDA_DEVICE_ONLY
 #include "linkage_cuda.h"
-#include "linkage_device.cuh"
 #include "simprune/host_common.h"
+#endif
+#include "linkage_device.cuh"
 #include "simprune/linkage_common.h"
 
 namespace simprune {

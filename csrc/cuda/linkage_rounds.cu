@@ -27,9 +27,13 @@
 // Batched small layers (linkage.md 7.5): the same rounds, one block per problem, every problem in one
 // ordinary launch. Single linkage runs here too (exact; linkage_cuda sends it to Boruvka instead,
 // linkage_boruvka.cu). All indices are int64 (n^2 > 2^31 at n = 46,341).
+// SIMPRUNE_CUDA_DEVICE_ONLY (with SIMPRUNE_HOST_HARNESS, which leaves out the host code): the
+// kernels alone, without torch's headers (tests/test_linkage_cuda.py reads ptxas' registers/spills).
+#ifndef SIMPRUNE_CUDA_DEVICE_ONLY
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#endif
 #include <cooperative_groups.h>
 
 #include <algorithm>
@@ -38,9 +42,11 @@
 #include <tuple>
 #include <vector>
 
+#ifndef SIMPRUNE_CUDA_DEVICE_ONLY
 #include "linkage_cuda.h"
-#include "linkage_device.cuh"
 #include "simprune/host_common.h"
+#endif
+#include "linkage_device.cuh"
 #include "simprune/linkage_common.h"
 
 namespace cg = cooperative_groups;
@@ -60,6 +66,27 @@ struct Ctrl {
   int64_t widest;
   int64_t merges;
 };
+
+// A grid-stride walk over a rows x cols index space in row-major order -- the same (row, col)
+// sequence as `for (t = start; t < rows * cols; t += stride) f(t / cols, t % cols)` -- with two 64-bit
+// divisions per thread instead of one per element (a 64-bit division is a ~70-instruction
+// subroutine on the GPU, and it kept registers busy in every phase below).
+template <typename F>
+__device__ __forceinline__ void for_each_2d(int start, int stride, int64_t rows, int64_t cols,
+                                            F&& f) {
+  if (rows <= 0 || cols <= 0) return;
+  const int64_t dr = stride / cols, dc = stride - dr * cols;
+  int64_t r = start / cols, c = start - r * cols;
+  while (r < rows) {
+    f(r, c);
+    r += dr;
+    c += dc;
+    if (c >= cols) {
+      c -= cols;
+      ++r;
+    }
+  }
+}
 
 // T: the storage type of the matrix (double; float for storage=float32, where Lance-Williams is still
 // evaluated in double and each stored value rounded -- the CPU twin's float storage, bit for bit).
@@ -89,7 +116,10 @@ __device__ void run_rounds(const StateT<T>& st, bool grouped) {
   cg::grid_group grid = cg::this_grid();  // synchronised only in cooperative, non-solo mode
   __shared__ int64_t warp_sums[kWarps + 1];
   const int64_t n = st.n;
-  int64_t m = n, active = n, k = 0, rounds = 0, compactions = 0, widest = 0;
+  // Loop state kept to a minimum (registers: rounds_kernel is bounded to 64 per thread for two
+  // blocks per SM): the active count is n - k, and the statistics live in st.ctrl, counted by the
+  // leader's thread 0 (zero-initialised by the host).
+  int64_t m = n, k = 0;
   int buf = 0;
   const bool leader = grouped || blockIdx.x == 0;  // the block that scans pairs and compacts
   bool solo = grouped || gridDim.x == 1;
@@ -103,18 +133,18 @@ __device__ void run_rounds(const StateT<T>& st, bool grouped) {
   constexpr double kInf = INFINITY;
   const T kInfT = static_cast<T>(INFINITY);
 
-  while (active > 1) {
+  while (n - k > 1) {
     if (!solo && m <= kSoloMax) {  // every block takes this decision at the same point
       solo = true;
       if (!leader) return;
     }
-    const int64_t start = solo ? threadIdx.x : int64_t{blockIdx.x} * kThreads + threadIdx.x;
-    const int64_t stride = solo ? kThreads : int64_t{gridDim.x} * kThreads;
+    // (32-bit: at most 2^31 threads; every product with them below is widened to int64.)
+    const int start = solo ? threadIdx.x : blockIdx.x * kThreads + threadIdx.x;
+    const int stride = solo ? kThreads : gridDim.x * kThreads;
     T* S = st.S[buf];
     int64_t* rep = st.rep[buf];
     int64_t* size = st.size[buf];
     int64_t* last = st.last[buf];
-    ++rounds;
 
     // ---- A. row argmin, one warp per row
     {
@@ -168,28 +198,28 @@ __device__ void run_rounds(const StateT<T>& st, bool grouped) {
         base += total;
       }
       if (threadIdx.x == 0) {
-        st.ctrl->np = base;
-        if (base == 0) st.ctrl->error = 1;
+        Ctrl* c = st.ctrl;
+        c->np = base;
+        c->rounds += 1;
+        c->widest = base > c->widest ? base : c->widest;
+        if (base == 0) c->error = 1;
       }
     }
     sync();
     const int64_t np = *static_cast<volatile int64_t*>(&st.ctrl->np);
     if (np == 0) break;  // every block reads the same value: a consistent exit
-    widest = np > widest ? np : widest;
 
     // ---- C. Lance-Williams: phase 1 (columns outside the pairs) and phase 2 (between new clusters)
-    for (int64_t t = start; t < np * m; t += stride) {
-      const int64_t p = t / m, c = t - p * m;
-      if (st.state[c] != 0) continue;
+    for_each_2d(start, stride, np, m, [&](int64_t p, int64_t c) {
+      if (st.state[c] != 0) return;
       const int64_t i = st.pi[p], j = st.pj[p];
       const T v = static_cast<T>(
           lance_williams<M>(S[i * m + c], S[j * m + c], st.ph[p], size[i], size[j], size[c]));
       S[i * m + c] = v;
       S[c * m + i] = v;
-    }
-    for (int64_t t = start; t < np * np; t += stride) {
-      const int64_t p = t / np, q = t - p * np;
-      if (q <= p) continue;
+    });
+    for_each_2d(start, stride, np, np, [&](int64_t p, int64_t q) {
+      if (q <= p) return;
       const int64_t ip = st.pi[p], jp = st.pj[p], iq = st.pi[q], jq = st.pj[q];
       // The intermediate (merge p first) stays in double; only the stored value is rounded.
       const T v = static_cast<T>(lance_williams_pair<M>(S[ip * m + iq], S[jp * m + iq],
@@ -198,7 +228,7 @@ __device__ void run_rounds(const StateT<T>& st, bool grouped) {
                                                         size[jq]));
       S[ip * m + iq] = v;
       S[iq * m + ip] = v;
-    }
+    });
     sync();
 
     // ---- D. bookkeeping: sizes, states, dead rows and columns poisoned
@@ -209,19 +239,18 @@ __device__ void run_rounds(const StateT<T>& st, bool grouped) {
       st.state[i] = 0;
       st.state[j] = 2;
     }
-    for (int64_t t = start; t < np * m; t += stride) {
-      const int64_t p = t / m, c = t - p * m;
+    for_each_2d(start, stride, np, m, [&](int64_t p, int64_t c) {
       const int64_t j = st.pj[p];
       S[j * m + c] = kInfT;
       S[c * m + j] = kInfT;
-    }
+    });
     k += np;
-    active -= np;
     sync();
 
     // ---- E. compaction when the active count has halved (stable: slot order is kept)
+    const int64_t active = n - k;
     if (active > 1 && 2 * active <= m) {
-      ++compactions;
+      if (leader && threadIdx.x == 0) st.ctrl->compactions += 1;
       const int nb = buf ^ 1;
       if (leader) {
         int64_t base = 0;
@@ -243,26 +272,29 @@ __device__ void run_rounds(const StateT<T>& st, bool grouped) {
       sync();
       const int64_t a = active;
       T* dst = st.S[nb];
-      for (int64_t t = start; t < a * a; t += stride) {
-        const int64_t x = t / a, y = t - x * a;
-        dst[t] = S[st.keep[x] * m + st.keep[y]];
-      }
+      for_each_2d(start, stride, a, a, [&](int64_t x, int64_t y) {
+        dst[x * a + y] = S[st.keep[x] * m + st.keep[y]];
+      });
       for (int64_t t = start; t < a; t += stride) st.state[t] = 0;
       buf = nb;
       m = a;
       sync();
     }
   }
-  if (leader && threadIdx.x == 0) {
-    st.ctrl->rounds = rounds;
-    st.ctrl->compactions = compactions;
-    st.ctrl->widest = widest;
-    st.ctrl->merges = k;
-  }
+  if (leader && threadIdx.x == 0) st.ctrl->merges = k;
 }
 
+// Blocks per SM the rounds kernel is compiled for (__launch_bounds__' minimum: a register cap of
+// 65536 / (512 x blocks)). Two (64 registers, 32 warps per SM) where that costs no spill: single,
+// complete, weighted. average and ward evaluate an fp64 division (ward also a square root) whose slow
+// path is a subroutine call: capped at 64 registers they spill 44-80 bytes (nvcc 13.0, sm_90), so
+// they keep no minimum (84 registers, one block of 16 warps per SM). launch_rounds sizes the
+// cooperative grid with the occupancy API, which sees the compiled figures.
+template <int M>
+constexpr int kRoundsMinBlocks = (M == kAverage || M == kWard) ? 0 : 2;  // 0: no minimum
+
 template <int M, typename T>
-__global__ void __launch_bounds__(kThreads) rounds_kernel(StateT<T> st) {
+__global__ void __launch_bounds__(kThreads, kRoundsMinBlocks<M>) rounds_kernel(StateT<T> st) {
   run_rounds<M, T>(st, false);
 }
 
@@ -335,17 +367,28 @@ struct ProblemT {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
-  // The merge log to the host, stable sort by (effective height, discovery order), scipy's label().
-  // Writes Z (host, (n-1) x 4) and the statistics.
-  void finish(double* z, int64_t* stats, const char* op) const {
+  // The control block and merge log, copied to pinned host memory without a synchronisation (the
+  // batched path queues every problem's copies, then synchronises once).
+  struct Host {
+    at::Tensor ctrl, log, eff;
+  };
+  Host to_host_async() const {
+    auto pinned = [](const at::Tensor& t) {
+      at::Tensor h = at::empty(t.sizes(), t.options().device(at::kCPU).pinned_memory(true));
+      h.copy_(t, /*non_blocking=*/true);
+      return h;
+    };
+    return {pinned(ctrl), pinned(log), pinned(eff)};
+  }
+
+  // After the stream has reached the copies of to_host_async: stable sort by (effective height,
+  // discovery order), scipy's label(). Writes Z (host, (n-1) x 4) and the statistics.
+  void finish(const Host& h, double* z, int64_t* stats, const char* op) const {
     const int64_t n = st.n;
-    const at::Tensor ctrl_h = ctrl.cpu();
-    const Ctrl* c = reinterpret_cast<const Ctrl*>(ctrl_h.data_ptr<int64_t>());
+    const Ctrl* c = reinterpret_cast<const Ctrl*>(h.ctrl.template data_ptr<int64_t>());
     TORCH_CHECK(c->error == 0 && c->merges == n - 1, op, ": a round found no reciprocal pair after ",
                 c->merges, " merges (non-finite distances after an update?)");
-    const at::Tensor log_h = log.cpu();
-    const at::Tensor eff_h = eff.cpu();
-    sort_and_label(log_h.data_ptr<double>(), 3, eff_h.data_ptr<double>(), n, z);
+    sort_and_label(h.log.template data_ptr<double>(), 3, h.eff.template data_ptr<double>(), n, z);
     stats[0] = c->rounds;
     stats[1] = c->compactions;
     stats[2] = c->widest;
@@ -361,6 +404,8 @@ void launch_rounds(StateT<T>& st, cudaStream_t stream, int device) {
   C10_CUDA_CHECK(
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, rounds_kernel<M, T>, kThreads, 0));
   TORCH_CHECK(per_sm > 0, "simprune::linkage_cuda: the rounds kernel cannot be resident");
+  // The occupancy API sees the compiled registers: per_sm is kRoundsMinBlocks<M> (2 for single,
+  // complete, weighted; 1 for average and ward) on a device with sm_90's 64K registers per SM.
   // Enough blocks for one warp per row of the first pass, at most what is co-resident.
   const int64_t want = (st.n * 32 + kThreads - 1) / kThreads;
   const int blocks =
@@ -380,9 +425,11 @@ std::tuple<at::Tensor, at::Tensor> rounds_typed(const at::Tensor& d, int meth, i
   with_reducible_method(meth, [&](auto m) {
     launch_rounds<decltype(m)::value, T>(prob.st, stream.stream(), device);
   });
+  const auto host = prob.to_host_async();
+  stream.synchronize();
   at::Tensor Z = at::empty({n - 1, 4}, at::TensorOptions().dtype(at::kDouble));
   at::Tensor stats = at::zeros({3}, at::TensorOptions().dtype(at::kLong));
-  prob.finish(Z.data_ptr<double>(), stats.data_ptr<int64_t>(), op);
+  prob.finish(host, Z.data_ptr<double>(), stats.data_ptr<int64_t>(), op);
   return {Z.to(d.device()), stats.to(d.device())};
 }
 
@@ -434,9 +481,15 @@ at::Tensor rounds_batched_cuda(const at::Tensor& d, at::IntArrayRef sizes, int m
         <<<static_cast<unsigned>(g), kThreads, 0, stream.stream()>>>(states);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // Every problem's results to pinned host memory, then ONE synchronisation (it used to be three
+  // synchronous copies per problem).
+  std::vector<ProblemT<double>::Host> hosts;
+  hosts.reserve(probs.size());
+  for (const auto& p : probs) hosts.push_back(p.to_host_async());
+  stream.synchronize();
   int64_t stats[3];
   for (int64_t i = 0; i < g; ++i)
-    probs[i].finish(Z.data_ptr<double>() + 4 * zrow[i], stats, op);
+    probs[i].finish(hosts[i], Z.data_ptr<double>() + 4 * zrow[i], stats, op);
   return Z.to(d.device());
 }
 #endif  // SIMPRUNE_HOST_HARNESS
