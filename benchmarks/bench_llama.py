@@ -310,25 +310,37 @@ def run(
 ) -> list[dict[str, Any]]:
     """Rows for one shape; ``x`` relative to simprune on 2 threads (``ref`` says which)."""
     rows: list[dict[str, Any]] = []
+    if ranks:  # first, while this process holds no model (memory)
+        two, plan2 = ranks_row(shape, ratio)
+        _show(two)
+        one, plan1 = simprune_row(shape, ratio, 1)
+        _show(one)
     ref, plan = simprune_row(shape, ratio, 2)
+    _show(ref)
     rows.append(ref)
     if ranks:
-        one, plan1 = simprune_row(shape, ratio, 1)
-        two, plan2 = ranks_row(shape, ratio)
-        if not plan1 == plan2 == plan:
-            raise AssertionError("1 rank and 2 ranks gave different plans")
-        two["note"] += f"; same plan as 1 rank; 1 rank / 2 ranks = {one['s'] / two['s']:.2f}x"
+        # Equal unless a kernel's result depends on the thread count (2 vs 1 threads per rank).
+        two["note"] += (
+            f"; plan equal to 1 rank, 1 thread: {'yes' if plan1 == plan2 else 'NO'}"
+            f", to 1 rank, 2 threads: {'yes' if plan == plan2 else 'NO'}"
+            f"; 1 rank / 2 ranks = {one['s'] / two['s']:.2f}x"
+        )
         rows += [one, two]
-    rows.append(scipy_row(shape, ratio, scipy_base))
+    rows.append(_show(scipy_row(shape, ratio, scipy_base)))
     if tp:
-        rows.append(tp_row(shape, ratio))
+        rows.append(_show(tp_row(shape, ratio)))
     if cuda:
-        rows.append(simprune_row(shape, ratio, torch.get_num_threads(), "cuda", "cuda")[0])
+        rows.append(_show(simprune_row(shape, ratio, torch.get_num_threads(), "cuda", "cuda")[0]))
     torch.set_num_threads(2)
     for r in rows:
         r["x"] = r["s"] / ref["s"]
         r["ref"] = "simprune 2 thr"
     return rows
+
+
+def _show(row: dict[str, Any]) -> dict[str, Any]:
+    print(json.dumps(row), flush=True)  # partial results survive a later failure
+    return row
 
 
 def cuda_target_rows(ratio: float = 0.3) -> list[dict[str, Any]]:
@@ -356,6 +368,11 @@ def test_llama_plan_smoke(benchmark):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke size: 2 x 128 -> 512")
+    ap.add_argument(
+        "--shape",
+        default="8,2048,8192",
+        help="layers,hidden,mlp of the stack (default 8,2048,8192)",
+    )
     ap.add_argument("--ratio", type=float, default=0.3, help="fraction of MLP neurons removed")
     ap.add_argument("--no-ranks", action="store_true", help="skip the 1-thread and 2-rank rows")
     ap.add_argument("--no-wide", action="store_true", help="skip the 1 x 4096 -> 14336 layer")
@@ -370,8 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         rows += run((2, 128, 512), ratio=args.ratio, ranks=not args.no_ranks, cuda=cuda)
     else:
+        layers, hidden, mlp = (int(v) for v in args.shape.split(","))
         rows += run(
-            (8, 2048, 8192), ratio=args.ratio, ranks=not args.no_ranks, scipy_base=(512, 2048),
+            (layers, hidden, mlp), ratio=args.ratio, ranks=not args.no_ranks, scipy_base=(512, 2048),
             cuda=cuda,
         )  # fmt: skip
         if not args.no_wide:

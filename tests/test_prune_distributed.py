@@ -126,6 +126,11 @@ def _rank(rank: int, world: int, port: int, out_dir: str) -> None:
         res["stack"] = (plan.to_json(), _digest(pruned), report.engine)
         # 2 ranks on an explicit subgroup (every rank takes part in new_group).
         sub = dist.new_group([0, 1])
+        if rank == 2:  # not a member of the subgroup
+            try:
+                _prune(*_cnn(), process_group=sub)
+            except ValueError as e:
+                res["not_member"] = str(e)
         if rank < 2:
             model, x, ignored = _cnn()
             pruned, plan, report = _prune(model, x, ignored, process_group=sub)
@@ -213,6 +218,7 @@ def test_two_ranks_on_a_subgroup_plan_equals_single_process(ranks):
         assert eng["world_size"] == 2 and sum(eng["per_rank_groups"]) == len(plan.groups)
         assert min(eng["per_rank_groups"]) >= 1
     assert "cnn" not in ranks[2]
+    assert "rank 2 is not a member" in ranks[2]["not_member"]
 
 
 def test_errors_reach_every_rank(ranks):

@@ -61,7 +61,9 @@ def resolve_process_group(process_group: Any = None) -> Any:
                 "(call torch.distributed.init_process_group first, or run under torchrun)"
             )
         return None
-    pg = dist.group.WORLD if process_group is None else process_group
+    pg: Any = dist.group.WORLD if process_group is None else process_group
+    if isinstance(pg, int) and pg == dist.GroupMember.NON_GROUP_MEMBER:
+        raise ValueError(f"process_group: rank {dist.get_rank()} is not a member of this group")
     return pg if dist.get_world_size(pg) > 1 else None
 
 
@@ -233,10 +235,10 @@ def engine_pass(
     batch: list[int] = []
     used = 0
     dev: torch.device | None = None
-    on_dev: list[torch.Tensor] = []
+    pending: list[torch.Tensor] = []  # the batch's descriptors, still on the model's device
 
     def flush() -> None:
-        nonlocal batch, used, on_dev
+        nonlocal batch, used, pending
         if not batch:
             return
         assert dev is not None
@@ -246,8 +248,14 @@ def engine_pass(
             torch.cuda.synchronize(dev)
             base = torch.cuda.memory_allocated(dev)
             torch.cuda.reset_peak_memory_stats(dev)
+        # Only this batch's descriptors go to the engine device (the copy counts as "distances");
+        # they are freed with the batch.
+        t0 = time.perf_counter()
+        on_dev = [v.to(dev) for v in pending]
+        t_all["distances"] += time.perf_counter() - t0
         for i, z in zip(batch, engine.dendrograms(on_dev, metric, method, backend, t), strict=True):
             zs[i] = z
+        del on_dev
         if cuda:
             torch.cuda.synchronize(dev)
             peak = torch.cuda.max_memory_allocated(dev) - base
@@ -257,7 +265,7 @@ def engine_pass(
         stats["launches"] += 1
         t_all["distances"] += t.get("distances", 0.0)
         t_all["linkage"] += t.get("linkage", 0.0)
-        batch, used, on_dev = [], 0, []
+        batch, used, pending = [], 0, []
 
     try:
         for k, i in enumerate(mine):
@@ -274,7 +282,7 @@ def engine_pass(
                     flush()
                 batch.append(i)
                 used += need
-                on_dev.append(v.to(dev))
+                pending.append(v)
             else:
                 zs[i] = np.zeros((0, 4))
             vs[i] = v.detach().cpu()
