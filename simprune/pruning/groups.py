@@ -368,7 +368,8 @@ def _unprunable(members: list[Member]) -> str | None:
             side = "outputs" if m.kind in ("producer", "depthwise") else "inputs"
             return (
                 f"Torch-Pruning maps the group's channels to index {max(m.idxs)} of {m.name!r}, "
-                f"which has {n} {side} (an operation between the layers moves the channel axis)"
+                f"which has {n} {side} (an operation between the layers moves or mixes the "
+                "channels: a transpose, a pixel shuffle, an einsum)"
             )
     return None
 

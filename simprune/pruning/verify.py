@@ -111,6 +111,31 @@ def _as_tuple(x: Any) -> tuple[Any, ...]:
     return x if isinstance(x, tuple) else (x,)
 
 
+def _complete(
+    groups: Sequence[ChannelGroup],
+    offsets: list[int],
+    pairs: dict[str, list[np.ndarray]],
+    mixed: dict[str, set[int]],
+) -> bool:
+    """Whether every Conv/Linear consumer of every group has as many decoded positions of the
+    group's channels as Torch-Pruning maps there (or the group mixes there): the probe saw it all."""
+    for gi, g in enumerate(groups):
+        lo, hi = offsets[gi], offsets[gi] + g.n_channels
+        for mem in g.consumers():
+            if not isinstance(mem.module, nn.Module) or not _is_layer(mem.module):
+                continue
+            if gi in mixed.get(mem.name, ()) or -1 in mixed.get(mem.name, ()):
+                continue
+            pp = pairs.get(mem.name)
+            if not pp:
+                return False
+            got = np.concatenate(pp)
+            got = got[(got[:, 1] >= lo) & (got[:, 1] < hi)]
+            if len(np.unique(got[:, 0])) < len(set(mem.idxs)):
+                return False
+    return True
+
+
 def _unique_rows(pp: np.ndarray) -> np.ndarray:
     """np.unique(pp, axis=0) for (position >= 0, id >= MIXED) int64 pairs, through one int64 key
     (several times faster than the structured sort of axis=0)."""
@@ -146,11 +171,16 @@ def probe_positions(model: nn.Module, example_inputs: Any, groups: Sequence[Chan
     sizes: dict[str, int] = {}
 
     small = probe_inputs(model, example_inputs)
-    runs = _probe_runs(model, small, layers, producers, offsets, bn_after)
-    for name, per_run in runs.items():
-        sizes[name] = per_run[0].shape[0]
-        for k in range(0, len(RUNS), len(CODES)):  # one level at a time
-            _decode(name, per_run[k : k + len(CODES)], pairs, mixed)
+    # The +-PROBE_SCALE levels first; the BatchNorm levels (saturating activations) only when some
+    # consumer has fewer decoded positions of a group than Torch-Pruning maps there.
+    for level_runs in (RUNS[: 2 * len(CODES)], RUNS[2 * len(CODES) :]):
+        got = _probe_runs(model, small, layers, producers, offsets, bn_after, level_runs)
+        for name, per_run in got.items():
+            sizes[name] = per_run[0].shape[0]
+            for k in range(0, len(level_runs), len(CODES)):  # one level at a time
+                _decode(name, per_run[k : k + len(CODES)], pairs, mixed)
+        if _complete(groups, offsets, pairs, mixed):
+            break
 
     maps: dict[str, PositionMap] = {}
     for name, size in sizes.items():
@@ -175,7 +205,9 @@ def probe_positions(model: nn.Module, example_inputs: Any, groups: Sequence[Chan
 # ReLU-like gate open in one of the two), and the values that make the BatchNorm right after the
 # producer output 0.5 and 2 -- without one, the channel's mean + 0.5 and + 2 std on the example
 # inputs -- so that saturating activations (ReLU6, hardtanh, sigmoid) are live in one of the runs.
-# A position is decoded from any run in which a tangent reaches it.
+# A position is decoded from any run in which a tangent reaches it. The BatchNorm levels run only
+# when the +-PROBE_SCALE runs leave a consumer with fewer positions than Torch-Pruning maps
+# (``_complete``): a ReLU network needs one stacked forward of 8 runs, not 16.
 LEVELS = [("scale", 1.0), ("scale", -1.0), ("bn", 0.5), ("bn", 2.0)]
 CODES = (0, 1, 2, -1)  # tangent (channel id + 1) ** code; -1: group index + 1
 RUNS = [(level, code) for level in LEVELS for code in CODES]
@@ -224,13 +256,15 @@ def _probe_runs(
     producers: dict[nn.Module, tuple[int, np.ndarray]],
     offsets: list[int],
     bn_after: dict[nn.Module, nn.Module],
+    runs: Sequence[tuple[tuple[str, float], int]],
 ) -> dict[str, list[np.ndarray]]:
-    """All RUNS in one forward when the inputs stack along dim 0 (eval mode keeps the samples
-    independent), else one forward per run. Returns, per Conv/Linear that a tangent reaches, one
-    (n_positions, n_elements) float64 array of tangents per run."""
-    stats = _producer_stats(model, example_inputs, producers, bn_after)
+    """All ``runs`` (of RUNS) in one forward when the inputs stack along dim 0 (eval mode keeps the
+    samples independent), else one forward per run. Returns, per Conv/Linear that a tangent
+    reaches, one (n_positions, n_elements) float64 array of tangents per run."""
+    needs_stats = any(kind != "scale" for (kind, _), _ in runs)
+    stats = _producer_stats(model, example_inputs, producers, bn_after) if needs_stats else {}
     xs = _as_tuple(example_inputs)
-    k = len(RUNS)
+    k = len(runs)
     if all(isinstance(x, torch.Tensor) and x.dim() >= 1 for x in xs):
         stacked = tuple(torch.cat([x] * k) for x in xs)
         batch = int(xs[0].shape[0])
@@ -238,7 +272,7 @@ def _probe_runs(
             out = _probe_forward(
                 model,
                 stacked if isinstance(example_inputs, tuple) else stacked[0],
-                layers, producers, offsets, stats, batch, bn_after=bn_after,
+                layers, producers, offsets, stats, batch, runs=runs, bn_after=bn_after,
             )  # fmt: skip
             if out is not None:
                 return out
@@ -247,9 +281,9 @@ def _probe_runs(
     merged: dict[str, list[np.ndarray]] = {}
     per_run = [
         _probe_forward(
-            model, example_inputs, layers, producers, offsets, stats, None, run, bn_after
+            model, example_inputs, layers, producers, offsets, stats, None, [run], bn_after
         )
-        for run in range(k)
+        for run in runs
     ]
     for name in per_run[0] or {}:
         merged[name] = [r[name][0] for r in per_run if r is not None and name in r]
@@ -302,17 +336,16 @@ def _probe_forward(
     offsets: list[int],
     stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor, Any]],
     batch: int | None,
-    run: int | None = None,
+    runs: Sequence[tuple[tuple[str, float], int]] = RUNS,
     bn_after: dict[nn.Module, nn.Module] | None = None,
 ) -> dict[str, list[np.ndarray]] | None:
-    """One probe forward. ``batch``: inputs hold every run stacked along dim 0 (``batch`` samples
-    each); else ``run`` is the one run. Every producer output becomes sign * PROBE_SCALE with the
+    """One probe forward. ``batch``: inputs hold the ``runs`` stacked along dim 0 (``batch``
+    samples each); else ``runs`` is the one run. Every producer output becomes sign * PROBE_SCALE with the
     forward-mode tangent (global channel id + 1) ** code on each channel (code -1: group index + 1).
     A producer followed by its eval-mode BatchNorm (``bn_after``) is probed at the BatchNorm's
     output instead -- the same positions (the BN is per-channel), the "bn" levels set directly, and
     no forward-mode AD through the BatchNorm.
     Returns None when a layer's batch is not the stacked one (the model mixes samples)."""
-    runs = RUNS if batch is not None else [RUNS[run if run is not None else 0]]
     got: dict[str, list[np.ndarray]] = {}
     ok = [True]
     handles = []
