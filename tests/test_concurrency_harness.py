@@ -69,7 +69,7 @@ def _sources(root: str = ROOT) -> list[str]:
         for d, _, names in os.walk(base):
             files += [os.path.join(d, f) for f in names]
     cuda = os.path.join(root, "csrc", "cuda")
-    files += [os.path.join(cuda, f) for f in os.listdir(cuda) if f.startswith("linkage_")]
+    files += [os.path.join(cuda, f) for f in os.listdir(cuda)]  # any header the kernels include
     return sorted(files)
 
 
