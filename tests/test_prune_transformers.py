@@ -384,3 +384,143 @@ def test_cli_refuses_missing_directory(tmp_path):
         _cli(["prune", f"hf:{tmp_path / 'nope'}", "--out", str(tmp_path), "--no-plot"])
     with pytest.raises(SystemExit, match="does not exist"):
         _cli(["prune", "hf:", "--config", os.fspath(tmp_path / "c.json"), "--no-plot"])
+
+
+# ---- attention heads (prune_heads=True) ----------------------------------------------------------
+
+
+def _specs(model: nn.Module):
+    """The attention specs of a model (GPT-2 read through its Linear stand-in)."""
+    from simprune.pruning.transformers import attention_spec
+
+    conv = copy.deepcopy(model)
+    conv1d_to_linear(conv)
+    specs = [attention_spec(conv, n) for n, _ in conv.named_modules()]
+    return [s for s in specs if s is not None and not isinstance(s, str)]
+
+
+def _duplicate_head(model: nn.Module, spec, dst: int, src: int) -> None:
+    """Key/value head ``dst`` (with its query heads) becomes a copy of ``src``."""
+    d, rep = spec.head_dim, spec.n_rep
+
+    def cp(name: str, off: int, a: int, b: int) -> None:
+        lin = model.get_submodule(name)
+        w = lin.weight if isinstance(lin, nn.Linear) else lin.weight.t()  # Conv1D: (in, out)
+        w[off + a * d : off + (a + 1) * d] = w[off + b * d : off + (b + 1) * d]
+        if lin.bias is not None:
+            lin.bias[off + a * d : off + (a + 1) * d] = lin.bias[off + b * d : off + (b + 1) * d]
+
+    with torch.no_grad():
+        cp(spec.k, spec.k_off, dst, src)
+        cp(spec.v, spec.v_off, dst, src)
+        for r in range(rep):
+            cp(spec.q, spec.q_off, dst * rep + r, src * rep + r)
+
+
+def _mlp_producers(model: nn.Module, kind: str) -> list[nn.Module]:
+    return [m for n, m in model.named_modules() if re.fullmatch(ROOTS[kind], n)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_duplicate_heads_removed_exactly(kind, tmp_path):
+    """A key/value head (with its query heads) built as a copy of another is the one removed, its
+    output-projection columns merged: outputs unchanged to 1e-6 in float64; the plan replays."""
+    model, x = make(kind)
+    model = model.double()
+    x = x.double() if kind == "vit" else x
+    specs = _specs(model)
+    assert len(specs) == 2
+    for s in specs:
+        _duplicate_head(model, s, 1, 0)
+    with torch.no_grad():
+        y0 = _tensors(model(x))
+    ch = sum(s.n_kv * s.head_dim for s in specs)
+    res = prune(
+        model, x, pruning_ratio=2 * specs[0].head_dim / ch, min_keep_ratio=0.0, prune_heads=True,
+        ignored_layers=_mlp_producers(model, kind), output_transform=OUTPUT[kind], progress=False,
+    )  # fmt: skip
+    assert res.report.excluded == []
+    assert res.plan.settings["prune_heads"] is True
+    assert [gp.root for gp in res.plan.groups] == [s.name for s in specs]
+    for gp, s in zip(res.plan.groups, specs, strict=True):
+        units = {c % s.n_kv for c in gp.removed}
+        assert units in ({0}, {1})  # one of the two copies, whole
+        assert len(gp.removed) == s.head_dim
+    with torch.no_grad():
+        y1 = _tensors(res.model(x))
+    for a, b in zip(y0, y1, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+    path = tmp_path / "plan.json"
+    res.plan.save(path)
+    again = apply_plan(model, path)
+    sd0, sd1 = res.model.state_dict(), again.state_dict()
+    assert sd0.keys() == sd1.keys() and all(torch.equal(sd0[k], sd1[k]) for k in sd0)
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "gpt2", "bert"])
+def test_heads_pruned_verified_and_counts_updated(kind):
+    """Half of every module's heads go (uniform cut, least-squares merges): the rewrite passes its
+    check, the model runs and the modules' head counts follow; grouped-query attention loses whole
+    key/value heads with their query heads."""
+    model, x = make(kind)
+    res = prune(
+        model, x, pruning_ratio=0.5, cut="uniform", prune_heads=True,
+        output_transform=OUTPUT[kind], progress=False,
+    )  # fmt: skip
+    assert res.report.excluded == []
+    heads = [gp for gp in res.plan.groups if "mlp" not in gp.root and "intermediate" not in gp.root]
+    assert len(heads) == 2 and all(len(gp.kept) * 2 == gp.n_channels for gp in heads)
+    assert any(gp.merges for gp in heads)
+    if kind == "qwen2":
+        att = res.model.model.layers[0].self_attn
+        assert (att.q_proj.out_features, att.k_proj.out_features) == (16, 8)  # 2 q heads, 1 kv
+        assert att.o_proj.in_features == 16 and att.num_key_value_groups == 2
+    elif kind == "gpt2":
+        att = res.model.transformer.h[0].attn
+        assert type(att.c_attn) is _conv1d() and att.c_attn.nf == 3 * 16
+        assert (att.num_heads, att.split_size, att.c_proj.weight.shape) == (2, 16, (16, 32))
+    else:
+        att = res.model.encoder.layer[0].attention
+        assert (att.self.num_attention_heads, att.self.all_head_size) == (2, 16)
+        assert att.output.dense.in_features == 16
+    with torch.no_grad():
+        a, b = _tensors(model(x)), _tensors(res.model(x))
+    assert [t.shape for t in a] == [t.shape for t in b]
+    again = apply_plan(model, res.plan)
+    assert all(
+        torch.equal(p, q)
+        for p, q in zip(again.state_dict().values(), res.model.state_dict().values(), strict=True)
+    )
+
+
+def test_a_wrong_head_rewrite_is_caught(monkeypatch):
+    """The heads' check can fail: an output projection that keeps the wrong columns is excluded."""
+    import simprune.pruning.transformers as T
+
+    keep = T._keep_rows
+
+    def wrong(lin, rows, dim):  # the output projection keeps its first columns instead
+        keep(lin, list(range(len(rows))) if dim == 1 else rows, dim)
+
+    monkeypatch.setattr(T, "_keep_rows", wrong)
+    model, x = make("llama")
+    with pytest.warns(UserWarning, match="excluded.*attention heads: the outputs differ"):
+        res = prune(
+            model, x, pruning_ratio=0.2, cut="uniform", prune_heads=True, progress=False,
+            output_transform="logits",
+        )  # fmt: skip
+    assert sorted(r for r, _ in res.report.excluded) == [
+        "model.layers.0.self_attn",
+        "model.layers.1.self_attn",
+    ]
+
+
+def test_prune_heads_refusals():
+    model, ids = make("llama")
+    with pytest.raises(ValueError, match="prune_heads=True needs scope='mlp'"):
+        prune(model, ids, params_reduction=0.05, prune_heads=True, scope="all", progress=False)
+    with pytest.raises(ValueError, match="does not support merge='data'"):
+        prune(
+            model, ids, params_reduction=0.05, prune_heads=True, merge="data",
+            calibration_data=ids, progress=False,
+        )  # fmt: skip

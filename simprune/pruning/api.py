@@ -28,12 +28,14 @@ from .stats import GroupStats, attach_stats, collect_stats
 from .transformers import (
     conv1d_to_linear,
     describe_output_transform,
+    head_groups,
     linear_to_conv1d,
     mlp_groups,
+    probe_channels,
     resolve_scope,
     set_use_cache,
+    verify_all,
 )
-from .verify import probe_positions, verify_rewrite
 
 CUTS = ("global", "uniform")
 # Within the bisection's resolution the target is met to this relative tolerance (issue: +-1 %).
@@ -121,6 +123,7 @@ def prune(
     process_group: Any = None,
     output_transform: Any = None,
     scope: str = "auto",
+    prune_heads: bool = False,
 ) -> PruneResult:
     """Prune a network by channel similarity: cluster each channel group, keep representatives.
 
@@ -139,7 +142,6 @@ def prune(
     example_inputs : Tensor, tuple of Tensors, or dict of keyword arguments
         Inputs for tracing and for recording output sizes (a batch of 1 is enough); a dict is
         passed as ``model(**example_inputs)`` (e.g. ``{"input_ids": ids, "attention_mask": m}``).
-
     macs_reduction, params_reduction, pruning_ratio : float in [0, 1)
         Exactly one. MACs/params: fraction of the whole model's MACs as Torch-Pruning's
         ``count_ops_and_params`` counts them (per sample; attention included) or of all parameters
@@ -211,6 +213,14 @@ def prune(
         "auto" (default): "mlp" for a Hugging Face ``PreTrainedModel`` (Torch-Pruning cannot
         enumerate every group of a transformer), "all" otherwise. GPT-2's ``Conv1D`` layers are
         pruned as Linear layers and returned as ``Conv1D``.
+    prune_heads : also prune whole attention heads (scope "mlp"; off by default: attention is then
+        never touched). A head is one unit -- its query, key and value rows and its output
+        projection columns; with grouped-query attention a key/value head and all the query heads
+        that share it -- clustered by the descriptors of those rows, merged into its representative
+        in the output projection, and the module's head counts updated
+        (simprune.pruning.transformers: LLaMA/Mistral/Qwen2/ViT ``q/k/v/o_proj``, BERT, GPT-2).
+        The heads' rewrite is checked against the original with the removed heads' inputs of the
+        output projection dropped (merged).
     process_group : torch.distributed process group, optional
         Spread the engine pass over its ranks (simprune.pruning.distributed): each rank clusters
         its share of the groups (by cost, n^2 * d), the dendrograms are gathered and every rank
@@ -271,7 +281,14 @@ def prune(
     if calibration_data is not None:
         check_data_type(calibration_data)
     check_finite_model(model)
-    scope = resolve_scope(model, scope)
+    scope = resolve_scope(model, "mlp" if prune_heads and scope == "auto" else scope)
+    if prune_heads and scope != "mlp":
+        raise ValueError("prune_heads=True needs scope='mlp' (the default for it)")
+    if prune_heads and (merge_mode == "data" or metric == "activation"):
+        raise ValueError(
+            "prune_heads=True does not support merge='data' or metric='activation' yet (with "
+            "calibration_data pass merge='ls')"
+        )
     use_cache = getattr(getattr(model, "config", None), "use_cache", None)
     pg = resolve_process_group(process_group)
 
@@ -286,7 +303,7 @@ def prune(
         original = None
         if verify:
             original = copy.deepcopy(work) if inplace or converted else model
-        trace_args = (example_inputs, ignored_layers, output_transform, scope)
+        trace_args = (example_inputs, ignored_layers, output_transform, scope, prune_heads)
         dg, groups, skipped, cm = _trace(model, work, *trace_args)
         timings["trace"] = time.perf_counter() - t0
         stats: dict[str, GroupStats] = {}
@@ -307,7 +324,7 @@ def prune(
         probe = None
         if verify:
             t0 = time.perf_counter()
-            probe = probe_positions(work, example_inputs, groups)
+            probe = probe_channels(work, example_inputs, groups)
             timings["probe"] = time.perf_counter() - t0
         excluded: dict[str, str] = {}
         corrected: list[tuple[str, str]] = []
@@ -326,7 +343,7 @@ def prune(
                 break
             bar.stage("verifying")
             t0 = time.perf_counter()
-            res = verify_rewrite(original, work, groups, plan_groups, probe, example_inputs)
+            res = verify_all(original, work, groups, plan_groups, probe, example_inputs)
             timings["verify"] = timings.get("verify", 0.0) + time.perf_counter() - t0
             corrected += res.corrected
             if res.ok:
@@ -383,6 +400,7 @@ def prune(
             "uniform_ratio": cut_res.ratio,
             "output_transform": describe_output_transform(output_transform),
             "scope": scope,
+            "prune_heads": prune_heads,
         },
         versions=_versions(),
     )
@@ -434,6 +452,7 @@ def _trace(
     ignored_layers: Any,
     output_transform: Any = None,
     scope: str = "all",
+    prune_heads: bool = False,
 ) -> tuple[Any, list[ChannelGroup], list[tuple[str, str]], CostModel]:
     """Dependency graph, channel groups (and the skipped ones) and the cost model of ``work``."""
     ignored = _map_ignored(model, work, ignored_layers or [])
@@ -443,6 +462,10 @@ def _trace(
         groups, skipped = mlp_groups(dg, work, ignored)
     else:
         groups, skipped = collect_groups(dg, work, ignored)
+    if prune_heads:
+        heads, skipped_heads = head_groups(work, len(groups), ignored)
+        groups = [*groups, *heads]
+        skipped = [*skipped, *skipped_heads]
     cm = CostModel(work, example_inputs)
     if output_transform is None:
         # With a transform, layers outside the traced outputs (a pooler) are legitimately absent.

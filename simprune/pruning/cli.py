@@ -228,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             output_transform=args.output_transform,
             scope=args.scope,
+            prune_heads=args.prune_heads,
         )
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -301,6 +302,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--method", default="average", choices=["single", "complete", "average", "weighted", "ward"]
+    )
+    p.add_argument(
+        "--prune-heads",
+        action="store_true",
+        help="also prune whole attention heads (transformers; grouped-query attention respected)",
     )
     p.add_argument("--cut", default="global", choices=["global", "uniform"])
     p.add_argument("--keep-per-cluster", type=int, default=1)

@@ -22,8 +22,17 @@ from torch import nn
 from .calibrate import check_data_type, recalibrate_bn
 from .groups import MEMBER_KINDS, ChannelGroup, build_dependency_graph, group_at
 from .merge import apply_merges, apply_shifts
-from .transformers import check_mlp_roots, conv1d_to_linear, linear_to_conv1d, set_use_cache
-from .verify import probe_positions, verify_rewrite
+from .transformers import (
+    HeadGroup,
+    check_mlp_roots,
+    conv1d_to_linear,
+    head_group_at,
+    linear_to_conv1d,
+    probe_channels,
+    remove_heads,
+    set_use_cache,
+    verify_all,
+)
 
 PLAN_FORMAT = 1
 
@@ -225,7 +234,10 @@ def plan_groups(model: nn.Module, dg: Any, group_plans: list[GroupPlan]) -> list
     """The channel group of every plan group in a traced ``model``, checked against the plan."""
     for gp in group_plans:
         gp.check()
-    groups = [group_at(dg, model, gp.root, k) for k, gp in enumerate(group_plans)]
+    groups: list[ChannelGroup] = []
+    for k, gp in enumerate(group_plans):
+        heads = head_group_at(model, gp.root, k)  # an attention module: its heads
+        groups.append(heads if heads is not None else group_at(dg, model, gp.root, k))
     for gp, grp in zip(group_plans, groups, strict=True):
         _check_group(gp, grp)
     return groups
@@ -251,9 +263,12 @@ def execute(
     for gp, grp in zip(group_plans, groups, strict=True):
         if gp.merges:
             apply_merges(grp, [(int(j), int(r), float(a)) for j, r, a in gp.merges])
-    for gp in group_plans:
+    for gp, grp in zip(group_plans, groups, strict=True):
         removed = gp.removed
         if not removed:
+            continue
+        if isinstance(grp, HeadGroup):  # whole heads: rows, columns and head counts
+            remove_heads(model, grp, sorted({c % grp.n_units for c in removed}))
             continue
         mod = model.get_submodule(gp.root)
         pruner = dg.get_pruner_of_module(mod)
@@ -315,15 +330,16 @@ def apply_plan(
     dg = build_dependency_graph(work, example_inputs, output_transform=output_transform)
     if plan.settings.get("scope") == "mlp":
         # Only MLP roots are traversed: an edited root elsewhere could run away (transformers.py).
-        check_mlp_roots(dg, work, [gp.root for gp in plan.groups])
+        roots = [gp.root for gp in plan.groups if head_group_at(work, gp.root, 0) is None]
+        check_mlp_roots(dg, work, roots)
     groups = plan_groups(work, dg, plan.groups)
-    probe = probe_positions(work, example_inputs, groups) if verify else None
+    probe = probe_channels(work, example_inputs, groups) if verify else None
     original = None
     if verify:
         original = copy.deepcopy(work) if inplace or converted else model
     execute(work, dg, plan.groups, groups)
     if original is not None and probe is not None:
-        res = verify_rewrite(original, work, groups, plan.groups, probe, example_inputs)
+        res = verify_all(original, work, groups, plan.groups, probe, example_inputs)
         if not res.ok:
             why = "; ".join(f"group {plan.groups[gi].root!r}: {r}" for gi, r in res.failed.items())
             raise ValueError(f"the plan does not verify on this model ({why}); prune it again")

@@ -14,8 +14,9 @@ never enumerates every group. It starts from the layers it means to prune and bo
   inside it. This covers LLaMA/Mistral/Qwen2's gated MLP (gate_proj and up_proj coupled, down_proj
   the consumer), GPT-2's ``c_fc``/``c_proj``, BERT/ViT's ``intermediate``/``output`` and timm's
   ``Mlp``; the residual stream, norms and attention are never touched.
-* Attention is never touched: its projections feed a reshape into heads, which ends the search.
-  (Pruning whole heads is not implemented yet.)
+* **Attention heads** (``prune_heads=True``; otherwise attention is never touched): whole heads,
+  grouped-query attention respected (:class:`HeadGroup`, :func:`remove_heads`,
+  :func:`check_heads`; the section "attention heads" below).
 
 Descriptors of an MLP neuron (metric.md, ``linear`` without a BatchNorm): each producer gives its
 row and bias, ``[b_i, w_i]``, and a coupled group concatenates them, so for a gated MLP neuron i's
@@ -43,14 +44,19 @@ replays it); a callable maps the output to the tensors to trace.
 
 from __future__ import annotations
 
+import copy
+import functools
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch_pruning as tp
 from torch import nn
 from torch_pruning.utils import op_counter as _oc
+
+from .groups import ChannelGroup
 
 # At most this many graph nodes in one MLP region (a gated MLP has about 10; GPT-2's tanh GELU 12).
 REGION_LIMIT = 256
@@ -348,6 +354,7 @@ def mlp_groups(
     groups: list[ChannelGroup] = []
     skipped: list[tuple[str, str]] = []
     seen: set[int] = set()
+    found = False
     for mod in model.modules():
         if not isinstance(mod, nn.Linear) or id(mod) in seen or mod not in dg.module2node:
             continue
@@ -355,6 +362,7 @@ def mlp_groups(
         if isinstance(region, str):
             continue  # not an MLP producer: attention, residual stream, heads, classifier
         prods, cons = region
+        found = True
         seen.update(id(p) for p in prods)
         root_name = names[prods[0]]
         widths = {int(p.out_features) for p in prods} | {int(c.in_features) for c in cons}
@@ -381,7 +389,7 @@ def mlp_groups(
         grp = ChannelGroup(len(groups), root_name, n, _channel_groups_of(members), members, g)
         grp.bn_of = following_norms(dg, grp)
         groups.append(grp)
-    if not groups:
+    if not found:
         skipped.append(("(model)", "no MLP block found (Linear -> element-wise ops -> Linear)"))
     return groups, skipped
 
@@ -401,3 +409,378 @@ def check_mlp_roots(dg: tp.DependencyGraph, model: nn.Module, roots: Sequence[st
         region = mlp_region(dg, mod, names)
         if isinstance(region, str):
             raise ValueError(f"plan root {r!r} is not an MLP producer: {region}")
+
+
+# ---- attention heads -------------------------------------------------------------------------
+#
+# A head is one pruning unit: its query, key and value rows and its columns of the output
+# projection. With grouped-query attention several query heads share one key/value head; the unit is
+# then the key/value head with all its query heads (so every remaining key/value head keeps the same
+# number of query heads and the model's repeat of k/v stays valid). A head group is a ChannelGroup
+# whose channels are the key/value features: channel j * n_kv + g is feature j of key/value head g,
+# so that with ch_groups = head_dim a unit (channels u, u + n_kv, ...) is one key/value head. Its
+# members: the value, key and query projections (producers; one query member per query head of a
+# group) and the output projection (consumers, likewise). Descriptors, the cut, representatives and
+# the merges (output-projection columns of a removed head folded into its representative's) are
+# the channel pipeline's; the rewrite and its check are here: the heads' rows and columns are
+# removed and the head counts of the module updated; the pruned model must equal the original whose
+# output projections read the removed heads' inputs as the plan says (dropped or merged).
+
+
+@dataclass
+class AttentionSpec:
+    """Where the heads of one attention module live."""
+
+    name: str  # the attention module (the plan's root for its heads)
+    kind: str  # "qkvo" (LLaMA/Mistral/Qwen2/ViT), "bert", "gpt2" (fused c_attn)
+    q: str  # Linear names; q/k/v may be one fused Linear (rows offset by q_off/k_off/v_off)
+    k: str
+    v: str
+    o: str
+    q_off: int
+    k_off: int
+    v_off: int
+    head_dim: int
+    n_q: int
+    n_kv: int
+
+    @property
+    def n_rep(self) -> int:
+        return self.n_q // self.n_kv
+
+
+def attention_spec(model: nn.Module, name: str) -> AttentionSpec | str | None:
+    """The heads of the module ``name``: a spec, a reason it cannot be pruned, or None (not one)."""
+    mod = model.get_submodule(name)
+    lin = nn.Linear
+
+    def child(path: str) -> nn.Linear | None:
+        try:
+            m = mod.get_submodule(path)
+        except AttributeError:
+            return None
+        return m if isinstance(m, lin) else None
+
+    def sub(path: str) -> str:
+        return f"{name}.{path}" if name else path
+
+    if all(child(p) is not None for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
+        q, k = child("q_proj"), child("k_proj")
+        d = getattr(mod, "head_dim", None)
+        assert q is not None and k is not None
+        if not isinstance(d, int) or d < 1 or q.out_features % d or k.out_features % d:
+            return "no usable head_dim attribute"
+        n_q, n_kv = q.out_features // d, k.out_features // d
+        if n_q % n_kv:
+            return f"{n_q} query heads not a multiple of {n_kv} key/value heads"
+        s = sub
+        return AttentionSpec(
+            name, "qkvo", s("q_proj"), s("k_proj"), s("v_proj"), s("o_proj"), 0, 0, 0, d, n_q, n_kv
+        )
+    if all(child(p) is not None for p in ("self.query", "self.key", "self.value", "output.dense")):
+        d = getattr(mod.get_submodule("self"), "attention_head_size", None)
+        q = child("self.query")
+        assert q is not None
+        if not isinstance(d, int) or d < 1 or q.out_features % d:
+            return "no usable attention_head_size attribute"
+        n = q.out_features // d
+        return AttentionSpec(
+            name, "bert", sub("self.query"), sub("self.key"), sub("self.value"),
+            sub("output.dense"), 0, 0, 0, d, n, n,
+        )  # fmt: skip
+    if child("c_attn") is not None and child("c_proj") is not None and hasattr(mod, "split_size"):
+        if getattr(mod, "is_cross_attention", False) or hasattr(mod, "q_attn"):
+            return "cross-attention is not supported"
+        c = child("c_attn")
+        d, e = getattr(mod, "head_dim", None), getattr(mod, "split_size", None)
+        assert c is not None
+        if not isinstance(d, int) or not isinstance(e, int) or c.out_features != 3 * e or e % d:
+            return "c_attn is not a fused (q, k, v) projection of split_size rows each"
+        n = e // d
+        return AttentionSpec(
+            name, "gpt2", sub("c_attn"), sub("c_attn"), sub("c_attn"), sub("c_proj"),
+            0, e, 2 * e, d, n, n,
+        )  # fmt: skip
+    return None
+
+
+class HeadGroup(ChannelGroup):  # type: ignore[misc]
+    """The heads of one attention module as a channel group (see the section comment)."""
+
+    spec: AttentionSpec
+
+
+def _query_head(g: int, n_rep: int, r: int) -> int:
+    """Query head r of key/value head g."""
+    return g * n_rep + r
+
+
+def head_group(model: nn.Module, spec: AttentionSpec, index: int) -> HeadGroup:
+    """The head group of ``spec`` in ``model``."""
+    from .groups import Member
+
+    d, n_kv, n_rep = spec.head_dim, spec.n_kv, spec.n_rep
+    roots = [j * n_kv + g for g in range(n_kv) for j in range(d)]  # kv feature g*d+j -> channel
+
+    def rows(off: int, head_of: Callable[[int], int]) -> list[int]:
+        return [off + head_of(g) * d + j for g in range(n_kv) for j in range(d)]
+
+    members = [
+        Member(
+            spec.v, model.get_submodule(spec.v), "producer", rows(spec.v_off, lambda g: g), roots
+        ),
+        Member(
+            spec.k, model.get_submodule(spec.k), "producer", rows(spec.k_off, lambda g: g), roots
+        ),
+    ]
+    for r in range(n_rep):
+        q_rows = rows(spec.q_off, functools.partial(_query_head, n_rep=n_rep, r=r))
+        members.append(Member(spec.q, model.get_submodule(spec.q), "producer", q_rows, roots))
+    for r in range(n_rep):
+        o_cols = rows(0, functools.partial(_query_head, n_rep=n_rep, r=r))
+        members.append(Member(spec.o, model.get_submodule(spec.o), "consumer", o_cols, roots))
+    grp = HeadGroup(index, spec.name, n_kv * d, d, members, None)
+    grp.spec = spec
+    return grp
+
+
+def head_groups(
+    model: nn.Module, start: int, ignored_layers: Sequence[nn.Module] = ()
+) -> tuple[list[HeadGroup], list[tuple[str, str]]]:
+    """Every prunable attention module's head group (indices from ``start``) and the refused ones."""
+    ignored = set(map(id, ignored_layers))
+    out: list[HeadGroup] = []
+    skipped: list[tuple[str, str]] = []
+    for name, _ in model.named_modules():
+        spec = attention_spec(model, name)
+        if spec is None:
+            continue
+        if isinstance(spec, str):
+            skipped.append((name, f"attention heads: {spec}"))
+            continue
+        if any(id(model.get_submodule(n)) in ignored for n in (spec.q, spec.k, spec.v)):
+            skipped.append((name, "attention heads: ignored_layers"))
+            continue
+        if spec.n_kv < 2:
+            continue
+        out.append(head_group(model, spec, start + len(out)))
+    return out, skipped
+
+
+def head_group_at(model: nn.Module, root: str, index: int) -> HeadGroup | None:
+    """The head group rooted at the attention module ``root``, or None when it is not one."""
+    try:
+        spec = attention_spec(model, root)
+    except AttributeError:
+        return None
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        raise ValueError(f"plan group {root!r}: its attention heads cannot be pruned: {spec}")
+    return head_group(model, spec, index)
+
+
+def _keep_rows(lin: Any, keep: list[int], dim: int) -> None:
+    idx = torch.tensor(keep, dtype=torch.long, device=lin.weight.device)
+    with torch.no_grad():
+        lin.weight = nn.Parameter(lin.weight.detach().index_select(dim, idx).contiguous())
+        if dim == 0:
+            if lin.bias is not None:
+                lin.bias = nn.Parameter(lin.bias.detach().index_select(0, idx).contiguous())
+            lin.out_features = len(keep)
+        else:
+            lin.in_features = len(keep)
+
+
+@torch.no_grad()
+def remove_heads(model: nn.Module, grp: HeadGroup, removed_units: Sequence[int]) -> None:
+    """Remove whole key/value heads (and their query heads) from one attention module, in place;
+    the module's head counts follow (merges are applied before, by the channel pipeline)."""
+    spec = grp.spec
+    gone = set(int(u) for u in removed_units)
+    if not gone:
+        return
+    d, n_rep = spec.head_dim, spec.n_rep
+    kept_kv = [g for g in range(spec.n_kv) if g not in gone]
+    kept_q = [g * n_rep + r for g in kept_kv for r in range(n_rep)]
+
+    def rows(off: int, heads: list[int]) -> list[int]:
+        return [off + h * d + j for h in heads for j in range(d)]
+
+    q = model.get_submodule(spec.q)
+    o = model.get_submodule(spec.o)
+    if spec.kind == "gpt2":
+        e = len(kept_kv) * d
+        _keep_rows(q, rows(0, kept_q) + rows(spec.k_off, kept_kv) + rows(spec.v_off, kept_kv), 0)
+    else:
+        _keep_rows(q, rows(0, kept_q), 0)
+        _keep_rows(model.get_submodule(spec.k), rows(0, kept_kv), 0)
+        _keep_rows(model.get_submodule(spec.v), rows(0, kept_kv), 0)
+    _keep_rows(o, rows(0, kept_q), 1)
+    att: Any = model.get_submodule(spec.name)
+    n_q = len(kept_q)
+    if spec.kind == "gpt2":
+        att.num_heads = n_q
+        att.split_size = e
+        att.embed_dim = e
+    elif spec.kind == "bert":
+        s = att.get_submodule("self")
+        s.num_attention_heads = n_q
+        s.all_head_size = n_q * d
+    else:
+        for attr, val in (
+            ("num_heads", n_q), ("num_attention_heads", n_q),
+            ("num_key_value_heads", len(kept_kv)), ("all_head_size", n_q * d),
+        ):  # fmt: skip
+            if isinstance(getattr(att, attr, None), int):
+                setattr(att, attr, val)
+
+
+def _edit_o_input(
+    x: torch.Tensor, removed: list[int], merges: list[tuple[list[int], list[int], float]]
+) -> torch.Tensor:
+    """The output projection's input as the pruned model reads it: a removed head's features are
+    0, or (merged) its representative's features times the coefficient."""
+    y = x.clone()
+    y[..., removed] = 0
+    for src, dst, a in merges:
+        y[..., src] += a * x[..., dst]
+    return y
+
+
+def check_heads(
+    original: nn.Module,
+    groups: Sequence[HeadGroup],
+    plans: Sequence[Any],
+    example_inputs: Any,
+) -> tuple[nn.Module, dict[int, str]]:
+    """The original with only its heads pruned, and the head groups (indices into ``groups``) whose
+    rewrite does not compute what the plan says: the original, whose output projections read the
+    removed heads' inputs as zeros (plus the merges), must give the same outputs."""
+    from .groups import _run_forward
+    from .merge import apply_merges
+
+    ref = copy.deepcopy(original)
+    failed: dict[int, str] = {}
+    todo = [k for k, gp in enumerate(plans) if gp.removed]
+    for k in todo:
+        grp = head_group(ref, groups[k].spec, k)
+        gp = plans[k]
+        if gp.merges:
+            apply_merges(grp, [(int(j), int(r), float(a)) for j, r, a in gp.merges])
+        units = sorted({c % grp.n_units for c in gp.removed})
+        remove_heads(ref, grp, units)
+
+    def edits(ks: list[int]) -> dict[str, tuple[list[int], list]]:
+        out: dict[str, tuple[list[int], list]] = {}
+        for k in ks:
+            grp, gp = groups[k], plans[k]
+            cons = grp.consumers()
+            maps = [m.layer_index_map() for m in cons]
+            removed = [i for mp in maps for c in gp.removed for i in mp[c]]
+            merges = [
+                ([mp[int(j)][0] for mp in maps], [mp[int(r)][0] for mp in maps], float(a))
+                for j, r, a in gp.merges
+            ]
+            out[grp.spec.o] = (removed, merges)
+        return out
+
+    def run(model: nn.Module, ed: dict[str, tuple[list[int], list]]) -> list[torch.Tensor]:
+        hooks = []
+        for name, (removed, merges) in ed.items():
+
+            def pre(_m: nn.Module, args: Any, removed: Any = removed, merges: Any = merges) -> Any:
+                return (_edit_o_input(args[0], removed, merges), *args[1:])
+
+            hooks.append(model.get_submodule(name).register_forward_pre_hook(pre))
+        training = {m: m.training for m in model.modules()}
+        try:
+            model.eval()
+            with torch.no_grad():
+                return output_tensors(_run_forward(model, example_inputs))
+        finally:
+            for h in hooks:
+                h.remove()
+            for m, t in training.items():
+                m.training = t
+
+    if not todo:
+        return ref, failed
+    try:
+        got = run(ref, {})
+    except Exception as e:  # noqa: BLE001 - the rewrite broke the forward: every pruned group
+        return ref, {k: f"the pruned attention crashes: {type(e).__name__}: {e}" for k in todo}
+
+    def differs(ks: list[int]) -> str | None:
+        want = run(original, edits(ks))
+        if [t.shape for t in want] != [t.shape for t in got]:
+            return "the outputs' shapes change"
+        for a, b in zip(want, got, strict=True):
+            tol = (1e-9 if a.dtype == torch.float64 else 1e-4) * max(1.0, float(a.abs().max()))
+            err = float((a - b).abs().max()) if a.numel() else 0.0
+            if not err <= tol:
+                return f"the outputs differ by {err:.3g} (tolerance {tol:.3g})"
+        return None
+
+    why = differs(todo)
+    if why is not None:
+        # One group at a time against a model with only that group's heads pruned.
+        for k in todo:
+            sub = copy.deepcopy(original)
+            grp = head_group(sub, groups[k].spec, k)
+            gp = plans[k]
+            if gp.merges:
+                apply_merges(grp, [(int(j), int(r), float(a)) for j, r, a in gp.merges])
+            remove_heads(sub, grp, sorted({c % grp.n_units for c in gp.removed}))
+            got_k = run(sub, {})
+            want_k = run(original, edits([k]))
+            ok = [t.shape for t in got_k] == [t.shape for t in want_k] and all(
+                float((a - b).abs().max() if a.numel() else 0.0)
+                <= (1e-9 if a.dtype == torch.float64 else 1e-4) * max(1.0, float(a.abs().max()))
+                for a, b in zip(want_k, got_k, strict=True)
+            )
+            if not ok:
+                failed[k] = f"attention heads: {why}"
+        if not failed:
+            failed = {k: f"attention heads: {why}" for k in todo}
+    return ref, failed
+
+
+def probe_channels(model: nn.Module, example_inputs: Any, groups: Sequence[ChannelGroup]) -> Any:
+    """:func:`simprune.pruning.verify.probe_positions` for the channel groups (head groups are
+    checked by :func:`check_heads` instead)."""
+    from .verify import probe_positions
+
+    return probe_positions(
+        model, example_inputs, [g for g in groups if not isinstance(g, HeadGroup)]
+    )
+
+
+def verify_all(
+    original: nn.Module,
+    work: nn.Module,
+    groups: Sequence[ChannelGroup],
+    plans: Sequence[Any],
+    probe: Any,
+    example_inputs: Any,
+) -> Any:
+    """:func:`simprune.pruning.verify.verify_rewrite` with head groups: the heads are checked by
+    :func:`check_heads` against the original, the channel groups by ``verify_rewrite`` against the
+    original with only its heads pruned (the two touch different layers). ``failed`` indexes
+    ``groups``."""
+    from .verify import verify_rewrite
+
+    heads = [k for k, g in enumerate(groups) if isinstance(g, HeadGroup)]
+    if not heads:
+        return verify_rewrite(original, work, groups, plans, probe, example_inputs)
+    chan = [k for k in range(len(groups)) if k not in set(heads)]
+    ref, head_failed = check_heads(
+        original, [cast(HeadGroup, groups[k]) for k in heads], [plans[k] for k in heads],
+        example_inputs,
+    )  # fmt: skip
+    res = verify_rewrite(
+        ref, work, [groups[k] for k in chan], [plans[k] for k in chan], probe, example_inputs
+    )
+    res.failed = {chan[k]: why for k, why in res.failed.items()}
+    res.failed.update({heads[k]: why for k, why in head_failed.items()})
+    return res
