@@ -524,3 +524,17 @@ def test_prune_heads_refusals():
             model, ids, params_reduction=0.05, prune_heads=True, merge="data",
             calibration_data=ids, progress=False,
         )  # fmt: skip
+
+
+def test_inplace_gpt2_with_heads_is_the_same_model():
+    """inplace=True on GPT-2 (Conv1D stand-ins, heads): the caller's module becomes the pruned model,
+    back in Conv1D form with its key/value cache flag restored, equal to the copy-based result."""
+    model, x = make("gpt2")
+    ref = prune(model, x, pruning_ratio=0.3, cut="uniform", prune_heads=True, progress=False)
+    res = prune(
+        model, x, pruning_ratio=0.3, cut="uniform", prune_heads=True, inplace=True, progress=False
+    )
+    assert res.model is model and model.config.use_cache is True
+    assert type(model.transformer.h[0].attn.c_attn) is _conv1d()
+    sd0, sd1 = ref.model.state_dict(), model.state_dict()
+    assert sd0.keys() == sd1.keys() and all(torch.equal(sd0[k], sd1[k]) for k in sd0)
