@@ -1,12 +1,14 @@
-"""``simprune prune MODEL``: prune a torchvision model or a saved model from the command line.
+"""``simprune prune MODEL``: prune a torchvision, Hugging Face or saved model from the command line.
 
 MODEL is ``torchvision:NAME`` (random initialisation unless ``--weights`` gives a state dict) or a path
 to a model saved with ``torch.save(model)``, or to a state dict together with ``--arch
 torchvision:NAME``, or ``hf:DIR`` (a Hugging Face model saved with ``save_pretrained`` in a local
 directory; never downloaded), or ``hf:`` with ``--config FILE.json`` (a Hugging Face config: random
 initialisation). Hugging Face models get ``--input-shape`` token ids (random in [0, vocab_size)) or
-float inputs for their main input (``pixel_values``), passed by keyword. Writes the pruned model (``torch.save`` of the module), the plan JSON, the report
-JSON and a PNG (widths per layer, dendrogram of one group) into ``--out``.
+float inputs for their main input (``pixel_values``), passed by keyword.
+
+Writes the pruned model (``torch.save`` of the module), the plan JSON, the report JSON and a PNG
+(widths per layer, dendrogram of one group) into ``--out``.
 """
 
 from __future__ import annotations
@@ -261,7 +263,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``prune`` subcommand to an argparse subparsers object."""
     p = subparsers.add_parser(
         "prune",
-        help="prune a model by channel similarity (torchvision:NAME or a saved model)",
+        help="prune a model by channel similarity (torchvision:NAME, hf:DIR or a saved model)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
