@@ -199,20 +199,17 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "merge-and-prune-group-by-group",
         "plan.py",
-        "    for gp, grp in zip(group_plans, groups, strict=True):\n"
-        "        if gp.merges:\n"
         "            apply_merges(grp, [(int(j), int(r), float(a)) for j, r, a in gp.merges])\n"
-        "    for gp in group_plans:\n",
         "    for gp, grp in zip(group_plans, groups, strict=True):\n"
-        "        if gp.merges:\n"
+        "        removed = gp.removed\n",
         "            apply_merges(grp, [(int(j), int(r), float(a)) for j, r, a in gp.merges])\n"
         "        removed = gp.removed\n"
-        "        if not removed:\n"
-        "            continue\n"
-        "        mod = model.get_submodule(gp.root)\n"
-        "        pruner = dg.get_pruner_of_module(mod)\n"
-        "        dg.get_pruning_group(mod, pruner.prune_out_channels, removed).prune()\n"
-        "    for gp in []:\n",
+        "        if removed:\n"
+        "            mod = model.get_submodule(gp.root)\n"
+        "            pruner = dg.get_pruner_of_module(mod)\n"
+        "            dg.get_pruning_group(mod, pruner.prune_out_channels, removed).prune()\n"
+        "    for gp, grp in []:\n"
+        "        removed = gp.removed\n",
         ("tests/test_prune_layers.py::test_replay_does_not_depend_on_the_order_of_the_groups",),
         "all merges run before any prune: a pruned concatenation input shifts the other's columns",
     ),
