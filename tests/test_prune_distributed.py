@@ -25,6 +25,7 @@ import simprune
 from simprune import engine
 from simprune.pruning import distributed
 from simprune.pruning.api import _trace
+from simprune.pruning.stats import collect_stats
 
 # ---- models (module level: the spawned ranks import them) -----------------------------------------
 
@@ -135,6 +136,25 @@ def _rank(rank: int, world: int, port: int, out_dir: str) -> None:
             model, x, ignored = _cnn()
             pruned, plan, report = _prune(model, x, ignored, process_group=sub)
             res["cnn"] = (plan.to_json(), _digest(pruned), report.engine)
+            # Calibration data split over the ranks: statistics combined, BatchNorm synchronised.
+            data = torch.randn(48, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+            shard = data[rank::2]
+            pruned, plan, _ = _prune(model, x, ignored, process_group=sub, calibration_data=shard)
+            res["cnn_data"] = (plan.to_json(), _digest(pruned))
+            # The combination itself, exact in float64 (a float64 model: float64 products).
+            m64, x64, d64 = model.double(), x.double(), data.double()
+            _, groups, _, _ = _trace(m64, m64, x64, [m64[-1]])
+            full = collect_stats(m64, groups, d64, x64)
+            both = distributed.all_reduce_stats(collect_stats(m64, groups, d64[rank::2], x64), sub)
+            res["stats"] = [
+                (
+                    both[k].n == full[k].n,
+                    float((both[k].mean - full[k].mean).abs().max() / full[k].mean.abs().max()),
+                    float((both[k].cov - full[k].cov).abs().max() / full[k].cov.abs().max()),
+                )
+                for k in sorted(full)
+            ]
+            res["stats_keys"] = sorted(both) == sorted(full) != []
         # A model that differs across ranks is refused on every rank.
         model, x, ignored = _stack(seed=rank)
         try:
@@ -221,6 +241,17 @@ def test_two_ranks_on_a_subgroup_plan_equals_single_process(ranks):
     assert "rank 2 is not a member" in ranks[2]["not_member"]
 
 
+def test_calibration_statistics_are_combined_over_ranks(ranks):
+    # Each of 2 ranks measured half of the data: the combined statistics are those of all of it.
+    for r in (0, 1):
+        assert ranks[r]["stats_keys"]
+        for same_n, err_mean, err_cov in ranks[r]["stats"]:
+            assert same_n and err_mean < 1e-12 and err_cov < 1e-12
+    # ... so both ranks plan the same data merge and return the same model (BatchNorm included).
+    assert ranks[0]["cnn_data"] == ranks[1]["cnn_data"]
+    assert ranks[0]["cnn_data"][0] != ranks[0]["cnn"][0]  # the data changed the plan (merge="data")
+
+
 def test_errors_reach_every_rank(ranks):
     for r, res in enumerate(ranks):
         assert "rank 1's weights differ" in res["mismatch"], r
@@ -233,6 +264,11 @@ def test_all_reduce_sums_hook(ranks):
     t = torch.ones(2)
     distributed.all_reduce_sums([t])  # a single process: unchanged
     assert t.tolist() == [1.0, 1.0]
+    stats: dict = {}
+    assert distributed.all_reduce_stats(stats) is stats
+    bn = nn.BatchNorm1d(3)
+    distributed.broadcast_buffers(bn)
+    assert bn.running_var.tolist() == [1.0, 1.0, 1.0]
 
 
 # ---- single process ----------------------------------------------------------------------------------

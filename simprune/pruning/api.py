@@ -17,7 +17,13 @@ from ..engine import check_metric_and_method
 from .budget import CutResult, GroupCurve, make_curve, solve_global, solve_uniform
 from .calibrate import check_data_type, recalibrate_bn
 from .descriptors import check_finite_model
-from .distributed import EnginePass, engine_pass, resolve_process_group
+from .distributed import (
+    EnginePass,
+    all_reduce_stats,
+    broadcast_buffers,
+    engine_pass,
+    resolve_process_group,
+)
 from .groups import ChannelGroup, build_dependency_graph, check_connected, collect_groups
 from .macs import CostModel
 from .merge import MERGE_MODES, assign, choose_kept, data_merge_plans, expand_units
@@ -227,8 +233,10 @@ def prune(
         solves the same cut and returns the same pruned model and plan as a single process would.
         None (default): the default group when torch.distributed is initialised (``torchrun``)
         with more than one rank; False: never. Every rank must call ``prune`` with the same model,
-        inputs and settings. Single process or not, the engine pass streams the groups to the
-        engine device in bounded batches; ``report.engine`` has its peak memory.
+        inputs and settings; ``calibration_data`` is each rank's share: the statistics are
+        combined over the ranks (all-reduce), and BatchNorm statistics re-estimated on rank 0's
+        share are copied to every rank. Single process or not, the engine pass streams the
+        groups to the engine device in bounded batches; ``report.engine`` has its peak memory.
 
     Returns
     -------
@@ -311,6 +319,7 @@ def prune(
             bar.stage("calibration statistics")
             t0 = time.perf_counter()
             stats = collect_stats(work, groups, calibration_data, example_inputs)
+            stats = all_reduce_stats(stats, pg)  # each rank's share -> all the data
             attach_stats(groups, stats)
             timings["statistics"] = time.perf_counter() - t0
 
@@ -377,6 +386,7 @@ def prune(
             bar.stage("recalibrating BatchNorm")
             t0 = time.perf_counter()
             recalibrate_bn(work, calibration_data)
+            broadcast_buffers(work, pg)  # ranks: rank 0's BatchNorm statistics everywhere
             timings["calibrate"] = time.perf_counter() - t0
         bar.stage("done")
 

@@ -18,12 +18,17 @@ copy of the model. The plan is identical to the single-process plan. The model m
 every rank (checked: group structure, settings and a sample of the weights). Tracing, the probe, the
 rewrite and its verification run on every rank.
 
+With calibration data, each rank measures its share and :func:`all_reduce_stats` combines the
+statistics over the ranks (every rank then plans with those of all the data);
+:func:`broadcast_buffers` copies rank 0's re-estimated BatchNorm statistics to every rank.
+
 An error on one rank (a bad layer, an internal failure) is gathered with the results and raised on
 every rank, so no rank waits for a peer that has failed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +41,7 @@ from .. import engine
 from ..backends import engine_device
 from .descriptors import group_descriptors
 from .groups import ChannelGroup
+from .stats import GroupStats
 
 # The default bound of one streamed batch on the engine device (a larger group goes alone).
 BATCH_BYTES = 512 * 2**20
@@ -112,6 +118,71 @@ def all_reduce_sums(tensors: Sequence[torch.Tensor], process_group: Any = None) 
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"all_reduce_sums takes tensors, got {type(t).__name__}")
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=pg)
+
+
+def all_reduce_stats(
+    stats: dict[str, GroupStats], process_group: Any = None
+) -> dict[str, GroupStats]:
+    """Calibration statistics of every rank's share of the data -> those of all the data, on every
+    rank (a single process: unchanged).
+
+    The parallel combination of means and covariances, with deviations about the global mean (no
+    cancellation): n = sum n_r, mean = sum n_r m_r / n, cov = sum n_r (C_r + (m_r - m)(m_r - m)^T) / n;
+    two :func:`all_reduce_sums` of float64 sums. Every rank must hold the same groups (checked).
+    """
+    pg = resolve_process_group(process_group)
+    if pg is None:
+        return stats
+    keys = sorted(stats)
+    shapes = [(k, stats[k].n_channels) for k in keys]
+    if any(p != shapes for p in _gather(pg, shapes)):
+        raise ValueError("calibration statistics: the ranks measured different channel groups")
+    if not keys:
+        return stats
+    first = []
+    for k in keys:
+        st = stats[k]
+        mean = st.mean.to(torch.float64)
+        if st.n == 0:
+            mean = torch.zeros_like(mean)
+        first += [
+            torch.full((1,), float(st.n), dtype=torch.float64, device=mean.device),
+            mean * st.n,
+        ]
+    all_reduce_sums(first, pg)
+    second, means = [], []
+    for j, k in enumerate(keys):
+        st = stats[k]
+        n, total = float(first[2 * j].item()), first[2 * j + 1]
+        mean = total / n if n > 0 else total
+        means.append((n, mean))
+        if st.n == 0:
+            second.append(torch.zeros_like(st.cov, dtype=torch.float64))
+            continue
+        d = st.mean.to(torch.float64) - mean
+        second.append(st.n * (st.cov.to(torch.float64) + torch.outer(d, d)))
+    all_reduce_sums(second, pg)
+    out = {}
+    for k, (n, mean), m2 in zip(keys, means, second, strict=True):
+        st = stats[k]
+        cov = m2 / n if n > 0 else m2
+        cov = (cov + cov.T) / 2
+        out[k] = dataclasses.replace(st, n=int(round(n)), mean=mean, cov=cov)
+    return out
+
+
+def broadcast_buffers(module: torch.nn.Module, process_group: Any = None, src: int = 0) -> None:
+    """Every floating-point buffer of ``module`` (e.g. BatchNorm running statistics re-estimated on
+    each rank's share of the data) made equal to rank ``src``'s (of the group), in place."""
+    pg = resolve_process_group(process_group)
+    if pg is None:
+        return
+    import torch.distributed as dist
+
+    root = dist.get_global_rank(pg, src) if pg is not dist.group.WORLD else src
+    for b in module.buffers():
+        if b.is_floating_point():
+            dist.broadcast(b.data, src=root, group=pg)
 
 
 @dataclass
