@@ -18,10 +18,10 @@
 #   2. the device tool's run, exactly:
 #        command:   GPU_CHECK_PACK=1 GPU_CHECK_COMMIT=<git rev-parse --short HEAD> scripts/gpu_check.sh
 #        carry:     ["wheelhouse"]
-#        timeout_s: 540
-#      The script stops itself after GPU_CHECK_BUDGET_S = 480 s (every step is clipped to what is
-#      left), so with the machine's start (1-2 min) the run costs ~10 of the 15 minutes and leaves a
-#      rerun of single steps on the still-warm machine (the build is kept there):
+#        timeout_s: 560
+#      The script stops itself after GPU_CHECK_BUDGET_S = 500 s (every step is clipped to what is
+#      left), so with the machine's start (1-2 min) the run costs ~10.5 of the 15 minutes and leaves
+#      a short rerun of single steps on the still-warm machine (the build is kept there):
 #        command:   GPU_CHECK_PACK=1 GPU_CHECK_STEPS="pytest_gpu bench_wide" scripts/gpu_check.sh
 #        carry:     ["wheelhouse"]            timeout_s: 300
 #      then give the machine back. GPU_CHECK_PACK=1 keeps $OUT within the tool's 8 returned files:
@@ -30,8 +30,8 @@
 #        mkdir -p out && tar xzf <files_at>/gpu_check.tar.gz -C out
 #        python -m benchmarks.report --from-gpu-check out
 #
-# Order: the most valuable results first -- build, selfcheck, the linkage GPU tests, the distance and
-# linkage benchmarks -- then the other GPU tests and the slower model benchmarks. A step whose Python
+# Order: the most valuable results first -- build, selfcheck, the distance and linkage benchmarks
+# (bounded), the linkage GPU tests -- then the other GPU tests and the slower model benchmarks. A step whose Python
 # packages are missing is skipped with a line naming them; every step runs under `timeout`, clipped
 # to the budget left, so one slow step cannot push the run past it. The build compiles for this
 # card's architecture only (TORCH_CUDA_ARCH_LIST, default: the GPU's, e.g. 9.0), in parallel with
@@ -61,7 +61,7 @@ OUT="${OUT:-./out}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 PY="${PYTHON:-python3}"
-BUDGET_S="${GPU_CHECK_BUDGET_S:-480}"
+BUDGET_S="${GPU_CHECK_BUDGET_S:-500}"
 DRY="${GPU_CHECK_DRY_RUN:-0}"
 PACK="${GPU_CHECK_PACK:-0}"
 ONLY="${GPU_CHECK_STEPS:-}"  # space-separated step names: run only these (a rerun); empty: all
@@ -83,7 +83,7 @@ BENCHES=(
   "model|scipy,torchvision,torch_pruning|$PY -m benchmarks.bench_model --device cuda --models resnet50 vit_b_16_mlp --repeat 2 --no-tp-step --json $D/bench_model.json --markdown $D/bench_model.md"
   "latency|torchvision,torch_pruning|$PY -m benchmarks.bench_latency --device cuda --repeat 30 --json $D/bench_latency.json --markdown $D/bench_latency.md"
 )
-# The first two benchmarks run before the remaining GPU tests (see the order above).
+# The first two benchmarks run right after the selfcheck (see the order above).
 FIRST_BENCHES=2
 
 STEPS_JSON=()
@@ -335,17 +335,10 @@ else
 fi
 
 # ---- 2. selfcheck: every backend on the GPU against the reference, in seconds ----
-step selfcheck 90 "$D/selfcheck.log" scipy "$PY" -m simprune selfcheck \
+step selfcheck 120 "$D/selfcheck.log" scipy "$PY" -m simprune selfcheck \
   --device cuda cpu --json "$D/selfcheck.json"
 
-# ---- 3. the linkage GPU tests (Triton compiles for the real GPU: no interpreter); -v so that a log
-#         cut short by the limit still says which tests passed ----
-PYTEST=(env SIMPRUNE_TEST_ON_GPU=1 "$PY" -m pytest -m gpu -v -rs --durations=15 -p no:cacheprovider
-  --continue-on-collection-errors)
-step pytest_linkage 150 "$D/pytest_linkage.log" scipy,hypothesis "${PYTEST[@]}" \
-  --junitxml="$D/pytest_linkage.xml" "${LINKAGE_TESTS[@]}"
-
-# ---- 4. the distance and linkage benchmarks ----
+# ---- 3. the distance and linkage benchmarks (bounded: a few seconds to a minute each) ----
 run_bench() {
   local b="$1" name needs cmd
   name="${b%%|*}"
@@ -356,6 +349,13 @@ run_bench() {
     env SIMPRUNE_TEST_ON_GPU=1 bash -c "$cmd"
 }
 for ((i = 0; i < FIRST_BENCHES; i++)); do run_bench "${BENCHES[$i]}"; done
+
+# ---- 4. the linkage GPU tests (Triton compiles for the real GPU: no interpreter); -v so that a log
+#         cut short by the limit still says which tests passed ----
+PYTEST=(env SIMPRUNE_TEST_ON_GPU=1 "$PY" -m pytest -m gpu -v -rs --durations=15 -p no:cacheprovider
+  --continue-on-collection-errors)
+STEP_RESERVE_S=30 step pytest_linkage 150 "$D/pytest_linkage.log" scipy,hypothesis "${PYTEST[@]}" \
+  --junitxml="$D/pytest_linkage.xml" "${LINKAGE_TESTS[@]}"
 
 # ---- 5. the other GPU tests (without Torch-Pruning the pruning tests cannot even be collected:
 #         the line below says so and the rest still run) ----
