@@ -141,6 +141,14 @@ def _rank(rank: int, world: int, port: int, out_dir: str) -> None:
             shard = data[rank::2]
             pruned, plan, _ = _prune(model, x, ignored, process_group=sub, calibration_data=shard)
             res["cnn_data"] = (plan.to_json(), _digest(pruned))
+            # A share that fails the statistics pass on one rank fails it on every rank.
+            bad = shard.clone()
+            if rank == 1:
+                bad[0, 0, 0, 0] = float("nan")
+            try:
+                _prune(*_cnn(), process_group=sub, calibration_data=bad)
+            except ValueError as e:
+                res["bad_share"] = str(e)
             # The combination itself, exact in float64 (a float64 model: float64 products).
             m64, x64, d64 = model.double(), x.double(), data.double()
             _, groups, _, _ = _trace(m64, m64, x64, [m64[-1]])
@@ -250,6 +258,8 @@ def test_calibration_statistics_are_combined_over_ranks(ranks):
     # ... so both ranks plan the same data merge and return the same model (BatchNorm included).
     assert ranks[0]["cnn_data"] == ranks[1]["cnn_data"]
     assert ranks[0]["cnn_data"][0] != ranks[0]["cnn"][0]  # the data changed the plan (merge="data")
+    for r in (0, 1):
+        assert "NaN" in ranks[r]["bad_share"], ranks[r]["bad_share"]
 
 
 def test_errors_reach_every_rank(ranks):

@@ -318,8 +318,9 @@ def prune(
         if merge_mode == "data" or metric == "activation":
             bar.stage("calibration statistics")
             t0 = time.perf_counter()
-            stats = collect_stats(work, groups, calibration_data, example_inputs)
-            stats = all_reduce_stats(stats, pg)  # each rank's share -> all the data
+            stats = all_reduce_stats(  # ranks: each rank's share -> all the data
+                lambda: collect_stats(work, groups, calibration_data, example_inputs), pg
+            )
             attach_stats(groups, stats)
             timings["statistics"] = time.perf_counter() - t0
 

@@ -121,10 +121,13 @@ def all_reduce_sums(tensors: Sequence[torch.Tensor], process_group: Any = None) 
 
 
 def all_reduce_stats(
-    stats: dict[str, GroupStats], process_group: Any = None
+    stats: dict[str, GroupStats] | Callable[[], dict[str, GroupStats]], process_group: Any = None
 ) -> dict[str, GroupStats]:
     """Calibration statistics of every rank's share of the data -> those of all the data, on every
     rank (a single process: unchanged).
+
+    ``stats`` may be the statistics pass itself (a function of no argument): an error it raises on
+    one rank is then raised on every rank instead of leaving the others waiting.
 
     The parallel combination of means and covariances, with deviations about the global mean (no
     cancellation): n = sum n_r, mean = sum n_r m_r / n, cov = sum n_r (C_r + (m_r - m)(m_r - m)^T) / n;
@@ -132,10 +135,18 @@ def all_reduce_stats(
     """
     pg = resolve_process_group(process_group)
     if pg is None:
-        return stats
+        return stats() if callable(stats) else stats
+    err: BaseException | None = None
+    if callable(stats):
+        try:
+            stats = stats()
+        except Exception as e:  # raised on every rank after the gather
+            err, stats = e, {}
     keys = sorted(stats)
     shapes = [(k, stats[k].n_channels) for k in keys]
-    if any(p != shapes for p in _gather(pg, shapes)):
+    parts = _gather(pg, (shapes, err))
+    _raise_first(parts)
+    if any(p != shapes for p, _ in parts):
         raise ValueError("calibration statistics: the ranks measured different channel groups")
     if not keys:
         return stats
