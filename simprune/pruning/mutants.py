@@ -237,4 +237,41 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_prune_layers.py::test_duplicates_removed_and_output_unchanged",),
         "a (depthwise) ConvTranspose's output channels are read per conv group",
     ),
+    # Transformers (tests/test_prune_transformers.py).
+    Mutant(
+        "gated-mlp-up-not-coupled",
+        "transformers.py",
+        '                    producers.add(o)\n                    stack.append(("fwd", o))\n',
+        "                    continue\n",
+        (
+            "tests/test_prune_transformers.py::"
+            "test_root_search_is_bounded_and_refuses_non_mlp_roots",
+        ),
+        "a gated MLP's up_proj is a co-producer of gate_proj's neurons (one group, both rows)",
+    ),
+    Mutant(
+        "head-check-ignores-merges",
+        "transformers.py",
+        "        y[..., src] += a * x[..., dst]\n",
+        "        pass\n",
+        ("tests/test_prune_transformers.py::test_duplicate_heads_removed_exactly[llama]",),
+        "in the heads' check a merged head reads its representative's features times the "
+        "coefficient",
+    ),
+    Mutant(
+        "gpt2-split-size-kept",
+        "transformers.py",
+        "        att.split_size = e\n",
+        "        pass\n",
+        ("tests/test_prune_transformers.py::test_heads_pruned_verified_and_counts_updated[gpt2]",),
+        "GPT-2's split of the fused c_attn follows the number of heads kept",
+    ),
+    Mutant(
+        "use-cache-not-restored",
+        "api.py",
+        "    set_use_cache(work, use_cache)\n    return PruneResult",
+        "    return PruneResult",
+        ("tests/test_prune_transformers.py::test_keyword_inputs_and_output_name_recorded_in_plan",),
+        "a Hugging Face model's use_cache is off only while pruning",
+    ),
 )
