@@ -125,6 +125,7 @@ def _rank(rank: int, world: int, port: int, out_dir: str) -> None:
         model, x, ignored = _stack()
         pruned, plan, report = _prune(model, x, ignored)
         res["stack"] = (plan.to_json(), _digest(pruned), report.engine)
+        res["rank_of"] = distributed.rank_of(distributed.resolve_process_group())
         # 2 ranks on an explicit subgroup (every rank takes part in new_group).
         sub = dist.new_group([0, 1])
         if rank == 2:  # not a member of the subgroup
@@ -233,6 +234,7 @@ def test_three_ranks_plan_equals_single_process_with_an_idle_rank(ranks):
         assert got_digest == want[1], f"rank {r}: pruned model differs"
         assert eng["world_size"] == 3 and eng["rank"] == r
         assert sorted(eng["per_rank_groups"]) == [0, 1, 1]  # 2 groups over 3 ranks
+        assert res["rank_of"] == r  # progress lines come from rank 0 only
 
 
 def test_two_ranks_on_a_subgroup_plan_equals_single_process(ranks):
@@ -307,6 +309,7 @@ def test_group_cost_is_n_squared_times_d():
 
 def test_resolve_process_group_single_process():
     assert distributed.resolve_process_group(None) is None
+    assert distributed.rank_of(None) == 0
     assert distributed.resolve_process_group(False) is None
     with pytest.raises(ValueError, match="not initialised"):
         distributed.resolve_process_group(object())

@@ -22,6 +22,7 @@ from .distributed import (
     all_reduce_stats,
     broadcast_buffers,
     engine_pass,
+    rank_of,
     resolve_process_group,
 )
 from .groups import ChannelGroup, build_dependency_graph, check_connected, collect_groups
@@ -301,7 +302,7 @@ def prune(
     pg = resolve_process_group(process_group)
 
     timings: dict[str, float] = {}
-    with Progress(progress) as bar:
+    with Progress(progress and rank_of(pg) == 0) as bar:  # ranks: progress on rank 0 only
         bar.stage("tracing")
         t0 = time.perf_counter()
         work = model if inplace else copy.deepcopy(model)

@@ -73,6 +73,15 @@ def resolve_process_group(process_group: Any = None) -> Any:
     return pg if dist.get_world_size(pg) > 1 else None
 
 
+def rank_of(process_group: Any) -> int:
+    """This process's rank in a group from :func:`resolve_process_group` (0 for None)."""
+    if process_group is None:
+        return 0
+    import torch.distributed as dist
+
+    return int(dist.get_rank(process_group))
+
+
 def group_cost(group: ChannelGroup) -> int:
     """n^2 * d of a group's engine pass (n units, d descriptor columns estimated from the weights'
     shapes: each producer row is its weight's per-channel size plus one)."""
