@@ -2,7 +2,8 @@
 
 **Streaming.** Groups go to the engine device in bounded batches: a group's descriptors are computed
 on the model's device, copied to the engine device with as many following groups as fit in
-``batch_bytes`` (the working set of :func:`simprune.engine.working_set_bytes`; a group larger than
+``batch_bytes`` (the working set of :func:`simprune.engine.working_set_bytes`; default
+:data:`BATCH_BYTES`, on a GPU a quarter of its free memory when that is more; a group larger than
 the budget goes alone), clustered, and only their dendrograms come back. The descriptors of a model
 bigger than the engine device never sit on it all at once. The peak engine memory is reported
 (``report.engine``): measured with ``torch.cuda.max_memory_allocated`` on a GPU, estimated from
@@ -281,6 +282,15 @@ def _check_same(pg: Any, groups: Sequence[ChannelGroup], context: dict[str, Any]
                 )
 
 
+def _batch_budget(dev: torch.device) -> int:
+    """The default bound of a streamed batch: :data:`BATCH_BYTES`, or on a GPU a quarter of its
+    free memory when that is more (many small groups in one launch)."""
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return max(BATCH_BYTES, int(free) // 4)
+    return BATCH_BYTES
+
+
 def engine_pass(
     groups: Sequence[ChannelGroup],
     metric: str,
@@ -288,7 +298,7 @@ def engine_pass(
     backend: str = "auto",
     *,
     process_group: Any = None,
-    batch_bytes: int = BATCH_BYTES,
+    batch_bytes: int | None = None,
     timings: dict[str, float] | None = None,
     progress: Callable[[int, int], None] | None = None,
     context: dict[str, Any] | None = None,
@@ -300,8 +310,8 @@ def engine_pass(
     "gather" (waiting for and exchanging with the other ranks); ``progress(k, total)`` is called
     after each of this rank's groups; ``context`` (the settings) must agree across ranks.
     """
-    if not (isinstance(batch_bytes, int) and batch_bytes >= 1):
-        raise ValueError(f"batch_bytes must be a positive int, got {batch_bytes!r}")
+    if batch_bytes is not None and not (isinstance(batch_bytes, int) and batch_bytes >= 1):
+        raise ValueError(f"batch_bytes must be None or a positive int, got {batch_bytes!r}")
     pg = resolve_process_group(process_group)
     rank, world = 0, 1
     if pg is not None:
@@ -326,6 +336,7 @@ def engine_pass(
     batch: list[int] = []
     used = 0
     dev: torch.device | None = None
+    budget: int | None = None
     pending: list[torch.Tensor] = []  # the batch's descriptors, still on the model's device
 
     def flush() -> None:
@@ -369,7 +380,9 @@ def engine_pass(
                 need = engine.working_set_bytes(
                     int(v.shape[0]), int(v.shape[1]), v.element_size(), dev.type
                 )
-                if batch and used + need > batch_bytes:
+                if budget is None:
+                    budget = _batch_budget(dev) if batch_bytes is None else batch_bytes
+                if batch and used + need > budget:
                     flush()
                 batch.append(i)
                 used += need
