@@ -404,3 +404,44 @@ def test_similarity_importance_with_data_scores_by_activation():
     pairs = [(20, 5), (21, 6), (22, 7)]
     assert len(removed) == 3 and all((a in removed) != (b in removed) for a, b in pairs)
     assert imp.passes == 1
+
+
+_LAYER_KINDS = [
+    "concat_ab",
+    "squeeze_excitation",
+    "conv_transpose",
+    "conv_transpose_depthwise",
+    "conv1d",
+    "conv3d",
+    "grouped_consumer",
+]
+
+
+@pytest.mark.parametrize("kind", _LAYER_KINDS)
+def test_data_merge_is_exact_on_duplicates_for_more_layer_types(kind):
+    """The data merge's fold (several kept channels per removed one, bias shifts) on the layer
+    types of tests/test_prune_layers.py: concatenations, squeeze-excitation, ConvTranspose
+    (depthwise too), Conv1d/3d and a grouped-conv consumer."""
+    from tests.test_prune_layers import layer_model
+
+    model, x, expected = layer_model(kind)
+    ratio = sum(len(v) for v in expected.values()) / n_prunable(model, x)
+    data = torch.randn(64, *x.shape[1:], dtype=x.dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # BatchNorm statistics of the data first, as in a trained model: with the random running
+        # statistics of the test models a channel can be dead (ReLU) on the data, so the fit drops
+        # it, and alive after the re-estimation.
+        model = _recalibrated(model, data)
+        pruned, plan, report = simprune.prune(
+            model, x, pruning_ratio=ratio, min_keep_ratio=0.0, calibration_data=data,
+            progress=False,
+        )  # fmt: skip
+        ref = _recalibrated(model, data)
+    assert plan.settings["merge"] == "data" and not report.excluded
+    assert removed_by_layer(plan, expected) == expected
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(data), ref(data), rtol=0, atol=1e-6)
+    replay = simprune.apply_plan(model, plan, x, verify=False, calibration_data=data)
+    for k, v in pruned.state_dict().items():
+        assert torch.equal(v, replay.state_dict()[k]), k

@@ -198,7 +198,7 @@ def _fold(m: Member, merges: Sequence[tuple[int, int, float]]) -> int:
         k = pos.shape[1]
         src = torch.from_numpy((pos[uj] - first).reshape(-1)).to(w.device)
         dst = torch.from_numpy((pos[ur] - first).reshape(-1)).to(w.device)
-        wg = w[rows, first : first + width]
+        wg = w[rows]
         taps = wg.shape[2:]
         ws = wg.index_select(1, src).reshape(wg.shape[0], len(uj), k, -1)
         add = torch.einsum("ojkt,jr->orkt", ws, a.to(device=w.device, dtype=w.dtype))
@@ -238,7 +238,7 @@ def _shift(m: Member, shifts: Sequence[tuple[int, float]]) -> int:
         if not inside.any():
             continue
         src = torch.from_numpy(p[inside].reshape(-1)).to(w.device)
-        wg = w[rows, first : first + width]
+        wg = w[rows]
         # (out, channels, k * taps) summed over the block and the taps.
         ws = wg.index_select(1, src).reshape(wg.shape[0], int(inside.sum()), -1).sum(2)
         c = torch.from_numpy(cs[inside]).to(w.device)
@@ -437,7 +437,7 @@ def _zero(m: Member, channels: Sequence[int]) -> None:
         local = idx - first
         local = local[(local >= 0) & (local < width)]
         if local.numel():
-            w[rows, first : first + width].index_fill_(1, local.to(w.device), 0.0)
+            w[rows].index_fill_(1, local.to(w.device), 0.0)
 
 
 def _solve_paired(st: Any, g: ChannelGroup, kept: Sequence[int]) -> tuple[list[Any], list[Any]]:
