@@ -371,7 +371,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     n_ft = len(rows) - len(noft)
     lines += [
         f"Rows: {n_ft} fine-tuned runs, {len(noft)} without fine-tune; {platform.machine()}, "
-        f"{os.cpu_count()} cores shared with other jobs (load 4-11); one torch thread (the first 14 "
+        f"{os.cpu_count()} cores shared with other jobs (load 4-18); one torch thread (the first 14 "
         "rows ran with two: results do not depend on it, the demo gives identical accuracies with "
         f"either); torch {torch.__version__}.",
         "",
