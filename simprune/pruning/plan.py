@@ -96,7 +96,7 @@ class GroupPlan:
             if j not in removed or (j, r) in seen:
                 raise ValueError(
                     f"{where}: merge {mg!r}: channel {j!r} is not a removed channel, or is merged "
-                    f"into {r!r} twice"
+                    f"twice (into {r!r})"
                 )
             if r not in keep:
                 raise ValueError(f"{where}: merge {mg!r}: representative {r!r} is not kept")
