@@ -191,7 +191,10 @@ def _host_bytes_needed(
         parts.append(("the float64 reference's working matrices", _REF_BYTES_PER_PAIR * n * m))
     elif backend == "cpu":
         parts.append(
-            ("the centred rows and one row panel", 8 * (2 * (n + m) * d + _CPU_PANEL_ROWS * m))
+            (
+                "the centred rows and one row panel per thread",
+                8 * (2 * (n + m) * d + torch.get_num_threads() * _CPU_PANEL_ROWS * m),
+            )
         )
     return parts
 

@@ -33,7 +33,7 @@ RTOL = {
     torch.float32: 1e-6,
     torch.float64: 1e-12,
 }
-# n: 1, 2, primes, the direct tile (64) and expansion tile (128) edges; d: 1, 2, odd, around the
+# n: 1, 2, primes, the tile edges (64; 128: the CPU expansion's row panel); d: 1, 2, odd, around the
 # direct/expansion switch (32), > BK, > one K block.
 SHAPES = [(1, 1), (2, 2), (3, 1), (7, 5), (31, 33), (64, 32), (65, 17), (97, 40), (129, 70)]
 
@@ -344,8 +344,8 @@ def _has(backend: str, device: str = "cpu") -> bool:
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 @pytest.mark.parametrize("n,d", SHAPES + [(300, 64), (129, 256), (140, 1030)])
 def test_cpu_kernel_matches_reference(n, d, dtype):
-    # d >= 256 takes the BLAS-expansion + repair path (csrc/cpu/distance.cpp), smaller d the direct
-    # tiles: both are covered.
+    # d >= 64 takes the BLAS-expansion + repair path (csrc/cpu/distance.cpp; n = 300: three row
+    # panels of 128), smaller d the direct tiles: both are covered.
     x = _data(n, d, dtype, seed=n)
     for metric in METRICS:
         ref = pairwise_distance_ref(x, None, metric, False, torch.float64)
@@ -361,6 +361,52 @@ def test_cpu_kernel_matches_reference(n, d, dtype):
     _check_square(
         simprune.pairwise_distance(x, y, "euclidean", backend="cpu"), ref, RTOL[dtype], False
     )
+
+
+@pytest.mark.skipif(not _has("cpu"), reason="C++ CPU distance kernel not built")
+@pytest.mark.parametrize("n,d", [(1024, 64), (1024, 256), (1024, 1024), (4096, 64)])
+def test_cpu_near_duplicates_at_benchmark_sizes(n, d):
+    """The sizes the CPU expansion (one GEMM per row panel + fused epilogue + repair) is tuned and
+    benchmarked at: <= 1e-6 relative on the channel-like set (5 % near-copies, where the expansion
+    alone is off by up to 15 %), square and condensed, bit-symmetric with an exact-zero diagonal."""
+    x = torch.tensor(testing.channel_like(n, d, seed=d), dtype=torch.float32)
+    x[n - 1] = x[0]  # an exact duplicate: its distance must be exactly 0
+    ref = pairwise_distance_ref(x, None, "sqeuclidean", True, torch.float64)
+    cond = simprune.pairwise_distance(x, condensed=True, backend="cpu")
+    assert _rel_err(cond, ref) <= 1e-6
+    assert cond[n - 2] == 0  # pair (0, n - 1)
+    if n <= 1024:
+        sq = simprune.pairwise_distance(x, backend="cpu")
+        assert torch.equal(sq, sq.T) and not sq.diagonal().any()
+        iu = torch.triu_indices(n, n, offset=1)
+        assert torch.equal(sq[iu[0], iu[1]], cond)
+
+
+@pytest.mark.skipif(not _has("cpu"), reason="C++ CPU distance kernel not built")
+@pytest.mark.parametrize("metric", METRICS)
+def test_cpu_heavy_repair_and_cross_distances(metric):
+    """Clustered data (every same-cluster pair flagged for the repair) and x-to-y distances between
+    near-copies (the cross matrix's near pairs), on the expansion path (d >= 64)."""
+    x = torch.tensor(testing.mixture(600, 96, k=5, seed=3), dtype=torch.float32)
+    ref = pairwise_distance_ref(x, None, metric, False, torch.float64)
+    _check_square(simprune.pairwise_distance(x, metric=metric, backend="cpu"), ref, 1e-6)
+    y = x[::3] + 1e-4 * torch.randn(200, 96)
+    ref = pairwise_distance_ref(x, y, metric, False, torch.float64)
+    got = simprune.pairwise_distance(x, y, metric=metric, backend="cpu")
+    _check_square(got, ref, 1e-6, sym=False)
+
+
+@pytest.mark.skipif(not _has("cpu"), reason="C++ CPU distance kernel not built")
+def test_cpu_op_refuses_what_cannot_fit():
+    """The compiled op itself (not only simprune.pairwise_distance) refuses, before allocating, a
+    result that cannot fit in host memory (simprune::check_host_memory: needed vs available)."""
+    op = simprune.ops.get("pairwise_distance", "cpu")
+    with pytest.raises(
+        torch.OutOfMemoryError, match=r"pairwise_distance_cpu: n = 200000 needs \d+"
+    ):
+        op(torch.zeros(200_000, 2), None, "sqeuclidean", False, None, "exact")
+    with pytest.raises(torch.OutOfMemoryError, match=r"only \d+ bytes are available"):
+        op(torch.zeros(200_000, 2), None, "sqeuclidean", True, None, "exact")
 
 
 @pytest.mark.gpu

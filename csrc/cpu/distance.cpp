@@ -1,23 +1,24 @@
 // simprune::pairwise_distance_cpu: pairwise distances on the CPU (OpenMP), two paths:
 //
-// * d < 256: direct differences in tiles. Same tiles (kTile x kTile, upper triangle only when x is
-//   compared with itself, mirrored), same chunked accumulation and same epilogue as the CUDA kernel
-//   (simprune/distance_common.h), so CPU tests exercise the GPU's arithmetic. The inner loop runs over
-//   the columns of a transposed y chunk, so it vectorises without reassociating any sum: each pair's
-//   squares are added in feature order.
-// * d >= 256: BLAS expansion on centred rows plus an exact repair of the near pairs (the algorithm of
-//   the Triton kernel), see run_cpu_gemm.
-// Both keep <= 1e-6 relative error in fp32 (<= 1e-12 for a float64 result) on near-duplicate rows, and
-// beat the float64 reference (simprune.pairwise_distance_ref) at every size measured
-// (benchmarks/results/distance_cpu.md).
+// * d < gemm_min_d() (64): direct differences in tiles. Same tiles (kTile x kTile, upper triangle
+//   only when x is compared with itself, mirrored), same chunked accumulation and same epilogue as
+//   the CUDA kernel (simprune/distance_common.h), so CPU tests exercise the GPU's arithmetic. The
+//   inner loop runs over the columns of a transposed y chunk, so it vectorises without
+//   reassociating any sum: each pair's squares are added in feature order.
+// * d >= 64: one BLAS GEMM per row panel on centred rows, a fused epilogue and an exact repair of
+//   the near pairs (the algorithm of the Triton kernel), see run_cpu_gemm.
+// Both keep <= 1e-6 relative error in fp32 (<= 1e-12 for a float64 result) on near-duplicate rows;
+// the expansion path is faster than torch.cdist at d >= 64 (benchmarks/results/distance_cpu.md).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <omp.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <optional>
 #include <type_traits>
+#include <vector>
 
 #include "simprune/distance_common.h"
 #include "simprune/distance_host.h"
@@ -145,15 +146,27 @@ void run_cpu(const Plan& p, O* out) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Large d: BLAS expansion on centred rows + exact repair of near pairs, fused into one epilogue.
+// d >= gemm_min_d(): one GEMM on centred rows, a fused epilogue, an exact repair of the near pairs.
 // ---------------------------------------------------------------------------------------------
-// The same algorithm as the Triton kernel (kernels/distance.py): centring in fp64, the Gram matrix by
-// at::mm (fp32 SGEMM or fp64 DGEMM: CPU BLAS is several times faster than direct differences once d
-// is large), then every pair whose expanded value is below ratio * (|x|^2 + |y|^2), where the
-// expansion may have cancelled, is recomputed by direct differences of the original rows (the same
-// add_sq_diff chunks as the direct kernel). ratio: 0.25 in fp32 (an emulation of IEEE fp32 GEMM
-// rounding keeps the other pairs within 5e-7), 1e-2 in fp64.
-constexpr int64_t kGemmMinDDefault = 256;  // measured crossover on the 2-core CPU machine
+// The algorithm of the Triton kernel (kernels/distance.py), laid out for the CPU's caches:
+// * centring in fp64 (column means in a fixed order, then one pass per row: the centred row rounded
+//   to the compute type T, and its squared norm from the fp64 values);
+// * the Gram matrix by row panels of kPanel rows: at::mm (MKL/OpenBLAS SGEMM or DGEMM) of the
+//   panel against the columns from the panel's first row on (x with itself: the upper-triangle
+//   trapezoid, half the flops of a full GEMM), into the thread's panel buffer (cache-sized);
+// * a fused epilogue per panel row: v = |x_i|^2 + |y_j|^2 - 2 g_ij in fp64; every pair with
+//   v <= ratio * (|x_i|^2 + |y_j|^2), where the expansion may have cancelled, is recomputed by
+//   direct differences of the original rows (the same add_sq_diff chunks as the direct kernel);
+//   then the metric and the row's output segment (square row or condensed run);
+// * x with itself, square output: the panel's finished values are mirrored, column j of the panel
+//   becoming a contiguous row segment of output row j (bit-symmetric by construction).
+// ratio: 0.25 in fp32 (an emulation of IEEE fp32 GEMM rounding keeps the other pairs within 5e-7),
+// 1e-2 in fp64.
+// d from which the expansion beats the direct tiles (2-core CPU machine) and goes past torch.cdist.
+constexpr int64_t kGemmMinDDefault = 64;
+// Rows per GEMM panel (simprune/distance.py _CPU_PANEL_ROWS: the memory estimate).
+constexpr int64_t kPanel = 128;
+constexpr int64_t kMeanChunk = 256;  // rows per partial column sum (a fixed summation order)
 
 int64_t gemm_min_d() {
   // SIMPRUNE_CPU_GEMM_MIN_D overrides the crossover (benchmarks and tests of both paths).
@@ -176,50 +189,149 @@ double direct_sq(const T* a, const T* b, int64_t d) {
   return acc;
 }
 
+// Adds the fp64 column sums of the n x d rows of x to sum, in an order that does not depend on the
+// thread count (chunks of kMeanChunk rows, then the chunks in order).
+template <typename T>
+void add_column_sums(const T* x, int64_t n, int64_t d, double* sum) {
+  const int64_t chunks = (n + kMeanChunk - 1) / kMeanChunk;
+  std::vector<double> part(chunks * d, 0.0);
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < chunks; ++c) {
+    double* ps = part.data() + c * d;
+    for (int64_t i = c * kMeanChunk; i < std::min(n, (c + 1) * kMeanChunk); ++i)
+      for (int64_t k = 0; k < d; ++k) ps[k] += static_cast<double>(x[i * d + k]);
+  }
+  for (int64_t c = 0; c < chunks; ++c)
+    for (int64_t k = 0; k < d; ++k) sum[k] += part[c * d + k];
+}
+
+// xc = T(x - mu) and sq = |x - mu|^2 (from the fp64 differences), one pass per row.
+template <typename T>
+void centre_rows(const T* x, int64_t n, int64_t d, const double* mu, T* xc, double* sq) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    double acc = 0.0;
+    for (int64_t k = 0; k < d; ++k) {
+      const double c = static_cast<double>(x[i * d + k]) - mu[k];
+      xc[i * d + k] = static_cast<T>(c);
+      acc += c * c;
+    }
+    sq[i] = acc;
+  }
+}
+
+// The epilogue of one output row i over the columns [j0, j1): g[j] = <xc_i, yc_j>,
+// sy[j] = |yc_j|^2, xi / y: the original rows (for the repair). Three passes over the row, each a
+// simple loop: the expansion (vectorised), the (rare) repair, the metric and the stores. keep
+// (optional) receives the finished values in T for the mirror.
+template <typename T, typename O, int kMetric>
+void epilogue_row(const T* g, const double* sy, double sxi, int64_t j0, int64_t j1, double ratio,
+                  const T* xi, const T* y, int64_t d, double* v, T* keep, O* dst) {
+  for (int64_t j = j0; j < j1; ++j) v[j] = (sxi + sy[j]) - 2.0 * static_cast<double>(g[j]);
+  for (int64_t j = j0; j < j1; ++j)
+    if (v[j] <= ratio * (sxi + sy[j])) v[j] = direct_sq<T>(xi, y + j * d, d);
+  if (keep != nullptr) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const double f = finish<double>(v[j], kMetric);
+      keep[j] = static_cast<T>(f);
+      dst[j] = static_cast<O>(f);
+    }
+  } else {
+    for (int64_t j = j0; j < j1; ++j) dst[j] = static_cast<O>(finish<double>(v[j], kMetric));
+  }
+}
+
 template <typename T, typename O>
 void run_cpu_gemm(const Plan& p, O* out) {
   const int64_t n = p.n, m = p.m, d = p.d, ld = p.m;
   const double ratio = std::is_same_v<T, double> ? 1e-2 : 0.25;
-  const auto scalar = std::is_same_v<T, double> ? at::kDouble : at::kFloat;
-  at::Tensor x64 = p.x.to(at::kDouble);
-  at::Tensor y64 = p.sym ? x64 : p.y.to(at::kDouble);
-  at::Tensor mu = p.sym ? x64.mean(0) : at::cat({x64, y64}).mean(0);
-  at::Tensor xc = x64 - mu;
-  at::Tensor yc = p.sym ? xc : y64 - mu;
-  at::Tensor nx = (xc * xc).sum(1).contiguous();
-  at::Tensor ny = p.sym ? nx : (yc * yc).sum(1).contiguous();
-  at::Tensor xt = xc.to(scalar).contiguous();
-  at::Tensor G = at::mm(xt, p.sym ? xt.t() : yc.to(scalar).t()).contiguous();
-  const T* g = G.data_ptr<T>();
-  const double* sx = nx.data_ptr<double>();
-  const double* sy = ny.data_ptr<double>();
   const T* x = p.x.data_ptr<T>();
   const T* y = p.y.data_ptr<T>();
-#pragma omp parallel for schedule(dynamic, 8)
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t j0 = p.sym ? i + 1 : 0;
-    if (p.sym && !p.condensed) out[i * ld + i] = O(0);  // exact zero diagonal
-    if (j0 >= m) continue;
-    // row[j] is pair (i, j)'s slot: a row of the square, or the row's run of the condensed vector.
-    O* row = p.condensed ? out + condensed_index(n, i, j0) - j0 : out + i * ld;
-    for (int64_t j = j0; j < m; ++j) {
-      const double s = sx[i] + sy[j];
-      double v = s - 2.0 * static_cast<double>(g[i * m + j]);
-      if (v <= ratio * s) v = direct_sq<T>(x + i * d, y + j * d, d);
-      row[j] = static_cast<O>(finish<double>(v, p.metric));
-    }
+  const auto opts = p.x.options();
+  // ---- centring (one centre for x and y: distances are translation invariant) ----
+  std::vector<double> mu(d, 0.0);
+  add_column_sums<T>(x, n, d, mu.data());
+  if (!p.sym) add_column_sums<T>(y, m, d, mu.data());
+  for (double& v : mu) v /= static_cast<double>(p.sym ? n : n + m);
+  at::Tensor xc = at::empty({n, d}, opts), yc = xc;
+  std::vector<double> nx(n), ny_own;
+  centre_rows<T>(x, n, d, mu.data(), xc.data_ptr<T>(), nx.data());
+  const double* ny = nx.data();
+  if (!p.sym) {
+    yc = at::empty({m, d}, opts);
+    ny_own.resize(m);
+    centre_rows<T>(y, m, d, mu.data(), yc.data_ptr<T>(), ny_own.data());
+    ny = ny_own.data();
   }
-  if (p.sym && !p.condensed) {
-    // Mirror the upper triangle in cache-sized blocks (bit-symmetric by construction).
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t bi = 0; bi < n; bi += kTile) {
-      for (int64_t bj = bi; bj < n; bj += kTile) {
-        for (int64_t i = bi; i < std::min(bi + kTile, n); ++i)
-          for (int64_t j = std::max(bj, i + 1); j < std::min(bj + kTile, n); ++j)
-            out[j * ld + i] = out[i * ld + j];
+  // ---- panels: GEMM, fused epilogue (+ repair), mirror; one panel per thread at a time ----
+  // One parallel region for the whole matrix (no barrier per panel: on a shared, oversubscribed
+  // machine every barrier can cost a scheduler time slice). Inside it each GEMM runs on its
+  // thread alone (BLAS does not nest), panels are handed out largest first. Writes never overlap:
+  // panel rows i write columns j > i of row i, the mirror writes columns [i0, i0 + rows) of rows
+  // j > i, and those columns belong to this panel only.
+  const bool mirror = p.sym && !p.condensed;
+  const int64_t panels = (n + kPanel - 1) / kPanel;
+#pragma omp parallel
+  {
+    at::Tensor buf = at::empty({std::min(kPanel, n) * m}, opts);
+    T* pp = buf.data_ptr<T>();
+    std::vector<double> vbuf(m);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t pi = 0; pi < panels; ++pi) {
+      const int64_t i0 = pi * kPanel, rows = std::min(kPanel, n - i0);
+      const int64_t c0 = p.sym ? i0 : 0, cols = m - c0;  // x with itself: columns j >= i0 only
+      at::Tensor P = at::from_blob(pp, {rows, cols}, opts);
+      at::mm_out(P, xc.narrow(0, i0, rows), yc.narrow(0, c0, cols).t());
+      double* v = vbuf.data();
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = i0 + r;
+        const int64_t j0 = p.sym ? i + 1 : 0;
+        T* g = pp + r * cols - c0;  // g[j] = <xc_i, yc_j>
+        // dst[j] is pair (i, j)'s slot: a row of the square, or the row's run of the condensed
+        // vector.
+        O* dst = p.condensed ? out + condensed_index(n, i, j0) - j0 : out + i * ld;
+        if (mirror) dst[i] = O(0);  // exact zero diagonal
+        if (j0 >= m) continue;
+        T* keep = mirror ? g : nullptr;
+        const T* xi = x + i * d;
+        switch (p.metric) {
+          case kEuclidean:
+            epilogue_row<T, O, kEuclidean>(g, ny, nx[i], j0, m, ratio, xi, y, d, v, keep, dst);
+            break;
+          case kCosine:
+            epilogue_row<T, O, kCosine>(g, ny, nx[i], j0, m, ratio, xi, y, d, v, keep, dst);
+            break;
+          default:
+            epilogue_row<T, O, kSqEuclidean>(g, ny, nx[i], j0, m, ratio, xi, y, d, v, keep, dst);
+        }
+      }
+      if (mirror) {
+        // Column j of the panel (its rows i < j) -> a contiguous segment of output row j, 16
+        // columns at a time so the panel's cache lines are reused.
+        for (int64_t jb = i0 + 1; jb < m; jb += 16) {
+          for (int64_t j = jb; j < std::min<int64_t>(jb + 16, m); ++j) {
+            const int64_t re = std::min(rows, j - i0);  // panel rows with i < j
+            const T* col = pp + (j - c0);
+            O* o = out + j * ld + i0;
+            for (int64_t r = 0; r < re; ++r) o[r] = static_cast<O>(col[r * cols]);
+          }
+        }
       }
     }
   }
+}
+
+// Host bytes the op allocates beyond its inputs: the result, the compute-type copies of x and y
+// (make_plan), the centred rows and one panel per thread (run_cpu_gemm), in the widest compute
+// type.
+int64_t host_bytes_needed(const at::Tensor& x, const std::optional<at::Tensor>& y, bool condensed,
+                          std::optional<at::ScalarType> out_dtype) {
+  const int64_t n = x.size(0), m = y ? y->size(0) : n, d = x.size(1);
+  const bool any64 = x.scalar_type() == at::kDouble || (y && y->scalar_type() == at::kDouble);
+  const int64_t elem = out_dtype.value_or(any64 ? at::kDouble : at::kFloat) == at::kDouble ? 8 : 4;
+  const int64_t pairs = condensed ? n * (n - 1) / 2 : n * m;
+  const int64_t threads = std::max(1, omp_get_max_threads());
+  return pairs * elem + 8 * (2 * (n + m) * d + threads * kPanel * m) + 64 * (n + m);
 }
 
 at::Tensor pairwise_distance_cpu(const at::Tensor& x, const std::optional<at::Tensor>& y,
@@ -227,6 +339,11 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x, const std::optional<at::Te
                                  std::optional<at::ScalarType> out_dtype,
                                  c10::string_view precision) {
   check_op(x, precision, at::kCPU, "pairwise_distance_cpu");
+  if (x.dim() == 2 && (!y || y->dim() == 2)) {  // else make_plan names the problem
+    check_host_memory(host_bytes_needed(x, y, condensed, out_dtype), x.size(0),
+                      "the result + the centred rows and one row panel per thread, plus O(n)",
+                      "simprune::pairwise_distance_cpu");
+  }
   const Plan p = make_plan(x, y, metric, condensed, out_dtype);
   at::Tensor out = make_output(p, x.options());
   if (out.numel() == 0) return out;
