@@ -13,7 +13,10 @@ forward over the same images, and the cost of very wide groups.
 2. **Wide groups** (``--wide C ...``): Linear(256 -> C) -> ReLU -> Linear(C -> 256) with
    ``--tokens`` tokens: the statistics pass (C^2 per sample, C^2 float64 accumulators: 1.64 GB at
    C = 14336) and the solve for half the channels kept (one Cholesky of C/2, O(C^3)), each as
-   seconds and against the forward of the same tokens.
+   seconds and against the forward of the same tokens (C^2 per token against the two layers' 2 x 256 x C:
+   a ratio of about C / 512 for this small block, about 1.2 for a LLaMA MLP, C / (3 x 4096)); the
+   plan entries (|R| x |K|) and, up to ``MAX_MERGE_ENTRIES``, the time of :func:`data_merges` with
+   them (beyond it a group keeps the descriptor merge).
 """
 
 from __future__ import annotations
@@ -33,7 +36,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import machine_info, print_table  # noqa: E402
 from simprune.pruning import prune  # noqa: E402
 from simprune.pruning.groups import build_dependency_graph, collect_groups  # noqa: E402
-from simprune.pruning.merge import data_merges  # noqa: E402
+from simprune.pruning.merge import (  # noqa: E402
+    MAX_MERGE_ENTRIES,
+    data_merges,
+    ridge_solve_batched,
+)
 from simprune.pruning.stats import accumulator_bytes, collect_stats  # noqa: E402
 
 
@@ -106,13 +113,21 @@ def wide(args: argparse.Namespace) -> None:
         _forward(model, x, args.tokens)
         tf = time.perf_counter() - t0
         t0 = time.perf_counter()
-        st = collect_stats(model, [g], x, x[:1], batch_size=args.tokens)
+        st = collect_stats(model, [g], x, x[:1], batch_size=args.tokens)["0"]
         ts = time.perf_counter() - t0
+        # The solve alone (B for half the channels kept: one Cholesky of C/2, C/2 right-hand sides).
+        k = torch.arange(0, c, 2)
+        r = torch.arange(1, c, 2)
+        s_kk, s_kr = st.cov[k][:, k], st.cov[k][:, r]
         t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            data_merges([(g, st["0"], list(range(0, c, 2)))])
+        ridge_solve_batched([(s_kk, s_kr, 1e-6 * float(s_kk.diagonal().mean()))], s_kk.device)
         tv = time.perf_counter() - t0
+        entries = (c // 2) * (c - c // 2)
+        tp_ = "-"
+        if entries <= MAX_MERGE_ENTRIES:
+            t0 = time.perf_counter()
+            data_merges([(g, st, k.tolist())])
+            tp_ = f"{time.perf_counter() - t0:.2f}"
         rows.append(
             [
                 str(c),
@@ -120,11 +135,21 @@ def wide(args: argparse.Namespace) -> None:
                 f"{tf:.3f}",
                 f"{ts:.2f} ({ts / tf:.0f}x)",
                 f"{tv:.2f}",
+                f"{entries / 1e6:.1f}M",
+                tp_,
             ]
         )
-        del st
+        del st, s_kk, s_kr
     print(f"\nWide groups: Linear(256 -> C) -> ReLU -> Linear(C -> 256), {args.tokens} tokens\n")
-    cols = ["C", "accumulators", "forward s", "statistics s (x fwd)", "solve s (C/2 kept)"]
+    cols = [
+        "C",
+        "accumulators",
+        "forward s",
+        "statistics s (x fwd)",
+        "solve s (C/2 kept)",
+        "plan entries",
+        "data_merges s (solve + entries)",
+    ]
     print_table([dict(zip(cols, r, strict=True)) for r in rows], cols)
 
 

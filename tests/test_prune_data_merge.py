@@ -445,3 +445,13 @@ def test_data_merge_is_exact_on_duplicates_for_more_layer_types(kind):
     replay = simprune.apply_plan(model, plan, x, verify=False, calibration_data=data)
     for k, v in pruned.state_dict().items():
         assert torch.equal(v, replay.state_dict()[k]), k
+
+
+def test_too_many_merge_entries_keep_the_descriptor_merge(monkeypatch):
+    import simprune.pruning.merge as merge_mod
+
+    st, _ = _cov(500, 12, 12, 4)
+    monkeypatch.setattr(merge_mod, "MAX_MERGE_ENTRIES", 20)  # 6 kept x 6 removed = 36
+    with pytest.warns(UserWarning, match="36 plan entries.*keeps the descriptor merge"):
+        (got,) = data_merges([(_G(12), st, list(range(6)))])
+    assert got is None

@@ -264,6 +264,9 @@ def apply_shifts(group: ChannelGroup, shifts: Sequence[tuple[int, float]]) -> in
 DATA_RIDGE = {torch.float64: 1e-10, torch.float32: 1e-6}
 # With no more samples than kept channels (a rank-deficient covariance): a real ridge.
 FALLBACK_RIDGE = 1e-3
+# The plan stores one [removed, kept, coefficient] entry per pair: a group needing more (7168 x 7168
+# = 51M at C = 14336 half pruned: ~8 GB as Python lists) keeps its descriptor merge, with a warning.
+MAX_MERGE_ENTRIES = 4_000_000
 
 
 def _blocks(group_n: int, ch_groups: int) -> list[np.ndarray]:
@@ -325,7 +328,7 @@ def data_merges(
     items: Sequence[tuple[ChannelGroup, Any, Sequence[int]]],
     device: torch.device | None = None,
     ridge: float | None = None,
-) -> list[tuple[list[list[Any]], list[list[Any]]]]:
+) -> list[tuple[list[list[Any]], list[list[Any]]] | None]:
     """The data merge of several groups: (merges, shifts) in root channel ids for each
     (group, :class:`~simprune.pruning.stats.GroupStats`, kept channels).
 
@@ -337,14 +340,29 @@ def data_merges(
     bias += W_R c with c = mu_R - B^T mu_K -- the shifts [j, c_j]. Exact when the removed channels
     are linear functions of the kept ones on the data (duplicates: B = 1, c = 0); the identity when
     nothing is removed. All solves run batched on ``device`` (default: the statistics' device).
+    A group whose merges would need more than :data:`MAX_MERGE_ENTRIES` plan entries gets None
+    (with a warning): the caller keeps its descriptor merge.
     """
     from .stats import warn_rank_deficient
 
     problems: list[tuple[torch.Tensor, torch.Tensor, float]] = []
     where: list[tuple[int, np.ndarray, np.ndarray]] = []
+    skipped: list[int] = []
     for gi, (g, st, kept) in enumerate(items):
         keep = np.zeros(g.n_channels, dtype=bool)
         keep[np.asarray(list(kept), dtype=np.int64)] = True
+        n_entries = sum(
+            int(keep[b].sum()) * int((~keep[b]).sum()) for b in _blocks(g.n_channels, g.ch_groups)
+        )
+        if n_entries > MAX_MERGE_ENTRIES:
+            warnings.warn(
+                f"group {g.root_name!r}: the data merge needs {n_entries:,} plan entries (removed x "
+                f"kept channels), more than {MAX_MERGE_ENTRIES:,}; this group keeps the descriptor "
+                "merge ('ls')",
+                stacklevel=3,
+            )
+            skipped.append(gi)
+            continue
         eps = ridge
         if warn_rank_deficient(st, int(keep.sum())):
             eps = FALLBACK_RIDGE if ridge is None else ridge
@@ -363,13 +381,17 @@ def data_merges(
             where.append((gi, k_ids, r_ids))
     dev = device if device is not None else (items[0][1].cov.device if items else None)
     sols = ridge_solve_batched(problems, dev or torch.device("cpu")) if problems else []
-    out: list[tuple[list[list[Any]], list[list[Any]]]] = [([], []) for _ in items]
+    out: list[tuple[list[list[Any]], list[list[Any]]] | None] = [([], []) for _ in items]
+    for gi in skipped:
+        out[gi] = None
     for (gi, k_ids, r_ids), b in zip(where, sols, strict=True):
         st = items[gi][1]
         mu = st.mean.to(torch.float64)
         b = b.cpu()
         c = mu[torch.from_numpy(r_ids)].cpu() - b.T @ mu[torch.from_numpy(k_ids)].cpu()
-        merges, shifts = out[gi]
+        got = out[gi]
+        assert got is not None
+        merges, shifts = got
         merges += _triples(b.numpy(), k_ids, r_ids)
         shifts += [
             [int(j), float(v)] for j, v in zip(r_ids.tolist(), c.tolist(), strict=True) if v != 0.0
@@ -415,8 +437,9 @@ def data_merge_plans(
             stacklevel=3,
         )
     device = engine_device(backend, items[0][1].cov.device) if items else None
-    for gp, (merges, shifts) in zip(targets, data_merges(items, device), strict=True):
-        gp.merges, gp.shifts = merges, shifts
+    for gp, got in zip(targets, data_merges(items, device), strict=True):
+        if got is not None:  # None: too many entries, the descriptor merge stays
+            gp.merges, gp.shifts = got
     return missing
 
 
