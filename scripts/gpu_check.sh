@@ -31,14 +31,16 @@
 #        python -m benchmarks.report --from-gpu-check out
 #
 # Order: the most valuable results first -- build, selfcheck, the distance and linkage benchmarks
-# (bounded), the linkage GPU tests -- then the other GPU tests and the slower model benchmarks. A step whose Python
-# packages are missing is skipped with a line naming them; every step runs under `timeout`, clipped
-# to the budget left, so one slow step cannot push the run past it. The build compiles for this
-# card's architecture only (TORCH_CUDA_ARCH_LIST, default: the GPU's, e.g. 9.0), in parallel with
-# ninja (MAX_JOBS = all cores): measured on the 2-core development box (MAX_JOBS=2, sm_90) it takes
-# ~6 min; the 7 translation units compile in parallel on 16 cores, so ~1.5-2 min there (the longest
-# single nvcc unit). A machine without ninja can use the dev venv's self-contained `.venv/bin/ninja`
-# (carry it; NINJA=/path/to/ninja to point elsewhere).
+# (bounded), the linkage GPU tests -- then the other GPU tests and the slower model benchmarks. A
+# step whose Python packages are missing is skipped with a line naming them; every step runs under
+# `timeout`, clipped to the budget left, so one slow step cannot push the run past it.
+# The build compiles for this card's architecture only (TORCH_CUDA_ARCH_LIST, default: the GPU's,
+# 9.0 on an H200), in parallel with ninja (MAX_JOBS = all cores). Measured on the 2-core development
+# box (2026-11-29, sm_90, MAX_JOBS=2, load average 11-16 from other work): 1032 s wall for the 9
+# translation units; CPU time of the longest, cuda/linkage_rounds.cu, 32 s (cpu/linkage_rounds.cpp
+# 22 s), about 200 s of CPU for all 9. On 16 cores they all compile at once: about a minute (the
+# longest unit, the link, pip), well inside the build step's 300 s. A machine without ninja can use
+# the dev venv's self-contained `.venv/bin/ninja` (carry it; NINJA=/path/to/ninja elsewhere).
 #
 # Output ($OUT, default ./out; with GPU_CHECK_PACK=1 these are inside gpu_check.tar.gz):
 #   env.json              card, capability, driver, torch/triton/CUDA versions, commit, packages
