@@ -455,3 +455,28 @@ def test_too_many_merge_entries_keep_the_descriptor_merge(monkeypatch):
     with pytest.warns(UserWarning, match="36 plan entries.*keeps the descriptor merge"):
         (got,) = data_merges([(_G(12), st, list(range(6)))])
     assert got is None
+
+
+@pytest.mark.parametrize("kind", ["chain", "resblock"])
+def test_layer_by_layer_data_merge_is_exact_on_duplicates(kind):
+    """merge.sequential_data_merge_plans (the layer-by-layer variant of docs/results.md) refits a
+    plan's merges group by group against the partly pruned model: exact on duplicates too, and the
+    model it is given is left untouched."""
+    from simprune.pruning.groups import build_dependency_graph
+    from simprune.pruning.merge import sequential_data_merge_plans
+    from simprune.pruning.plan import plan_groups
+
+    model, x, expected = duplicate_model(kind)
+    data = torch.randn(128, *x.shape[1:], dtype=x.dtype)
+    model = _recalibrated(model, data)
+    ratio = sum(len(v) for v in expected.values()) / n_prunable(model, x)
+    _, plan, _ = simprune.prune(
+        model, x, pruning_ratio=ratio, min_keep_ratio=0.0, merge=False, progress=False
+    )
+    before = copy.deepcopy(model.state_dict())
+    groups = plan_groups(model, build_dependency_graph(model, x), plan.groups)
+    sequential_data_merge_plans(model, groups, plan.groups, data, x)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    pruned = simprune.apply_plan(model, plan, x)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(data), model(data), rtol=0, atol=1e-6)
