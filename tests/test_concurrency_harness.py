@@ -114,6 +114,17 @@ def _build(kind: str, root: str = ROOT) -> str:
                     f"harness build failed:\n{' '.join(cmd)}\n{out.stderr[-5000:]}"
                 )
             os.replace(tmp, exe)
+            # Keep the newest few binaries of this kind (each source change builds a new one).
+            old = sorted(
+                (
+                    f
+                    for f in os.listdir(CACHE)
+                    if f.startswith(f"harness-{kind}-") and ".tmp" not in f
+                ),
+                key=lambda f: os.path.getmtime(os.path.join(CACHE, f)),
+            )
+            for f in old[:-4]:
+                os.remove(os.path.join(CACHE, f))
     return exe
 
 
