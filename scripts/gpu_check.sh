@@ -379,8 +379,9 @@ for ((i = FIRST_BENCHES; i < ${#BENCHES[@]}; i++)); do run_bench "${BENCHES[$i]}
 step record 60 "$D/record.log" - "$PY" -m benchmarks.report --from-gpu-check "$D" \
   --results-dir "$D/results"
 
-# ---- 8. summary ----
+# ---- 8. summary (also on stdout: the device tool returns the output's tail even without files) ----
 summarize
+[[ "$DRY" != 0 ]] || cat "$D/results.md"
 echo "[gpu_check] done in $(($(date +%s) - START))s: $D/results.md$([[ "$PACK" == 1 ]] && echo " (packed: $OUT/gpu_check.tar.gz)")"
 if [[ "$DRY" != 0 ]]; then
   ! grep -q 'FAILED' "$D/results.json"
