@@ -58,7 +58,7 @@
 # command may use $D and $PY and should write $D/bench_<name>.json and $D/bench_<name>.md).
 set -uo pipefail
 
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 OUT="${OUT:-./out}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
