@@ -263,16 +263,14 @@ def _probe_runs(
     reaches, one (n_positions, n_elements) float64 array of tangents per run."""
     needs_stats = any(kind != "scale" for (kind, _), _ in runs)
     stats = _producer_stats(model, example_inputs, producers, bn_after) if needs_stats else {}
-    xs = _as_tuple(example_inputs)
     k = len(runs)
-    if all(isinstance(x, torch.Tensor) and x.dim() >= 1 for x in xs):
-        stacked = tuple(torch.cat([x] * k) for x in xs)
-        batch = int(xs[0].shape[0])
+    stacked = _stacked(example_inputs, k)
+    if stacked is not None:
+        inputs, batch = stacked
         try:
             out = _probe_forward(
-                model,
-                stacked if isinstance(example_inputs, tuple) else stacked[0],
-                layers, producers, offsets, stats, batch, runs=runs, bn_after=bn_after,
+                model, inputs, layers, producers, offsets, stats, batch, runs=runs,
+                bn_after=bn_after,
             )  # fmt: skip
             if out is not None:
                 return out
@@ -288,6 +286,26 @@ def _probe_runs(
     for name in per_run[0] or {}:
         merged[name] = [r[name][0] for r in per_run if r is not None and name in r]
     return merged
+
+
+def _stacked(example_inputs: Any, k: int) -> tuple[Any, int] | None:
+    """The inputs repeated k times along dim 0 (a tensor, a tuple of tensors, or a dict of keyword
+    arguments whose tensors share their first dimension; other values are passed as they are) and
+    the batch size, or None when they do not stack."""
+    if isinstance(example_inputs, dict):
+        ts = [v for v in example_inputs.values() if isinstance(v, torch.Tensor)]
+        if not ts or any(v.dim() < 1 or v.shape[0] != ts[0].shape[0] for v in ts):
+            return None
+        out = {
+            key: torch.cat([v] * k) if isinstance(v, torch.Tensor) else v
+            for key, v in example_inputs.items()
+        }
+        return out, int(ts[0].shape[0])
+    xs = _as_tuple(example_inputs)
+    if not all(isinstance(x, torch.Tensor) and x.dim() >= 1 for x in xs):
+        return None
+    st = tuple(torch.cat([x] * k) for x in xs)
+    return (st if isinstance(example_inputs, tuple) else st[0]), int(xs[0].shape[0])
 
 
 def _bn_inverse(bn: Any) -> Any:
