@@ -158,8 +158,8 @@ void run_cpu(const Plan& p, O* out) {
 //   v <= ratio * (|x_i|^2 + |y_j|^2), where the expansion may have cancelled, is recomputed by
 //   direct differences of the original rows (the same add_sq_diff chunks as the direct kernel);
 //   then the metric and the row's output segment (square row or condensed run);
-// * x with itself, square output: the panel's finished values are mirrored, column j of the panel
-//   becoming a contiguous row segment of output row j (bit-symmetric by construction).
+// * x with itself, square output: the panel's finished output rows are mirrored, their column j
+//   becoming a contiguous segment of output row j (bit-symmetric by construction).
 // ratio: 0.25 in fp32 (an emulation of IEEE fp32 GEMM rounding keeps the other pairs within 5e-7),
 // 1e-2 in fp64.
 // d from which the expansion beats the direct tiles (2-core CPU machine) and goes past torch.cdist.
@@ -221,23 +221,58 @@ void centre_rows(const T* x, int64_t n, int64_t d, const double* mu, T* xc, doub
 }
 
 // The epilogue of one output row i over the columns [j0, j1): g[j] = <xc_i, yc_j>,
-// sy[j] = |yc_j|^2, xi / y: the original rows (for the repair). Three passes over the row, each a
-// simple loop: the expansion (vectorised), the (rare) repair, the metric and the stores. keep
-// (optional) receives the finished values in T for the mirror.
+// sy[j] = |yc_j|^2, xi / y: the original rows (for the repair). One vectorised pass computes the
+// expansion in fp64, the metric and the stores, and ORs the near-pair flags together; only a row
+// with a flagged pair takes a second (scalar, rare) pass that recomputes those pairs exactly.
 template <typename T, typename O, int kMetric>
-void epilogue_row(const T* g, const double* sy, double sxi, int64_t j0, int64_t j1, double ratio,
-                  const T* xi, const T* y, int64_t d, double* v, T* keep, O* dst) {
-  for (int64_t j = j0; j < j1; ++j) v[j] = (sxi + sy[j]) - 2.0 * static_cast<double>(g[j]);
-  for (int64_t j = j0; j < j1; ++j)
-    if (v[j] <= ratio * (sxi + sy[j])) v[j] = direct_sq<T>(xi, y + j * d, d);
-  if (keep != nullptr) {
-    for (int64_t j = j0; j < j1; ++j) {
-      const double f = finish<double>(v[j], kMetric);
-      keep[j] = static_cast<T>(f);
-      dst[j] = static_cast<O>(f);
-    }
+inline __attribute__((always_inline)) void epilogue_row(const T* g, const double* sy, double sxi,
+                                                        int64_t j0, int64_t j1, double ratio,
+                                                        const T* xi, const T* y, int64_t d,
+                                                        O* dst) {
+  int any = 0;
+#pragma omp simd reduction(| : any)
+  for (int64_t j = j0; j < j1; ++j) {
+    const double s = sxi + sy[j];
+    const double v = s - 2.0 * static_cast<double>(g[j]);
+    any |= v <= ratio * s;
+    dst[j] = static_cast<O>(finish<double>(v, kMetric));
+  }
+  if (!any) return;
+  for (int64_t j = j0; j < j1; ++j) {
+    const double s = sxi + sy[j];
+    if (s - 2.0 * static_cast<double>(g[j]) <= ratio * s)
+      dst[j] = static_cast<O>(finish<double>(direct_sq<T>(xi, y + j * d, d), kMetric));
+  }
+}
+
+// The epilogue of a row for any metric; T = O = float (the default fp32 path) is cloned for AVX2
+// (picked at load time, as tile_sq_f32): 4 doubles per instruction instead of SSE2's 2.
+template <typename T, typename O>
+inline void epilogue_any(int metric, const T* g, const double* sy, double sxi, int64_t j0,
+                         int64_t j1, double ratio, const T* xi, const T* y, int64_t d, O* dst) {
+  switch (metric) {
+    case kEuclidean:
+      return epilogue_row<T, O, kEuclidean>(g, sy, sxi, j0, j1, ratio, xi, y, d, dst);
+    case kCosine:
+      return epilogue_row<T, O, kCosine>(g, sy, sxi, j0, j1, ratio, xi, y, d, dst);
+    default:
+      return epilogue_row<T, O, kSqEuclidean>(g, sy, sxi, j0, j1, ratio, xi, y, d, dst);
+  }
+}
+
+__attribute__((target_clones("avx2", "default"))) void epilogue_f32(
+    int metric, const float* g, const double* sy, double sxi, int64_t j0, int64_t j1,
+    double ratio, const float* xi, const float* y, int64_t d, float* dst) {
+  epilogue_any<float, float>(metric, g, sy, sxi, j0, j1, ratio, xi, y, d, dst);
+}
+
+template <typename T, typename O>
+inline void epilogue(int metric, const T* g, const double* sy, double sxi, int64_t j0, int64_t j1,
+                     double ratio, const T* xi, const T* y, int64_t d, O* dst) {
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<O, float>) {
+    epilogue_f32(metric, g, sy, sxi, j0, j1, ratio, xi, y, d, dst);
   } else {
-    for (int64_t j = j0; j < j1; ++j) dst[j] = static_cast<O>(finish<double>(v[j], kMetric));
+    epilogue_any<T, O>(metric, g, sy, sxi, j0, j1, ratio, xi, y, d, dst);
   }
 }
 
@@ -275,45 +310,36 @@ void run_cpu_gemm(const Plan& p, O* out) {
   {
     at::Tensor buf = at::empty({std::min(kPanel, n) * m}, opts);
     T* pp = buf.data_ptr<T>();
-    std::vector<double> vbuf(m);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t pi = 0; pi < panels; ++pi) {
       const int64_t i0 = pi * kPanel, rows = std::min(kPanel, n - i0);
       const int64_t c0 = p.sym ? i0 : 0, cols = m - c0;  // x with itself: columns j >= i0 only
       at::Tensor P = at::from_blob(pp, {rows, cols}, opts);
       at::mm_out(P, xc.narrow(0, i0, rows), yc.narrow(0, c0, cols).t());
-      double* v = vbuf.data();
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t i = i0 + r;
         const int64_t j0 = p.sym ? i + 1 : 0;
-        T* g = pp + r * cols - c0;  // g[j] = <xc_i, yc_j>
+        const T* g = pp + r * cols - c0;  // g[j] = <xc_i, yc_j>
         // dst[j] is pair (i, j)'s slot: a row of the square, or the row's run of the condensed
         // vector.
         O* dst = p.condensed ? out + condensed_index(n, i, j0) - j0 : out + i * ld;
         if (mirror) dst[i] = O(0);  // exact zero diagonal
         if (j0 >= m) continue;
-        T* keep = mirror ? g : nullptr;
-        const T* xi = x + i * d;
-        switch (p.metric) {
-          case kEuclidean:
-            epilogue_row<T, O, kEuclidean>(g, ny, nx[i], j0, m, ratio, xi, y, d, v, keep, dst);
-            break;
-          case kCosine:
-            epilogue_row<T, O, kCosine>(g, ny, nx[i], j0, m, ratio, xi, y, d, v, keep, dst);
-            break;
-          default:
-            epilogue_row<T, O, kSqEuclidean>(g, ny, nx[i], j0, m, ratio, xi, y, d, v, keep, dst);
-        }
+        epilogue<T, O>(p.metric, g, ny, nx[i], j0, m, ratio, x + i * d, y, d, dst);
       }
       if (mirror) {
-        // Column j of the panel (its rows i < j) -> a contiguous segment of output row j, 16
-        // columns at a time so the panel's cache lines are reused.
+        // Column j of the panel's finished output rows (its rows i < j) -> a contiguous segment
+        // of output row j, in 16 x 16 blocks: each block reads 16 rows and writes 16 rows, so its
+        // cache lines and pages (TLB entries) are reused instead of one page per element.
+        const O* src = out + i0 * ld;
         for (int64_t jb = i0 + 1; jb < m; jb += 16) {
-          for (int64_t j = jb; j < std::min<int64_t>(jb + 16, m); ++j) {
-            const int64_t re = std::min(rows, j - i0);  // panel rows with i < j
-            const T* col = pp + (j - c0);
-            O* o = out + j * ld + i0;
-            for (int64_t r = 0; r < re; ++r) o[r] = static_cast<O>(col[r * cols]);
+          const int64_t je = std::min<int64_t>(jb + 16, m);
+          for (int64_t rb = 0; rb < std::min(rows, je - 1 - i0); rb += 16) {
+            for (int64_t j = jb; j < je; ++j) {
+              const int64_t re = std::min({rows, j - i0, rb + 16});  // panel rows with i < j
+              O* o = out + j * ld + i0;
+              for (int64_t r = rb; r < re; ++r) o[r] = src[r * ld + j];
+            }
           }
         }
       }
