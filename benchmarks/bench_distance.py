@@ -3,13 +3,15 @@
     python benchmarks/bench_distance.py                 # CPU: n in {1k, 4k}, d in {2, 64, 1024}
     python benchmarks/bench_distance.py --device cuda   # GPU: n in {1k, 4k, 16k}
     python benchmarks/bench_distance.py --n 16384 --d 64 --json out.json --markdown out.md
+    python benchmarks/bench_distance.py --d 64 256 1024 --impl cpu --threads 2 --repeat 9 --paired
 
 Every row: one implementation at one size, fp32 input, fp32 square output (condensed where the row
 says so), on the channel-like near-duplicate set (linkage.md 8.1 #3: mean 0.5, sigma 0.05, 5 % of rows
 near-copies at noise 1e-3). Columns:
 
 * ``ms``: median time (GPU: ``triton.testing.do_bench``; CPU: ``benchmarks.common.median_time``);
-* ``x_cdist``: speed-up over ``torch.cdist`` (fp32, TF32 off) on the same device in the same run;
+* ``x_cdist``: speed-up over ``torch.cdist`` (fp32, TF32 off) on the same device in the same run
+  (``--paired``: the median of per-pair ratios, each implementation timed alternately with cdist);
 * ``GB/s``: output bytes written / time; ``GFLOP/s``: 2 n^2 d / time (the GEMM-equivalent work of the
   full square, whatever the kernel actually computes);
 * ``roof%`` (GPU only): max(write floor, compute floor) / time, with the write floor = output bytes /
@@ -26,7 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
+import time
 
 import numpy as np
 import torch
@@ -64,12 +68,12 @@ def _errors(got: torch.Tensor, ref: torch.Tensor) -> tuple[float, bool]:
     return rel, zeros_ok
 
 
-def _timer(device: str):
+def _timer(device: str, repeat: int = 3):
     if device == "cuda":
         import triton.testing
 
         return lambda fn: triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median") / 1e3
-    return lambda fn: median_time(fn, repeat=3, warmup=1, max_seconds=20.0)
+    return lambda fn: median_time(fn, repeat=repeat, warmup=1, max_seconds=20.0)
 
 
 def implementations(device: str, with_interpreter: bool):
@@ -119,11 +123,39 @@ def implementations(device: str, with_interpreter: bool):
     return impls
 
 
-def run(ns, ds, device: str, with_interpreter: bool, scipy_budget: float) -> list[dict]:
+def _paired(base, fn, repeat: int) -> tuple[float, float]:
+    """CPU: time ``base`` and ``fn`` alternately, ``repeat`` pairs (after one warm-up call each).
+
+    Returns (median time of fn, median of the per-pair ratios base / fn): each pair runs within
+    about a second, so a load that changes slowly on a shared machine cancels out of the ratio."""
+    base()
+    fn()
+    times, ratios = [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        base()
+        t1 = time.perf_counter()
+        fn()
+        t2 = time.perf_counter()
+        times.append(t2 - t1)
+        ratios.append((t1 - t0) / (t2 - t1))
+    return statistics.median(times), statistics.median(ratios)
+
+
+def run(
+    ns,
+    ds,
+    device: str,
+    with_interpreter: bool,
+    scipy_budget: float,
+    only=None,
+    repeat: int = 3,
+    paired: bool = False,
+) -> list[dict]:
     import simprune
 
     torch.backends.cuda.matmul.allow_tf32 = False  # cdist's GEMM in full fp32
-    timer = _timer(device)
+    timer = _timer(device, repeat)
     peaks = _card_peaks() if device == "cuda" else None
     rows = []
     for n in ns:
@@ -132,7 +164,10 @@ def run(ns, ds, device: str, with_interpreter: bool, scipy_budget: float) -> lis
             ref = simprune.pairwise_distance_ref(x, None, "sqeuclidean", False, torch.float64)
             iu = None
             cdist_t = None
+            cdist_fn = None
             for name, fn, prec, cond in implementations(device, with_interpreter):
+                if only and name != "torch.cdist" and not any(o in name for o in only):
+                    continue
                 if name == "scipy cdist" and n * n * d > scipy_budget:
                     rows.append({"impl": name, "n": n, "d": d, "ms": "skipped (size)"})
                     continue
@@ -155,7 +190,11 @@ def run(ns, ds, device: str, with_interpreter: bool, scipy_budget: float) -> lis
                 else:
                     err, zeros_ok = _errors(out.to(device), ref)
                 del out
-                t = timer(lambda fn=fn, x=x: fn(x))
+                ratio = None
+                if paired and device == "cpu" and cdist_fn is not None:
+                    t, ratio = _paired(cdist_fn, lambda fn=fn, x=x: fn(x), repeat)
+                else:
+                    t = timer(lambda fn=fn, x=x: fn(x))
                 out_bytes = (n * (n - 1) // 2 if cond else n * n) * 4
                 row = {
                     "impl": name,
@@ -170,7 +209,10 @@ def run(ns, ds, device: str, with_interpreter: bool, scipy_budget: float) -> lis
                 }
                 if name == "torch.cdist":
                     cdist_t = t
-                if cdist_t:
+                    cdist_fn = lambda fn=fn, x=x: fn(x)  # noqa: E731
+                if ratio is not None:
+                    row["x_cdist"] = round(ratio, 2)
+                elif cdist_t:
                     row["x_cdist"] = round(cdist_t / t, 2)
                 if peaks:
                     p = {"3xtf32": peaks["tf32"] / 3, "tf32": peaks["tf32"]}.get(
@@ -214,15 +256,44 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--scipy-budget", type=float, default=2e9, help="skip scipy cdist above n*n*d (CPU time)"
     )
+    ap.add_argument(
+        "--impl",
+        nargs="*",
+        help="only the implementations whose name contains one of these (torch.cdist always runs)",
+    )
+    ap.add_argument("--threads", type=int, help="torch/OpenMP threads (default: torch's)")
+    ap.add_argument("--repeat", type=int, default=3, help="CPU: timed calls per row (median)")
+    ap.add_argument(
+        "--paired",
+        action="store_true",
+        help="CPU: time each implementation alternately with torch.cdist; x_cdist is then the "
+        "median of the per-pair ratios (robust to a slowly changing load on a shared machine)",
+    )
     args = ap.parse_args(argv)
     if args.interpreter:
         os.environ["TRITON_INTERPRET"] = "1"
+    if args.threads:
+        torch.set_num_threads(args.threads)
     ns = args.n or ([1024, 4096, 16384] if args.device == "cuda" else [1024, 4096])
-    rows = run(ns, args.d, args.device, args.interpreter, args.scipy_budget)
+    load_before = os.getloadavg()
+    rows = run(
+        ns,
+        args.d,
+        args.device,
+        args.interpreter,
+        args.scipy_budget,
+        args.impl,
+        args.repeat,
+        args.paired,
+    )
     info = machine_info()
     info["device"] = args.device
-    # Timings on a shared machine are only as good as its load: record it with them.
+    info["threads"] = torch.get_num_threads()
+    # Timings on a shared machine are only as good as its load: record it with them (uptime's
+    # 1/5/15-minute load averages, before and after the run).
     info["loadavg_1min"] = round(os.getloadavg()[0], 2)
+    info["uptime_load_before"] = " ".join(f"{v:.2f}" for v in load_before)
+    info["uptime_load_after"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     cols = ["impl", "n", "d", "ms", "x_cdist", "GB/s", "GFLOP/s", "max_rel_err", "exact_0"]
     if args.device == "cuda":
         cols.insert(7, "roof%")
