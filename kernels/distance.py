@@ -65,14 +65,23 @@ METRIC_CODE = {"sqeuclidean": 0, "euclidean": 1, "cosine": 2}
 MODE_EXPAND, MODE_DIRECT = 0, 1
 
 # (BM, BK, num_warps, num_stages) per compute dtype and mode. Square tiles (BM x BM) because the
-# symmetric launch mirrors tiles. fp32 expansion: 128 x 128 tiles of tf32x3 tensor-core products.
+# symmetric launch mirrors tiles. Chosen so that no config spills on sm_90 or sm_80 (ptxas -v, recorded
+# by scripts/aot_check.py, which fails on a spill in these "hot" kernels): the former fp32 expansion
+# config, 128 x 128 tiles with 8 warps, sat at 255 registers with 136-568 B of spills on sm_90 (up to
+# ~1 KB on sm_80), its epilogue (tile norms, near-pair flags and compaction, mirrored stores) being as
+# large as the tf32x3 product's operands; 64 x 64 with 8 warps and BK = 16 needs 122-159 registers
+# on sm_90 (183-206 on sm_80) and spills nowhere (BK = 32: 36/24 B of spills on sm_80). Direct
+# differences accumulate in fp64: 8 warps for fp32 halve the per-thread tile (4 warps: 636 B of
+# spills for the ragged cosine variant).
 CONFIGS = {
-    (torch.float32, MODE_EXPAND): (128, 32, 8, 3),
+    (torch.float32, MODE_EXPAND): (64, 16, 8, 3),
     (torch.float64, MODE_EXPAND): (64, 16, 4, 2),
-    (torch.float32, MODE_DIRECT): (64, 16, 4, 1),
+    (torch.float32, MODE_DIRECT): (64, 16, 8, 1),
     (torch.float64, MODE_DIRECT): (64, 16, 4, 1),
 }
-REPAIR_BP, REPAIR_BK = 64, 32
+# Repair: BP pairs per program, BK features per step; 8 warps (4: 504 B of spills for cosine, whose
+# fp64 normalisation doubles the operands).
+REPAIR_BP, REPAIR_BK, REPAIR_WARPS = 64, 32, 8
 # Initial capacity of the near-pair list: max(MIN_REPAIR_CAP, 8 * rows).
 MIN_REPAIR_CAP = 4096
 # Most entries the near-pair list may hold (12 bytes each: 24 GiB at the limit). The kernel's cap
@@ -119,23 +128,46 @@ def _finish(dist, METRIC: tl.constexpr):
 
 @triton.jit
 def _store(
-    out_ptr, out_off, rows, cols, dist, n, m, ld, SYM: tl.constexpr, CONDENSED: tl.constexpr
-):
-    """Write a tile (and its mirror when SYM) into a square or condensed output."""
-    r = rows.to(tl.int64)[:, None]
-    c = cols.to(tl.int64)[None, :]
+    out_ptr, out_off, r0, c0, dist, n, m, ld, SYM: tl.constexpr, CONDENSED: tl.constexpr,
+    BM: tl.constexpr,
+):  # fmt: skip
+    """Write the BM x BM tile at (r0, c0) (and its mirror when SYM) into a square or condensed output.
+
+    Addressing: one int64 base pointer per tile (scalar) plus int32 in-tile offsets (< BM * n, so
+    n < 2^24 -- far beyond any matrix that fits in memory), not a BM x BM tensor of int64 indices:
+    the epilogue's register pressure (linkage.md: the fp32 configs spilled) drops accordingly."""
+    rl = tl.arange(0, BM)
+    rows = r0 + rl
+    cols = c0 + rl
+    r = rows[:, None]
+    c = cols[None, :]
     val = dist.to(out_ptr.dtype.element_ty)
+    r064 = r0.to(tl.int64)
+    c064 = c0.to(tl.int64)
     if SYM:
         upper = (r < c) & (c < n)
         if CONDENSED:
-            idx = r * n - r * (r + 1) // 2 + (c - r - 1)
-            tl.store(out_ptr + out_off + idx, val, mask=upper)
+            # idx(r, c) = r n - r (r + 1) / 2 + (c - r - 1); relative to idx(r0, c0), with r = r0 + i,
+            # c = c0 + j: i (n - r0 - 1) - i (i + 1) / 2 + j.
+            base = out_ptr + out_off + (r064 * n - r064 * (r064 + 1) // 2 + (c064 - r064 - 1))
+            off = (rl * (n - r0 - 1) - rl * (rl + 1) // 2)[:, None] + rl[None, :]
+            tl.store(base + off, val, mask=upper)
         else:
             diag = (r == c) & (c < n)
-            tl.store(out_ptr + out_off + r * ld + c, tl.where(diag, 0.0, val), mask=upper | diag)
-            tl.store(out_ptr + out_off + c * ld + r, val, mask=upper)
+            off = rl[:, None] * ld + rl[None, :]
+            tl.store(
+                out_ptr + out_off + (r064 * ld + c064) + off,
+                tl.where(diag, 0.0, val),
+                mask=upper | diag,
+            )
+            tl.store(
+                out_ptr + out_off + (c064 * ld + r064) + (rl[None, :] * ld + rl[:, None]),
+                val,
+                mask=upper,
+            )
     else:
-        tl.store(out_ptr + out_off + r * ld + c, val, mask=(r < n) & (c < m))
+        off = rl[:, None] * ld + rl[None, :]
+        tl.store(out_ptr + out_off + (r064 * ld + c064) + off, val, mask=(r < n) & (c < m))
 
 
 @triton.jit
@@ -288,7 +320,7 @@ def _distance_kernel(
             tl.store(p + 2, tl.zeros((BM, BM), dtype=tl.int32) + cols[None, :], mask=ok)
 
     dist = _finish(dist, METRIC)
-    _store(out_ptr, out_off, rows, cols, dist, n, m, ld, SYM, CONDENSED)
+    _store(out_ptr, out_off, ti * BM, tj * BM, dist, n, m, ld, SYM, CONDENSED, BM)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -544,6 +576,18 @@ def _new_stats(stats: dict[str, int] | None) -> dict[str, int]:
     return stats
 
 
+# The tile kernel addresses its output with int32 in-tile offsets (< BM * n): rows up to 2^24.
+MAX_ROWS = 2**24
+
+
+def _check_rows(n: int) -> None:
+    if n >= MAX_ROWS:
+        raise ValueError(
+            f"pairwise_distance (triton): {n} rows; at most {MAX_ROWS - 1} are supported (int32 "
+            f"in-tile offsets; the result alone would need {n * n * 4 / 2**40:.0f} TiB)"
+        )
+
+
 def _retry_cap(flagged: int) -> int:
     """Capacity of the near-pair list for the second launch: every pair the first one flagged."""
     return flagged
@@ -616,7 +660,7 @@ def _run(
         _repair_kernel[(triton.cdiv(flagged, REPAIR_BP),)](
             xo, yo, sx, sy, out, groups, near, flagged, n, m, d, ld,
             METRIC=METRIC_CODE[metric], SYM=sym, CONDENSED=condensed, RAGGED=ragged,
-            SCALED=scaled, BP=REPAIR_BP, BK=REPAIR_BK, num_warps=4,
+            SCALED=scaled, BP=REPAIR_BP, BK=REPAIR_BK, num_warps=REPAIR_WARPS,
         )  # fmt: skip
     return out
 
@@ -654,6 +698,7 @@ def pairwise_distance_triton(
         raise ValueError(f"out must be a contiguous {out_dtype} tensor of shape {shape}")
     if out.numel() == 0:
         return out
+    _check_rows(max(n, m))
     mode, cfg = _config(cdt, d)
     if sym:
         flat, shapes = x.reshape(-1), [(n, d)]
@@ -711,6 +756,7 @@ def pairwise_distance_ragged_triton(
         raise ValueError(f"out must be a contiguous {out_dtype} tensor of shape ({total},)")
     if total == 0:  # no groups, or only single-row groups in condensed form
         return out
+    _check_rows(max(rows))
     modes = [_config(cdt, c)[0] for c in cols]
     need_centred = any(mo == MODE_EXPAND and sz > 0 for mo, sz in zip(modes, sizes, strict=True))
     shapes = list(zip(rows, cols, strict=True))

@@ -1,8 +1,9 @@
 """AOT specs of the Triton distance kernels (kernels/distance.py): every launch configuration the
 launchers use, compiled for sm_90 and sm_80 with no GPU by scripts/aot_check.py (which collects
 ``AOT_SPECS`` from every module of this package). Each spec: ``name``, ``fn`` (the ``@triton.jit``
-function), ``signature`` (argument -> Triton type), ``constexprs`` and ``num_warps`` /
-``num_stages``. A new launch configuration in distance.py needs its entry here.
+function), ``signature`` (argument -> Triton type), ``constexprs``, ``num_warps`` / ``num_stages`` and
+``hot`` (the tile and repair kernels: a spill there fails the check). A new launch configuration in
+distance.py needs its entry here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .distance import (
     PREP_BR,
     REPAIR_BK,
     REPAIR_BP,
+    REPAIR_WARPS,
     _centre_kernel,
     _colmean_kernel,
     _distance_kernel,
@@ -111,6 +113,7 @@ def _aot_specs() -> list[dict]:
                 constexprs=dict(consts, MODE=mode, PREC=prec, BM=bm, BK=bk),
                 num_warps=warps,
                 num_stages=stages,
+                hot=True,  # scripts/aot_check.py fails if it spills
             )
         )
     for cdt, metric, sym, cond, rag, out_dt in [
@@ -126,7 +129,8 @@ def _aot_specs() -> list[dict]:
                 fn=_repair_kernel,
                 signature=_repair_sig(c, out_dt),
                 constexprs=dict(consts, BP=REPAIR_BP, BK=REPAIR_BK),
-                num_warps=4,
+                num_warps=REPAIR_WARPS,
+                hot=True,
             )
         )
     for in_dt, cdt_name, scaled in [("fp32", "fp32", False), ("fp16", "fp32", True),

@@ -202,6 +202,17 @@ def test_repair_list_limit_not_hit_below_it(monkeypatch):
     _check_square(out, ref, 1e-6)
 
 
+def test_row_limit_checked(monkeypatch):
+    """The tile kernel's int32 in-tile offsets bound the rows (MAX_ROWS, forced small here)."""
+    monkeypatch.setattr(kd, "MAX_ROWS", 100)
+    x = torch.randn(100, 40)
+    with pytest.raises(ValueError, match="at most 99 are supported"):
+        kd.pairwise_distance_triton(x, None, "sqeuclidean", True, None)
+    with pytest.raises(ValueError, match="at most 99 are supported"):
+        kd.pairwise_distance_ragged_triton(x.reshape(-1), [100], [40], "sqeuclidean", True, None)
+    assert kd.pairwise_distance_triton(x[:99], None, "sqeuclidean", True, None).numel() == 99 * 49
+
+
 def test_out_buffer_checked():
     x = torch.randn(5, 3)
     with pytest.raises(ValueError, match="out must be"):
