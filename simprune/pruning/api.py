@@ -290,6 +290,7 @@ def prune(
     if calibration_data is not None:
         check_data_type(calibration_data)
     check_finite_model(model)
+    pg = resolve_process_group(process_group)
     scope = resolve_scope(model, "mlp" if prune_heads and scope == "auto" else scope)
     if prune_heads and scope != "mlp":
         raise ValueError("prune_heads=True needs scope='mlp' (the default for it)")
@@ -299,7 +300,6 @@ def prune(
             "calibration_data pass merge='ls')"
         )
     use_cache = getattr(getattr(model, "config", None), "use_cache", None)
-    pg = resolve_process_group(process_group)
 
     timings: dict[str, float] = {}
     with Progress(progress and rank_of(pg) == 0) as bar:  # ranks: progress on rank 0 only
@@ -348,7 +348,7 @@ def prune(
             timings["cut"] = timings.get("cut", 0.0) + time.perf_counter() - t0
             bar.stage("rewriting")
             t0 = time.perf_counter()
-            execute(work, dg, plan_groups)
+            execute(work, dg, plan_groups, groups)
             timings["rewrite"] = timings.get("rewrite", 0.0) + time.perf_counter() - t0
             if original is None or probe is None:
                 break
