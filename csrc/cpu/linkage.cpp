@@ -15,7 +15,10 @@
 // scipy to ~1e-6 relative, trees can differ where two merges are that close).
 // Parallelism: one OpenMP team for the whole run; each row scan and each Lance-Williams column update is
 // split into round-robin blocks of the active-slot list, and the partial argmins are combined with the
-// shared tie rule (linkage_common.h), so the result is independent of the thread count.
+// shared tie rule (linkage_common.h), so the result is independent of the thread count. A team
+// starts only for large n and retires to one thread once the active count drops below
+// kParallelMinActive (barriers would then cost more than the split saves), or when its waits show an
+// oversubscribed machine (Team).
 #include <ATen/ATen.h>
 #include <omp.h>
 #include <torch/library.h>
@@ -39,8 +42,18 @@ namespace {
 
 constexpr int64_t kBlock = 512;     // active-list entries per work block (round-robin over threads)
 constexpr int64_t kPrefetch = 48;   // distance of the software prefetch in the strided (column) part
-// Below this a row scan takes a few microseconds: a barrier per scan would eat the gain.
-constexpr int64_t kParallelMinN = 4096;
+// When the thread team pays (benchmarks/results/linkage_cpu_threads.md: 1 vs 2 threads vs fastcluster
+// in one run on the 2-core box). A team starts only for n >= kParallelMinN (NN-chain) or
+// kParallelMinNSingle (the MST, whose row scans are cheaper): measured, two threads were 0.67-0.86x
+// one thread at n = 4096 and 8192 for every method, 1.39-1.66x at 16384 for complete, average and
+// ward, and still 0.93x at 16384 for single. A started team retires to one thread once fewer than
+// kParallelMinActive clusters are active (the rows are then short: a scan takes a few microseconds
+// and the barriers around it cost more than the split saves; the active count only shrinks).
+// SIMPRUNE_LINKAGE_PARALLEL_MIN_N, when set, replaces all three (the tests force the parallel paths
+// at small n with it, the benchmark measures other switch-over points).
+constexpr int64_t kParallelMinN = 16384;
+constexpr int64_t kParallelMinNSingle = 32768;
+constexpr int64_t kParallelMinActive = 4096;
 
 struct alignas(64) Partial {
   double v;
@@ -107,7 +120,8 @@ inline T& at_pair(T* D, const int64_t* roff, int64_t i, int64_t j) {
 
 // nn_chain. merges[4k..4k+2] = (x, y, height) in discovery order; eff[k] the guarded height.
 template <int M, typename T>
-void nn_chain(T* D, int64_t n, int threads, std::vector<double>& merges, std::vector<double>& eff) {
+void nn_chain(T* D, int64_t n, int threads, int64_t min_active, std::vector<double>& merges,
+              std::vector<double>& eff) {
   std::vector<int64_t> roff(n), act(n), size(n, 1), chain(n), last(n, -1);
   for (int64_t i = 0; i < n; ++i) {
     roff[i] = row_offset(n, i);
@@ -185,6 +199,7 @@ void nn_chain(T* D, int64_t n, int threads, std::vector<double>& merges, std::ve
           finished = k == n - 1;
           if (!finished) start_step();
         }
+        if (na < min_active) team->retire();  // short rows from now on: one thread is faster
         team->decide();
       }
       team->wait(tid);
@@ -217,7 +232,8 @@ void nn_chain(T* D, int64_t n, int threads, std::vector<double>& merges, std::ve
 
 // scipy's mst_single_linkage: Prim from point 0, first index wins ties.
 template <typename T>
-void mst_single(const T* D, int64_t n, int threads, std::vector<double>& merges) {
+void mst_single(const T* D, int64_t n, int threads, int64_t min_active,
+                std::vector<double>& merges) {
   std::vector<int64_t> roff(n), rest(n - 1);
   for (int64_t i = 0; i < n; ++i) roff[i] = row_offset(n, i);
   for (int64_t i = 1; i < n; ++i) rest[i - 1] = i;  // not yet merged, sorted
@@ -265,6 +281,7 @@ void mst_single(const T* D, int64_t n, int threads, std::vector<double>& merges)
           --nr;
         }
         x = y;
+        if (nr < min_active) team->retire();
         team->decide();
       }
       team->wait(tid);
@@ -275,19 +292,20 @@ void mst_single(const T* D, int64_t n, int threads, std::vector<double>& merges)
 
 // One precision of linkage_cpu: T is the storage type of the working copy.
 template <typename T>
-void run_linkage(const at::Tensor& d, int m, int64_t n, int threads, const char* op,
+void run_linkage(const at::Tensor& d, int m, int64_t n, int threads, int64_t min_active,
+                 const char* op,
                  std::vector<double>& merges, std::vector<double>& eff) {
   if (m == kSingle) {
     // The MST only reads: the input itself when it already has the storage type, no copy.
     const at::Tensor input = checked_input<T>(d, threads, op);
-    mst_single<T>(input.data_ptr<T>(), n, threads, merges);
+    mst_single<T>(input.data_ptr<T>(), n, threads, min_active, merges);
     return;
   }
   // The NN-chain updates a copy in place, as scipy does (on huge pages, see alloc_buffer).
   BufferOf<T> work = working_copy<T>(d, threads, op);
   with_reducible_method(m, [&](auto tag) {
     constexpr int M = decltype(tag)::value;
-    if constexpr (M != kSingle) nn_chain<M, T>(work.get(), n, threads, merges, eff);
+    if constexpr (M != kSingle) nn_chain<M, T>(work.get(), n, threads, min_active, merges, eff);
   });
 }
 
@@ -320,12 +338,15 @@ at::Tensor linkage_cpu(const at::Tensor& d, const std::string& method, const std
   }
   at::Tensor Z = at::empty({n - 1, 4}, d.options().dtype(at::kDouble));
   if (n < 2) return Z;
-  const int threads = threads_for(n, parallel_min_n(kParallelMinN));
+  const int64_t forced = parallel_min_n(-1);
+  const int64_t min_active = forced >= 0 ? forced : kParallelMinActive;
+  const int64_t min_n = forced >= 0 ? forced : m == kSingle ? kParallelMinNSingle : kParallelMinN;
+  const int threads = threads_for(n, min_n);
   std::vector<double> merges, eff;
   if (fp32) {
-    run_linkage<float>(d, m, n, threads, op, merges, eff);
+    run_linkage<float>(d, m, n, threads, min_active, op, merges, eff);
   } else {
-    run_linkage<double>(d, m, n, threads, op, merges, eff);
+    run_linkage<double>(d, m, n, threads, min_active, op, merges, eff);
   }
   std::vector<double> key(n - 1);
   // single: the sorted MST is Kruskal's order, always a valid tree -- no guard needed.

@@ -113,9 +113,10 @@ inline at::Tensor checked_input(const at::Tensor& d, int threads, const char* op
   return src;
 }
 
-// The size from which the loops run in parallel: the kernel's default, or the environment variable
+// The size from which the loops run in parallel (linkage.cpp: also the active count below which its
+// team retires to one thread): the kernel's default, or the environment variable
 // SIMPRUNE_LINKAGE_PARALLEL_MIN_N (a tuning knob; the tests use it to cover the parallel paths at
-// small n). Results never depend on it.
+// small n, the benchmark to measure the split). Results never depend on it.
 inline int64_t parallel_min_n(int64_t dflt) {
   const char* e = std::getenv("SIMPRUNE_LINKAGE_PARALLEL_MIN_N");
   if (e == nullptr || *e == '\0') return dflt;
@@ -178,6 +179,9 @@ class Team {
     }
   }
 
+  // Thread 0, in a serial section: retire the team at the next decide() whatever the timings say
+  // (the work per barrier has become too small to split).
+  void retire() { want_retire_ = true; }
   // Thread 0, in a serial section: publish the decision (the next barrier makes it visible).
   void decide() { retire_ = want_retire_; }
   // Everyone, right after that barrier: true for the threads that must leave; thread 0 goes solo.
