@@ -170,17 +170,27 @@ def probe_positions(model: nn.Module, example_inputs: Any, groups: Sequence[Chan
     mixed: dict[str, set[int]] = {}
     sizes: dict[str, int] = {}
 
-    small = probe_inputs(model, example_inputs)
-    # The +-PROBE_SCALE levels first; the BatchNorm levels (saturating activations) only when some
-    # consumer has fewer decoded positions of a group than Torch-Pruning maps there.
-    for level_runs in (RUNS[: 2 * len(CODES)], RUNS[2 * len(CODES) :]):
-        got = _probe_runs(model, small, layers, producers, offsets, bn_after, level_runs)
-        for name, per_run in got.items():
-            sizes[name] = per_run[0].shape[0]
-            for k in range(0, len(level_runs), len(CODES)):  # one level at a time
-                _decode(name, per_run[k : k + len(CODES)], pairs, mixed)
-        if _complete(groups, offsets, pairs, mixed):
-            break
+    candidates = probe_candidates(example_inputs)
+    for ci, small in enumerate(candidates):
+        pairs.clear()
+        mixed.clear()
+        sizes.clear()
+        try:
+            # The +-PROBE_SCALE levels first; the BatchNorm levels (saturating activations) only
+            # when some consumer has fewer decoded positions of a group than Torch-Pruning maps.
+            for level_runs in (RUNS[: 2 * len(CODES)], RUNS[2 * len(CODES) :]):
+                got = _probe_runs(model, small, layers, producers, offsets, bn_after, level_runs)
+                for name, per_run in got.items():
+                    sizes[name] = per_run[0].shape[0]
+                    for k in range(0, len(level_runs), len(CODES)):  # one level at a time
+                        _decode(name, per_run[k : k + len(CODES)], pairs, mixed)
+                if _complete(groups, offsets, pairs, mixed):
+                    break
+        except Exception:  # noqa: BLE001 - the model does not run on these: the next, larger
+            if ci == len(candidates) - 1:
+                raise
+            continue
+        break
 
     maps: dict[str, PositionMap] = {}
     for name, size in sizes.items():
@@ -216,13 +226,15 @@ PROBE_SIZES = (16, 32)
 PROBE_SIZE = PROBE_SIZES[-1]
 
 
-def probe_inputs(model: nn.Module, example_inputs: Any) -> Any:
-    """The example inputs, with images (N, C, H, W) shrunk to 16 x 16 (else 32 x 32) when the model
-    still runs on them (a Conv/Linear's input positions -- its channels or features --
-    do not depend on the image size; the forward check then costs a fraction of a full forward)."""
+def probe_candidates(example_inputs: Any) -> list[Any]:
+    """The inputs the probe tries, smallest first: images (N, C, H, W) shrunk to 16 x 16, then
+    32 x 32, then the example inputs themselves (a Conv/Linear's input positions -- its channels or
+    features -- do not depend on the image size; the probe and the forward check then cost a
+    fraction of a full forward). The first the model runs on is used."""
     xs = _as_tuple(example_inputs)
     if not any(_shrinkable(x) for x in xs):
-        return example_inputs
+        return [example_inputs]
+    out = []
     for size in PROBE_SIZES:
         small = tuple(
             nn.functional.interpolate(x, size=(min(x.shape[2], size), min(x.shape[3], size)))
@@ -230,14 +242,8 @@ def probe_inputs(model: nn.Module, example_inputs: Any) -> Any:
             else x
             for x in xs
         )
-        small_in = small if isinstance(example_inputs, tuple) else small[0]
-        try:
-            with _evaluating(model), torch.no_grad():
-                _run_forward(model, small_in)
-        except Exception:  # noqa: BLE001 - any failure: try a larger size, else the full one
-            continue
-        return small_in
-    return example_inputs
+        out.append(small if isinstance(example_inputs, tuple) else small[0])
+    return [*out, example_inputs]
 
 
 def _shrinkable(x: Any) -> bool:
