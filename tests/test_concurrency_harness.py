@@ -54,8 +54,6 @@ DEFINES = [
 COMMON = ["-std=c++20", "-ffp-contract=off", "-pthread", "-Wall", "-Wno-unused-function"]
 COMMON += ["-I", os.path.join(HARNESS, "include"), "-I", os.path.join(ROOT, "csrc", "include")]
 FLAGS = {"plain": ["-O2"], "tsan": ["-O1", "-g", "-fsanitize=thread"]}
-# The phase-D poisoning race of linkage_rounds.cu (see test_rounds_phase_d_poisoning_is_race_free).
-PHASE_D = ("S[j * m + c] = kInfT;", "S[c * m + j] = kInfT;")
 
 needs_twin = pytest.mark.skipif(
     not has_kernel("linkage_rounds_cpu", "CPU"), reason="the CPU twin needs simprune._C"
@@ -284,7 +282,7 @@ _TSAN_RUNS: dict = {}
 
 
 def _tsan_run(exe, tmp_path, algo, method, name, n, storage="f64", blocks=2):
-    """One sanitized run per case and session (the xfail below reuses the rounds run)."""
+    """One sanitized run per case and session (the phase-D test below reuses the rounds run)."""
     key = (exe, algo, method, name, n, storage, blocks)
     if key not in _TSAN_RUNS:
         problems = [data(name, n), data(name, 70)] if algo == "grouped" else [data(name, n)]
@@ -295,11 +293,6 @@ def _tsan_run(exe, tmp_path, algo, method, name, n, storage="f64", blocks=2):
     if "unexpected memory mapping" in out.stderr or "FATAL: ThreadSanitizer" in out.stderr:
         pytest.skip(f"ThreadSanitizer cannot run here: {out.stderr[-400:]}")
     return out, res
-
-
-def _phase_d_lines():
-    text = open(os.path.join(ROOT, "csrc", "cuda", "linkage_rounds.cu")).read().splitlines()
-    return {i + 1 for i, line in enumerate(text) if line.strip() in PHASE_D}
 
 
 def _reports(stderr):
@@ -317,11 +310,8 @@ def _reports(stderr):
 
 
 def _unexpected(stderr):
-    """The reports other than the known phase-D poisoning race (both accesses on its two lines)."""
-    known = {("linkage_rounds.cu", line) for line in _phase_d_lines()}
-    return [
-        r for r in _reports(stderr) if not (r[0].startswith("data race") and r[1] and r[1] <= known)
-    ]
+    """Every ThreadSanitizer report (none is known or tolerated)."""
+    return _reports(stderr)
 
 
 TSAN_CASES = [
@@ -342,14 +332,8 @@ def test_thread_sanitizer_finds_no_race(
     d = data(name, n)
     out, res = _tsan_run(harness_tsan, tmp_path, algo, method, name, n, storage, blocks)
     bad = _unexpected(out.stderr)
-    assert not bad, f"ThreadSanitizer reports:\n{out.stderr[-8000:]}"
-    if "WARNING: ThreadSanitizer" in out.stderr:
-        print(
-            "known benign race (same value, phase D of linkage_rounds.cu) reported; see "
-            "test_rounds_phase_d_poisoning_is_race_free"
-        )
-    else:
-        _ok(out)
+    assert not bad and "WARNING: ThreadSanitizer" not in out.stderr, out.stderr[-8000:]
+    _ok(out)
     # The sanitized run computes the same Z.
     if algo == "strict":
         assert_bitwise(res[0][0], sch.linkage(d, method))
@@ -357,15 +341,9 @@ def test_thread_sanitizer_finds_no_race(
         assert_same_partitions(res[0][0], sch.linkage(d, method))
 
 
-@pytest.mark.xfail(
-    strict=False,  # not strict: a fix landing beside this file must not turn CI red; XPASS shows it
-    reason="linkage_rounds.cu phase D poisons dead rows AND columns for every pair: when two pairs "
-    "(i1, j1), (i2, j2) merge in one round, S[j1][j2] is written by pair 1's row loop and by pair "
-    "2's column loop in the same barrier interval (same value, +inf: benign on the GPU, but a data "
-    "race). Fix: skip the column write where c is itself a dying slot (e.g. nn[c] < c and "
-    "nn[nn[c]] == c), then remove this xfail.",
-)
 def test_rounds_phase_d_poisoning_is_race_free(harness_tsan, tmp_path):
+    # The race this harness found (two merging pairs both writing S[j1][j2] in phase D), fixed in
+    # linkage_rounds.cu: a slot dying this round is left to its own row write.
     out, _ = _tsan_run(harness_tsan, tmp_path, *TSAN_CASES[0][:4], *TSAN_CASES[0][4:])
     assert "WARNING: ThreadSanitizer" not in out.stderr, out.stderr[-3000:]
 

@@ -242,7 +242,12 @@ __device__ void run_rounds(const StateT<T>& st, bool grouped) {
     for_each_2d(start, stride, np, m, [&](int64_t p, int64_t c) {
       const int64_t j = st.pj[p];
       S[j * m + c] = kInfT;
-      S[c * m + j] = kInfT;
+      // Column c's own row write covers S[c][j] when c dies this round too (c = pj of its pair:
+      // nn[c] < c and nn[nn[c]] == c; nn is not written in this phase): writing it here as well
+      // was a second write to the same word in one barrier interval (a data race, found by
+      // csrc/harness under ThreadSanitizer; same value +inf, so the results do not change).
+      const int64_t nc = st.nn[c];
+      if (!(nc >= 0 && nc < c && st.nn[nc] == c)) S[c * m + j] = kInfT;
     });
     k += np;
     sync();
