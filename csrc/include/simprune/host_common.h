@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "simprune/linkage_common.h"
+#include "simprune/linkage_finish.h"
 
 #if defined(__unix__)
 #include <unistd.h>
@@ -171,30 +172,6 @@ inline void report_values(int64_t n_nan, int64_t n_inf, int64_t n_neg, const cha
                          : "");
   TORCH_CHECK_VALUE(n_neg == 0, op, ": distances must be non-negative; found ", n_neg,
                     " negative value(s)");
-}
-
-// ---- the finish of every implementation ---------------------------------------------------------
-// log: n - 1 merges, `stride` doubles each, starting (rep_a, rep_b, height); key: the sort key per
-// merge (the true height for strict mode and single; the monotone-guarded height in exact mode).
-// Writes Z (n - 1) x 4: rows in the stable order of the key -- numpy's argsort(kind="mergesort"),
-// NaN keys last (NaN only arises from non-Euclidean input to ward) -- then label().
-inline void sort_and_label(const double* log, int64_t stride, const double* key, int64_t n,
-                           double* Z) {
-  const int64_t m = n - 1;
-  std::vector<int64_t> order(m);
-  std::iota(order.begin(), order.end(), int64_t{0});
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    return key[a] < key[b] || (!std::isnan(key[a]) && std::isnan(key[b]));
-  });
-  for (int64_t r = 0; r < m; ++r) {
-    const double* row = log + stride * order[r];
-    Z[4 * r + 0] = row[0];
-    Z[4 * r + 1] = row[1];
-    Z[4 * r + 2] = row[2];
-    Z[4 * r + 3] = 0.0;
-  }
-  std::vector<int64_t> parent(2 * n - 1), size(2 * n - 1);
-  label(Z, n, parent.data(), size.data());
 }
 
 }  // namespace linkage
