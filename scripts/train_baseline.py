@@ -40,8 +40,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     g = torch.Generator().manual_seed(args.seed)
-    x_tr, y_tr = load_mnist5k("train")
-    x_te, y_te = load_mnist5k("test")
+    x_tr, y_tr = load_mnist5k("train", order="file")  # the shipped weights' order
+    x_te, y_te = load_mnist5k("test", order="file")
     model = MnistResNet(width=args.width)
     opt = torch.optim.SGD(
         model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True

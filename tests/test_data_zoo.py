@@ -32,6 +32,24 @@ def test_loader_shapes_and_balance(split, n):
     torch.testing.assert_close(x, (raw - datasets.MNIST_MEAN) / datasets.MNIST_STD)
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_every_prefix_is_class_balanced(split):
+    """The file is sorted by class: its first 1000 training images are only 0s, 1s and 2s, which made
+    every calibration on ``x_train[:1000]`` (BatchNorm statistics, data merge) see three digits.
+    The default order interleaves the classes; ``order="file"`` keeps the file's."""
+    x, y = datasets.load_mnist5k(split)
+    xf, yf = datasets.load_mnist5k(split, order="file")
+    for n in (10, 100, 250, 1000):
+        counts = y[:n].bincount(minlength=10)
+        assert int(counts.max()) - int(counts.min()) <= 1, (n, counts)
+    assert len(yf[: len(yf) // 4].unique()) < 10  # sorted by class: what the interleaving is for
+    perm = torch.from_numpy(datasets.interleaved_order(yf.numpy()))
+    assert torch.equal(x, xf[perm]) and torch.equal(y, yf[perm])
+    assert sorted(perm.tolist()) == list(range(len(yf)))
+    with pytest.raises(ValueError, match="order"):
+        datasets.load_mnist5k(split, order="shuffled")
+
+
 def test_split_is_disjoint():
     d = datasets._load_npz()
     tr, te = set(d["source_index_train"].tolist()), set(d["source_index_test"].tolist())
