@@ -191,6 +191,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     warnings.simplefilter("ignore")
     done = {r["key"] for r in load_rows(args.out)}
     todo = [(c, ft) for c, ft in plan_all() if _key(c, ft) not in done]
+    if args.data_first:  # step 9 (calibration data) before the rest
+        data_keys = {_key(c, ft) for s in SEEDS for c, ft in data_configs(s)}
+        todo.sort(key=lambda t: _key(*t) not in data_keys)
+    if args.shard:
+        k, n = (int(v) for v in args.shard.split("/"))
+        todo = todo[k::n]
     if args.limit:
         todo = todo[: args.limit]
     data = Data()
@@ -399,6 +405,12 @@ def main() -> int:
     # spin (measured: 2.4 CPU-s for a 1000-image fine-tune on one thread, ~14 on two under load).
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--limit", type=int, default=0, help="run at most N configurations")
+    r.add_argument("--data-first", action="store_true", help="run step 9 (calibration data) first")
+    r.add_argument(
+        "--shard",
+        default="",
+        help="K/N: run every N-th remaining configuration from the K-th (N processes share the file)",
+    )
     r.set_defaults(func=cmd_run)
     p = sub.add_parser("report")
     p.add_argument("--out", default=JSONL)
