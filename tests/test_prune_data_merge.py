@@ -447,14 +447,20 @@ def test_data_merge_is_exact_on_duplicates_for_more_layer_types(kind):
         assert torch.equal(v, replay.state_dict()[k]), k
 
 
-def test_too_many_merge_entries_keep_the_descriptor_merge(monkeypatch):
+def test_many_merge_entries_are_solved_as_dense_blocks(monkeypatch):
+    """No descriptor-merge fallback any more: beyond MAX_MERGE_ENTRIES the triple view refuses
+    (naming the dense one) and data_merge_blocks gives the same coefficients as a matrix (the
+    plans store wide groups densely: tests/test_prune_dense_merge.py)."""
     import simprune.pruning.merge as merge_mod
 
     st, _ = _cov(500, 12, 12, 4)
+    ((want, want_sh),) = data_merges([(_G(12), st, list(range(6)))])
     monkeypatch.setattr(merge_mod, "MAX_MERGE_ENTRIES", 20)  # 6 kept x 6 removed = 36
-    with pytest.warns(UserWarning, match="36 plan entries.*keeps the descriptor merge"):
-        (got,) = data_merges([(_G(12), st, list(range(6)))])
-    assert got is None
+    with pytest.raises(ValueError, match="36 coefficients.*data_merge_blocks"):
+        data_merges([(_G(12), st, list(range(6)))])
+    ((blocks, shifts),) = merge_mod.data_merge_blocks([(_G(12), st, list(range(6)))])
+    assert [b.coef.shape for b in blocks] == [(6, 6)] and shifts == want_sh
+    assert blocks[0].triples() == want
 
 
 @pytest.mark.parametrize("kind", ["chain", "resblock"])

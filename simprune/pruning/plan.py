@@ -1,7 +1,9 @@
 """``PruningPlan``: what to keep and how to merge, as JSON; replayable on a fresh model.
 
 A plan lists, per channel group, the root layer's name, the group's members (to detect a different
-architecture), the kept channels and the merges (removed channel, representative, coefficient). The
+architecture), the kept channels and the merges (removed channel, representative, coefficient) --
+for a wide data merge, dense coefficient matrices instead (``GroupPlan.dense``, base64 in the JSON:
+:class:`~simprune.pruning.merge.DenseMerge`) -- and the data merge's bias shifts. The
 rewrite (merge, then Torch-Pruning's prune functions) is the same code for :func:`simprune.prune` and
 :func:`apply_plan`, so replaying a plan on the original architecture reproduces the pruned model
 exactly.
@@ -13,15 +15,16 @@ import copy
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from .calibrate import check_data_type, recalibrate_bn
 from .groups import MEMBER_KINDS, ChannelGroup, build_dependency_graph, group_at
-from .merge import apply_merges, apply_shifts
+from .merge import DenseMerge, apply_dense, apply_merges, apply_shifts
 from .transformers import (
     HeadGroup,
     check_mlp_roots,
@@ -48,16 +51,44 @@ class GroupPlan:
     kept: list[int]  # root channels kept (sorted)
     # [removed, kept, coefficient]: W[:, kept] += coefficient * W[:, removed] in every consumer. The
     # descriptor merges ("ls", "sum") give one entry per removed channel; the data merge ("data")
-    # one per (removed, kept) pair of its least-squares reconstruction.
+    # one per (removed, kept) pair of its least-squares reconstruction -- as triples up to
+    # merge.DENSE_MERGE_ENTRIES pairs in the group, else in ``dense``.
     merges: list[list[Any]] = field(default_factory=list)
     # [removed, constant c]: every consumer's bias += c * (the weights reading ``removed``), summed
     # over its positions (data merge: c = mu_removed - sum_kept coefficient * mu_kept).
     shifts: list[list[Any]] = field(default_factory=list)
+    # The data merge of a wide group, one dense block per conv group: W[:, kept] += W[:, removed] @
+    # coef in every consumer (merge.DenseMerge; the same fold as the triples). In the JSON only when
+    # non-empty: {"removed": [...], "kept": [...], "coef": {"dtype", "shape", "base64"}} per block.
+    dense: list[DenseMerge] = field(default_factory=list)
 
     @property
     def removed(self) -> list[int]:
         keep = set(self.kept)
         return [c for c in range(self.n_channels) if c not in keep]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; ``dense`` appears only when non-empty (small plans are as before)."""
+        d = asdict(replace(self, dense=[]))
+        del d["dense"]
+        if self.dense:
+            d["dense"] = [dm.to_json() for dm in self.dense]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GroupPlan:
+        """The inverse of :meth:`to_dict` (checked: ValueError naming the first inconsistency)."""
+        d = dict(d)
+        dense = d.pop("dense", [])
+        if not isinstance(dense, list):
+            raise ValueError("dense must be a list of dense merges")
+        gp = cls(**copy.deepcopy(d))  # the plan owns its lists
+        try:
+            gp.dense = [DenseMerge.from_json(b) for b in dense]
+        except ValueError as e:
+            raise ValueError(f"plan group {gp.root!r}: {e}") from None
+        gp.check()
+        return gp
 
     def check(self) -> None:
         """ValueError naming the first inconsistency of a (possibly hand-edited) group plan."""
@@ -103,6 +134,40 @@ class GroupPlan:
             if not (isinstance(a, (int, float)) and math.isfinite(a)):
                 raise ValueError(f"{where}: merge {mg!r}: coefficient must be a finite number")
             seen.add((j, r))
+        merged = {j for j, _ in seen}
+        for k, dm in enumerate(self.dense):
+            what = f"{where}: dense merge {k}"
+            if not isinstance(dm, DenseMerge):
+                raise ValueError(f"{what} must be a DenseMerge, got {type(dm).__name__}")
+            rm, kp, cf = dm.removed, dm.kept, dm.coef
+            if not (
+                isinstance(rm, np.ndarray) and rm.ndim == 1 and rm.dtype.kind == "i"
+                and isinstance(kp, np.ndarray) and kp.ndim == 1 and kp.dtype.kind == "i"
+            ):  # fmt: skip
+                raise ValueError(f"{what}: removed and kept must be 1-d integer arrays")
+            if not (
+                isinstance(cf, np.ndarray)
+                and cf.dtype in (np.float32, np.float64)
+                and cf.shape == (len(rm), len(kp))
+            ):
+                raise ValueError(
+                    f"{what}: coef must be a float32/float64 array of shape |removed| x |kept| = "
+                    f"({len(rm)}, {len(kp)})"
+                )
+            rl, kl = rm.tolist(), kp.tolist()
+            if rl != sorted(set(rl)) or kl != sorted(set(kl)):
+                raise ValueError(f"{what}: removed and kept must be sorted without repeats")
+            bad_r = [j for j in rl if j not in removed or j in merged]
+            if bad_r:
+                raise ValueError(
+                    f"{what}: channel(s) {bad_r[:5]} not removed channels, or merged twice"
+                )
+            bad_k = [r for r in kl if r not in keep]
+            if bad_k:
+                raise ValueError(f"{what}: channel(s) {bad_k[:5]} are not kept channels")
+            if not np.isfinite(cf).all():
+                raise ValueError(f"{what}: coefficients must be finite")
+            merged.update(rl)
         shifted: set[int] = set()
         for sh in self.shifts:
             if not (isinstance(sh, (list, tuple)) and len(sh) == 2):
@@ -129,7 +194,9 @@ class PruningPlan:
     format: int = PLAN_FORMAT
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(replace(self, groups=[]))
+        d["groups"] = [gp.to_dict() for gp in self.groups]
+        return d
 
     def to_json(self, indent: int | None = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -139,12 +206,11 @@ class PruningPlan:
         if d.get("format") != PLAN_FORMAT:
             raise ValueError(f"unsupported plan format {d.get('format')!r}; expected {PLAN_FORMAT}")
         groups = []
-        for k, g in enumerate(copy.deepcopy(d["groups"])):  # the plan owns its lists
+        for k, g in enumerate(d["groups"]):
             try:
-                gp = GroupPlan(**g)
+                gp = GroupPlan.from_dict(g)
             except TypeError as e:
                 raise ValueError(f"malformed plan group {k}: {e}") from None
-            gp.check()
             groups.append(gp)
         return cls(groups, d["example_inputs"], d.get("settings", {}), d.get("versions", {}))
 
@@ -261,6 +327,8 @@ def execute(
             apply_shifts(grp, [(int(j), float(c)) for j, c in gp.shifts])
     # All merges first: they read the original consumer weights of every group.
     for gp, grp in zip(group_plans, groups, strict=True):
+        if gp.dense:
+            apply_dense(grp, gp.dense)
         if gp.merges:
             apply_merges(grp, [(int(j), int(r), float(a)) for j, r, a in gp.merges])
     for gp, grp in zip(group_plans, groups, strict=True):

@@ -14,7 +14,8 @@ hard-coded sizes, a reshape into attention heads), so :func:`simprune.prune` che
    channels, a pixel shuffle -- is *mixed*: removing one channel there is not removing an input.
    This follows permutes, reshapes, flattens, pooling, concatenations and splits as they really run.
 2. **Consumers rebuilt and compared** (:func:`verify_rewrite`): each consumer's expected weight is the
-   original one with the plan's merges folded in and the removed channels' input positions dropped,
+   original one with the plan's merges folded in (triples, and the dense blocks of a wide data merge
+   as a matrix product) and the removed channels' input positions dropped,
    at the probed positions. Where the rewrite differs but has the right shape, it is **corrected**
    (Torch-Pruning removed the wrong features); where the shape differs, or the channels mix, the
    group **fails**.
@@ -559,29 +560,37 @@ class VerifyResult:
 class _PlanIds:
     """The plan in global channel ids: the removed mask, the merges as (removed, kept, coefficient)
     triples sorted by the removed id (a removed channel may be rebuilt from several kept ones: the
-    data merge), and the constant each removed channel adds to its consumers' biases (``shifts``)."""
+    data merge), the dense blocks of wide data merges (removed ids, kept ids, coefficients
+    (|R|, |K|): removed channel i reads sum_k coef[i, k] x kept channel k), and the constant each
+    removed channel adds to its consumers' biases (``shifts``)."""
 
     removed: np.ndarray  # bool (n_ids,)
     src: np.ndarray  # int64 (n_merges,) removed id, sorted
     dst: np.ndarray  # int64 (n_merges,) kept id
     coef: np.ndarray  # float64 (n_merges,)
     shift: np.ndarray  # float64 (n_ids,)
+    dense: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
 def _plan_ids(probe: Probe, groups: Sequence[ChannelGroup], plans: Sequence[Any]) -> _PlanIds:
     n = probe.offsets[-1] + groups[-1].n_channels if groups else 0
     removed, shift = np.zeros(n, bool), np.zeros(n)
     trip: list[tuple[int, int, float]] = []
+    dense: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for gi, gp in enumerate(plans):
         off = probe.offsets[gi]
         removed[np.asarray(gp.removed, dtype=np.int64) + off] = True
         trip += [(off + int(j), off + int(r), float(a)) for j, r, a in gp.merges if a != 0.0]
         for j, c in getattr(gp, "shifts", None) or ():
             shift[off + int(j)] += float(c)
+        for b in getattr(gp, "dense", None) or ():
+            dense.append((np.asarray(b.removed) + off, np.asarray(b.kept) + off, b.coef))
     t = np.asarray(trip, dtype=np.float64).reshape(-1, 3)
     order = np.argsort(t[:, 0], kind="stable")
     t = t[order]
-    return _PlanIds(removed, t[:, 0].astype(np.int64), t[:, 1].astype(np.int64), t[:, 2], shift)
+    return _PlanIds(
+        removed, t[:, 0].astype(np.int64), t[:, 1].astype(np.int64), t[:, 2], shift, dense
+    )
 
 
 @dataclass
@@ -595,10 +604,13 @@ class _Edit:
     coef: np.ndarray
     shift_pos: np.ndarray  # removed positions whose channel adds a constant to the bias ...
     shift: np.ndarray  # ... this constant times the weights of the position
+    # Dense blocks: (removed positions (|R|, k), kept positions (|K|, k), coef (|R|, |K|)): the
+    # removed position [i, t] also reads sum_c coef[i, c] x the value at kept position [c, t].
+    dense: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
 
     @property
     def changes(self) -> bool:
-        return bool(self.gone.size or self.dst.size)
+        return bool(self.gone.size or self.dst.size or self.dense)
 
 
 def _edit_of(ids: np.ndarray, plan: _PlanIds) -> _Edit | str:
@@ -627,9 +639,48 @@ def _edit_of(ids: np.ndarray, plan: _PlanIds) -> _Edit | str:
         k = int(np.flatnonzero(hi - lo != cnt_j)[0])
         return f"channels {ids[dst[k]]} and {tgt[k]} feed different numbers of inputs"
     src = spos[lo + rank[dst]]
+    dense = []
+    for rid, kid, cf in plan.dense:
+        got = _dense_edit(sid, spos, rid, kid, cf)
+        if isinstance(got, str):
+            return got
+        if got is not None:
+            dense.append(got)
     sh = plan.shift[ids[gpos]] if gpos.size else np.zeros(0)
     nz = sh != 0.0
-    return _Edit(np.flatnonzero(~gone), gpos, dst, src, plan.coef[t], gpos[nz], sh[nz])
+    return _Edit(np.flatnonzero(~gone), gpos, dst, src, plan.coef[t], gpos[nz], sh[nz], dense)
+
+
+def _dense_edit(
+    sid: np.ndarray, spos: np.ndarray, rid: np.ndarray, kid: np.ndarray, cf: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | str | None:
+    """One dense block at a consumer whose valid positions, sorted by (channel id, position), are
+    ``spos`` reading ``sid``: (removed positions (|R'|, k), kept positions (|K'|, k), coef
+    (|R'|, |K'|)) for the removed channels the consumer reads and the kept channels they need (a
+    non-zero coefficient), matched position by position in order as the triples are; None when
+    the consumer reads none; why, when the channels feed different numbers of inputs."""
+    lo_r = np.searchsorted(sid, rid, side="left")
+    cnt_r = np.searchsorted(sid, rid, side="right") - lo_r
+    rows = np.flatnonzero(cnt_r > 0)
+    if not rows.size:
+        return None
+    sub = cf[rows] if rows.size < len(rid) else cf
+    cols = np.flatnonzero((sub != 0).any(0))
+    if not cols.size:
+        return None
+    if cols.size < len(kid):
+        sub = sub[:, cols]
+    lo_k = np.searchsorted(sid, kid[cols], side="left")
+    cnt_k = np.searchsorted(sid, kid[cols], side="right") - lo_k
+    k = int(cnt_r[rows[0]])
+    if (cnt_r[rows] != k).any() or (cnt_k != k).any():
+        bad_r = rows[cnt_r[rows] != k]
+        bad_k = cols[cnt_k != k]
+        j = int(rid[bad_r[0]] if bad_r.size else rid[rows[0]])
+        r = int(kid[bad_k[0]] if bad_k.size else kid[cols[0]])
+        return f"channels {j} and {r} feed different numbers of inputs"
+    t = np.arange(k)
+    return spos[lo_r[rows][:, None] + t], spos[lo_k[:, None] + t], sub
 
 
 def _weights_close(have: torch.Tensor, want: torch.Tensor) -> bool:
@@ -736,6 +787,10 @@ def verify_rewrite(
             c = torch.as_tensor(edit.coef, dtype=w0.dtype, device=w0.device).reshape(shape)
             src = w0.index_select(1, torch.as_tensor(edit.dst, device=w0.device)) * c
             wf.index_add_(1, torch.as_tensor(edit.src, device=w0.device), src)
+        if edit.dense:
+            wf = wf.clone() if wf is w0 else wf
+            for rpos, kpos, cf in edit.dense:
+                _fold_dense(wf, w0, rpos, kpos, cf)
         keep = edit.keep
         want = wf.index_select(1, torch.as_tensor(keep, device=w0.device))
         have = mod1.weight.detach()
@@ -805,7 +860,8 @@ def _tp_position_ids(
 
 def _edit_input(x: torch.Tensor, dim: int, edit: _Edit) -> torch.Tensor:
     """A consumer's input as the plan makes it read: a removed position reads 0 plus the sum of its
-    merge coefficients times the kept channels' values at the matching positions."""
+    merge coefficients (triples and dense blocks) times the kept channels' values at the matching
+    positions."""
     y = x.clone()
     if edit.gone.size:
         y.index_fill_(dim, torch.as_tensor(edit.gone, device=x.device), 0.0)
@@ -815,7 +871,30 @@ def _edit_input(x: torch.Tensor, dim: int, edit: _Edit) -> torch.Tensor:
         c = torch.as_tensor(edit.coef, dtype=x.dtype, device=x.device).reshape(shape)
         vals = x.index_select(dim, torch.as_tensor(edit.src, device=x.device)) * c
         y.index_add_(dim, torch.as_tensor(edit.dst, device=x.device), vals)
+    for rpos, kpos, cf in edit.dense:  # removed [i, t] += sum_c cf[i, c] x kept [c, t]
+        k, nr, nk = rpos.shape[1], rpos.shape[0], kpos.shape[0]
+        xm = x.movedim(dim, -1)
+        xk = xm.index_select(-1, torch.as_tensor(kpos.T.reshape(-1), device=x.device))
+        c = torch.as_tensor(cf, device=x.device).to(x.dtype)
+        rec = (xk.reshape(*xm.shape[:-1], k, nk) @ c.T).reshape(*xm.shape[:-1], k * nr)
+        y.index_add_(
+            dim, torch.as_tensor(rpos.T.reshape(-1), device=x.device), rec.movedim(-1, dim)
+        )
     return y
+
+
+def _fold_dense(
+    wf: torch.Tensor, w0: torch.Tensor, rpos: np.ndarray, kpos: np.ndarray, cf: np.ndarray
+) -> None:
+    """``wf[:, kpos[:, t]] += w0[:, rpos[:, t]] @ cf`` for every t (a dense block of the plan folded
+    into a consumer's expected weight, (out, in, *taps))."""
+    k, nr, nk = rpos.shape[1], rpos.shape[0], kpos.shape[0]
+    dev = w0.device
+    wr = w0.index_select(1, torch.as_tensor(rpos.T.reshape(-1), device=dev))
+    wr = wr.reshape(w0.shape[0], k, nr, -1)
+    c = torch.as_tensor(cf, device=dev).to(w0.dtype)
+    add = torch.einsum("otrx,rc->otcx", wr, c).reshape(w0.shape[0], k * nk, *w0.shape[2:])
+    wf.index_add_(1, torch.as_tensor(kpos.T.reshape(-1), device=dev), add)
 
 
 def _shift_bias(mod: nn.Module, edit: _Edit) -> torch.Tensor | None:
