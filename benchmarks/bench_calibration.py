@@ -2,21 +2,29 @@
 forward over the same images, and the cost of very wide groups.
 
     python benchmarks/bench_calibration.py                  # ResNet-50, 224x224, 256 images, CPU
+    python benchmarks/bench_calibration.py --threads 1 2 \
+        --json benchmarks/results/calibration_cpu.json --markdown benchmarks/results/calibration_cpu.md
     python benchmarks/bench_calibration.py --images 64 --wide 1024 4096 14336
 
 1. **ResNet-50** (random weights; cost does not depend on them), ``--images`` images at 224x224 in
-   batches of ``--batch``: a plain ``model(x)`` over all of them (eval mode, no gradient) against
-   :func:`simprune.pruning.stats.collect_stats` (one pass with the consumer hooks: every group's
-   mean and covariance) + :func:`simprune.pruning.merge.data_merges` (every group's ridge Cholesky
-   solves for the kept sets of a -30 % MACs plan), interleaved, medians of ``--repeat``. The ratio
-   (target <= 2) is the price of the data over a forward pass; speed is only reported.
+   batches of ``--batch``, for each ``--threads`` count: a plain ``model(x)`` over all of them (eval
+   mode, no gradient) against :func:`simprune.pruning.stats.collect_stats` (one pass with the
+   consumer hooks: every group's mean and covariance) + :func:`simprune.pruning.merge.data_merges`
+   (every group's ridge Cholesky solves for the kept sets of a -30 % MACs plan), interleaved
+   (forward, statistics, solves, forward, ...: the same load on all), medians of ``--repeat``, the
+   1-minute load average beside every median. The ratio (issue 15's target: <= 2) is the price of
+   the data over a forward pass. Also the statistics' Gram multiply-adds per image (what the pass
+   adds to the forward: rows x the computed blocks of the (C + 1)^2 Gram) against the forward's
+   MACs (Torch-Pruning's count).
 2. **Wide groups** (``--wide C ...``): Linear(256 -> C) -> ReLU -> Linear(C -> 256) with
    ``--tokens`` tokens: the statistics pass (C^2 per sample, C^2 float64 accumulators: 1.64 GB at
-   C = 14336) and the solve for half the channels kept (one Cholesky of C/2, O(C^3)), each as
-   seconds and against the forward of the same tokens (C^2 per token against the two layers' 2 x 256 x C:
-   a ratio of about C / 512 for this small block, about 1.2 for a LLaMA MLP, C / (3 x 4096)); the
-   plan entries (|R| x |K|) and, up to ``MAX_MERGE_ENTRIES``, the time of :func:`data_merges` with
-   them (beyond it a group keeps the descriptor merge).
+   C = 14336, plus a float32 (C + 1)^2 work Gram) and the solve for half the channels kept (one
+   Cholesky of C/2, O(C^3)), each as seconds and against the forward of the same tokens (C^2 per
+   token against the two layers' 2 x 256 x C: a ratio of about C / 512 for this small block, about
+   1.2 for a LLaMA MLP, C / (3 x 4096)); the plan entries (|R| x |K|) and, up to
+   ``MAX_MERGE_ENTRIES``, the time of :func:`data_merges` with them (beyond it a group keeps the
+   descriptor merge); and what a smaller ``--wide-budget`` (default 1 GiB) does: one pass, or the
+   refusal of a group whose accumulators do not fit (raised before any forward).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import os
 import sys
 import time
 import warnings
+from typing import Any
 
 import torch
 import torchvision
@@ -33,7 +42,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import machine_info, print_table  # noqa: E402
+from benchmarks.common import machine_info, print_table, write_results  # noqa: E402
 from simprune.pruning import prune  # noqa: E402
 from simprune.pruning.groups import build_dependency_graph, collect_groups  # noqa: E402
 from simprune.pruning.merge import (  # noqa: E402
@@ -41,7 +50,18 @@ from simprune.pruning.merge import (  # noqa: E402
     data_merges,
     ridge_solve_batched,
 )
-from simprune.pruning.stats import accumulator_bytes, collect_stats  # noqa: E402
+from simprune.pruning.stats import (  # noqa: E402
+    DEFAULT_MEMORY_BUDGET,
+    _gram_edges,
+    accumulator_bytes,
+    collect_stats,
+)
+
+COLUMNS = ["section", "threads", "step", "seconds", "x forward", "load 1 min", "note"]
+
+
+def _load() -> str:
+    return f"{os.getloadavg()[0]:.2f}"
 
 
 def _forward(model: nn.Module, x: torch.Tensor, batch: int) -> None:
@@ -50,9 +70,16 @@ def _forward(model: nn.Module, x: torch.Tensor, batch: int) -> None:
             model(b)
 
 
+def _gram_macs(c: int) -> int:
+    """Multiply-adds per sample of the statistics' Gram: the blocks of the (C + 1)^2 product on and
+    above the diagonal (the ones column gives the sums)."""
+    e = _gram_edges(c + 1)
+    return sum((e[i + 1] - e[i]) * (c + 1 - e[i]) for i in range(len(e) - 1))
+
+
 def _stats_and_solves(
     model: nn.Module, groups: list, x: torch.Tensor, ex: torch.Tensor, batch: int, kept: dict
-) -> tuple[float, float]:
+) -> tuple[float, float, dict]:
     t0 = time.perf_counter()
     st = collect_stats(model, groups, x, ex, batch_size=batch)
     t1 = time.perf_counter()
@@ -60,10 +87,16 @@ def _stats_and_solves(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         data_merges(items)
-    return t1 - t0, time.perf_counter() - t1
+    return t1 - t0, time.perf_counter() - t1, st
 
 
-def resnet50(args: argparse.Namespace) -> None:
+def _med(v: list[float]) -> float:
+    return sorted(v)[len(v) // 2]
+
+
+def resnet50(args: argparse.Namespace, raw: dict[str, Any]) -> list[dict[str, Any]]:
+    import torch_pruning as tp
+
     torch.manual_seed(0)
     model = torchvision.models.resnet50().eval()
     ex = torch.randn(1, 3, args.size, args.size)
@@ -71,47 +104,83 @@ def resnet50(args: argparse.Namespace) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _, plan, _ = prune(model, ex, macs_reduction=0.3, verify=False, progress=False)
+        fwd_macs = float(tp.utils.count_ops_and_params(model, ex)[0])
     kept = {gp.root: gp.kept for gp in plan.groups if gp.removed}
     dg = build_dependency_graph(model, ex)
     groups = collect_groups(dg, model)[0]
-    fwd, stat, solve = [], [], []
-    for _ in range(args.repeat):  # interleaved: the same load on both
-        t0 = time.perf_counter()
-        _forward(model, x, args.batch)
-        fwd.append(time.perf_counter() - t0)
-        s, v = _stats_and_solves(model, groups, x, ex, args.batch, kept)
-        stat.append(s)
-        solve.append(v)
-    med = sorted(fwd)[len(fwd) // 2]
-    ms = sorted(stat)[len(stat) // 2]
-    mv = sorted(solve)[len(solve) // 2]
     acc = sum(accumulator_bytes(g.n_channels) for g in groups)
-    print(
-        f"\nResNet-50, {args.images} images {args.size}x{args.size}, batch {args.batch}, "
-        f"{len(groups)} groups ({len(kept)} pruned at -30 % MACs), accumulators "
-        f"{acc / 2**20:.0f} MiB float64; medians of {len(fwd)}\n"
-    )
-    cols = ["step", "seconds", "x forward"]
-    table = [
-        ["plain forward", f"{med:.2f}", "1.00"],
-        ["statistics pass (forward + hooks)", f"{ms:.2f}", f"{ms / med:.2f}"],
-        ["data-merge solves (all groups)", f"{mv:.2f}", f"{mv / med:.2f}"],
-        ["statistics + solves", f"{ms + mv:.2f}", f"{(ms + mv) / med:.2f}"],
-    ]
-    print_table([dict(zip(cols, r, strict=True)) for r in table], cols)
+    rows: list[dict[str, Any]] = []
+    shape = f"ResNet-50 {args.images} x 3 x {args.size} x {args.size}, batch {args.batch}"
+    for th in args.threads:
+        torch.set_num_threads(th)
+        fwd, stat, solve, loads = [], [], [], [_load()]
+        st: dict = {}
+        for _ in range(args.repeat):  # interleaved: the same load on both
+            t0 = time.perf_counter()
+            _forward(model, x, args.batch)
+            fwd.append(time.perf_counter() - t0)
+            s, v, st = _stats_and_solves(model, groups, x, ex, args.batch, kept)
+            stat.append(s)
+            solve.append(v)
+            loads.append(_load())
+        gram = sum(s.n * _gram_macs(s.n_channels) for s in st.values()) / args.images
+        med, ms, mv = _med(fwd), _med(stat), _med(solve)
+        load = f"{min(loads)}-{max(loads)}"
+        raw[f"resnet50_threads{th}"] = {
+            "forward_s": fwd,
+            "statistics_s": stat,
+            "solves_s": solve,
+            "load_1min": loads,
+            "forward_macs_per_image": fwd_macs,
+            "gram_macs_per_image": gram,
+            "groups": len(groups),
+            "groups_pruned": len(kept),
+            "samples_per_group": {k: v.n for k, v in st.items()},
+        }
+        note = f"{len(groups)} groups, {len(kept)} pruned at -30 % MACs; medians of {len(fwd)}"
+        for step, sec, extra in [
+            ("plain forward", med, f"{fwd_macs / 1e9:.2f} GMAC/image; {note}"),
+            (
+                "statistics pass (forward + hooks)",
+                ms,
+                f"Gram {gram / 1e9:.2f} GMAC/image ({gram / fwd_macs:.2f} x forward MACs); "
+                f"accumulators {acc / 2**20:.0f} MiB float64",
+            ),
+            ("data-merge solves (all groups)", mv, ""),
+            ("statistics + solves", ms + mv, "issue 15 target: <= 2 x forward"),
+        ]:
+            rows.append(
+                {
+                    "section": shape,
+                    "threads": th,
+                    "step": step,
+                    "seconds": round(sec, 3),
+                    "x forward": round(sec / med, 3),
+                    "load 1 min": load,
+                    "note": extra,
+                }
+            )
+    return rows
 
 
-def wide(args: argparse.Namespace) -> None:
-    rows = []
+def wide(args: argparse.Namespace, raw: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
     for c in args.wide:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(256, c), nn.ReLU(), nn.Linear(c, 256)).eval()
         x = torch.randn(args.tokens, 256)
         groups = collect_groups(build_dependency_graph(model, x[:1]), model)[0]
         g = next(gr for gr in groups if gr.root_name == "0")
+        # A smaller budget: one pass, or the refusal (raised before any forward).
+        try:
+            collect_stats(model, [g], x[:1], x[:1], memory_budget=args.wide_budget)
+            small = f"fits memory_budget={args.wide_budget / 2**30:.2f} GiB"
+        except ValueError as e:
+            small = f"memory_budget={args.wide_budget / 2**30:.2f} GiB refuses it: {e}"
         t0 = time.perf_counter()
         _forward(model, x, args.tokens)
         tf = time.perf_counter() - t0
+        load = _load()
         t0 = time.perf_counter()
         st = collect_stats(model, [g], x, x[:1], batch_size=args.tokens)["0"]
         ts = time.perf_counter() - t0
@@ -123,34 +192,36 @@ def wide(args: argparse.Namespace) -> None:
         ridge_solve_batched([(s_kk, s_kr, 1e-6 * float(s_kk.diagonal().mean()))], s_kk.device)
         tv = time.perf_counter() - t0
         entries = (c // 2) * (c - c // 2)
-        tp_ = "-"
+        merges = f"skipped: {entries / 1e6:.1f}M plan entries > {MAX_MERGE_ENTRIES / 1e6:.0f}M"
         if entries <= MAX_MERGE_ENTRIES:
             t0 = time.perf_counter()
             data_merges([(g, st, k.tolist())])
-            tp_ = f"{time.perf_counter() - t0:.2f}"
-        rows.append(
-            [
-                str(c),
-                f"{accumulator_bytes(c) / 2**20:.0f} MiB",
-                f"{tf:.3f}",
-                f"{ts:.2f} ({ts / tf:.0f}x)",
-                f"{tv:.2f}",
-                f"{entries / 1e6:.1f}M",
-                tp_,
-            ]
-        )
+            merges = f"data_merges {time.perf_counter() - t0:.2f} s ({entries / 1e6:.1f}M entries)"
+        mem = accumulator_bytes(c) + 4 * (c + 1) ** 2
+        section = f"wide Linear(256 -> {c}) -> ReLU -> Linear, {args.tokens} tokens"
+        common = {"section": section, "threads": torch.get_num_threads(), "load 1 min": load}
+        rows += [
+            {**common, "step": "forward", "seconds": round(tf, 4), "x forward": 1.0},
+            {
+                **common,
+                "step": "statistics pass",
+                "seconds": round(ts, 3),
+                "x forward": round(ts / tf, 1),
+                "note": f"float64 accumulators {accumulator_bytes(c) / 2**20:.0f} MiB + float32 "
+                f"work Gram {4 * (c + 1) ** 2 / 2**20:.0f} MiB ({mem / 2**30:.2f} GiB); "
+                f"default memory_budget {DEFAULT_MEMORY_BUDGET / 2**30:.0f} GiB: 1 pass; {small}",
+            },
+            {
+                **common,
+                "step": "solve (C/2 kept)",
+                "seconds": round(tv, 3),
+                "x forward": round(tv / tf, 1),
+                "note": merges,
+            },
+        ]
+        raw[f"wide_{c}"] = {"forward_s": tf, "statistics_s": ts, "solve_s": tv, "load": load}
         del st, s_kk, s_kr
-    print(f"\nWide groups: Linear(256 -> C) -> ReLU -> Linear(C -> 256), {args.tokens} tokens\n")
-    cols = [
-        "C",
-        "accumulators",
-        "forward s",
-        "statistics s (x fwd)",
-        "solve s (C/2 kept)",
-        "plan entries",
-        "data_merges s (solve + entries)",
-    ]
-    print_table([dict(zip(cols, r, strict=True)) for r in rows], cols)
+    return rows
 
 
 def main() -> None:
@@ -159,21 +230,40 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, nargs="*", default=None, help="thread counts to run")
     ap.add_argument("--wide", type=int, nargs="*", default=[1024, 4096, 14336])
     ap.add_argument("--tokens", type=int, default=2048)
+    ap.add_argument("--wide-budget", type=int, default=1 << 30, help="bytes (the refusal demo)")
     ap.add_argument("--skip-resnet", action="store_true")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--markdown", default=None)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args.threads = args.threads or [torch.get_num_threads()]
     info = machine_info()
-    print({k: info[k] for k in list(info)[:8]})
-    print(f"torch threads {torch.get_num_threads()}; load {os.getloadavg()}")
+    info["threads"] = " ".join(str(t) for t in args.threads)
+    info["loadavg_before"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(info)
+    raw: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
     if not args.skip_resnet:
-        resnet50(args)
+        rows += resnet50(args, raw)
+        print_table(rows, COLUMNS[:-1], title="ResNet-50: statistics + solves against a forward")
     if args.wide:
-        wide(args)
-    print(f"load after: {os.getloadavg()}")
+        torch.set_num_threads(args.threads[-1])
+        w = wide(args, raw)
+        print_table(w, COLUMNS[:-1], title="Wide groups")
+        rows += w
+    info["loadavg_after"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"load after: {info['loadavg_after']}")
+    write_results(
+        rows,
+        COLUMNS,
+        info,
+        "Calibration statistics pass + data-merge solves (CPU)",
+        json_path=args.json,
+        markdown_path=args.markdown,
+        extra={"raw": raw},
+    )
 
 
 if __name__ == "__main__":

@@ -12,20 +12,32 @@ model's device. Nothing else is kept: activations are never stored.
   that channel, in the same order for every channel).
 * Several consumers: a group read by several consumers (a residual stream read by the next block and
   by a projection shortcut) accumulates each distinct tensor once per batch (the same tensor read
-  twice is counted once), so its statistics describe all the inputs the merge has to serve. Consumers
-  that read only part of the group's channels, or where Torch-Pruning's index mapping points past
-  the layer's inputs, are not used; a group with no usable consumer gets no statistics (its merge
-  then falls back to the descriptor merge, see :mod:`simprune.pruning.merge`).
-* Precision: each batch is centred on a fixed shift (the first batch's mean), multiplied in the
-  activations' dtype (float32 products over at most ``CHUNK_ROWS`` rows, float64 for float64 models)
-  and summed into float64 accumulators, so the covariance does not cancel catastrophically when the
-  mean is large.
-* Memory: C^2 + 2C float64 numbers per group of C channels (C = 4096: 134 MB; C = 14336: 1.64 GB)
-  plus one chunk of samples. The groups are split into passes whose accumulators fit
-  ``memory_budget`` (default :data:`DEFAULT_MEMORY_BUDGET`, 4 GiB): a model with 32 groups of 14336
-  channels (52 GB of accumulators) takes 16 passes over the data; the data must then be iterable more
-  than once (a Tensor, a list, a DataLoader). A single group whose accumulators exceed the budget is
-  refused with a ValueError naming it, its width and the bytes it needs.
+  twice -- a block's conv1 and its downsample -- is counted once; "the same" is the same address,
+  shape, strides and version while the storage is still alive: memory freed during the forward is
+  reused by the next tensor of that size, which is a new tensor), so its statistics describe all
+  the inputs the merge has to serve. Consumers that read only part of the group's channels, or
+  where Torch-Pruning's index mapping points past the layer's inputs, are not used; a group with
+  no usable consumer gets no statistics (its merge then falls back to the descriptor merge, see
+  :mod:`simprune.pruning.merge`).
+* Precision and cost: each chunk of at most ``CHUNK_ROWS`` samples is centred on a fixed shift (the
+  first batch's mean) while it is copied once, channels last, into a work buffer, multiplied by
+  itself in the activations' dtype (float32 products; float64 for float64 models, or with
+  ``product_dtype=torch.float64``) and summed into float64 accumulators, so the covariance does not
+  cancel catastrophically when the mean is large. Against float64 products the float32 ones are
+  within ~2e-5 sd_i sd_j (covariance) and ~4e-6 sd (mean) on ResNet-50 (tests/test_prune_stats.py
+  holds 5e-5 / 1e-5). Only the Gram's column blocks on and above the diagonal are multiplied (about
+  half of the rows x C^2 multiply-adds for C >= 1024), and a ones column in the work buffer gives
+  the sums from the same product. This multiply is the pass's cost beyond the forward: 2.35 GMAC
+  per 224x224 image on ResNet-50 (0.57 x its forward's MACs; 15 residual-stream tensors of 205M
+  C^2 each), so the pass takes about 1.5 forwards (benchmarks/results/calibration_cpu.md).
+* Memory: C^2 + 2C float64 numbers per group of C channels (C = 4096: 134 MB; C = 14336: 1.64 GB),
+  plus, shared by the pass, one float32 (C + 1)^2 Gram of the widest group (C = 14336: 0.82 GB)
+  and one chunk of samples (at most ``CHUNK_BYTES``). The groups are split into passes whose
+  accumulators fit ``memory_budget`` (default :data:`DEFAULT_MEMORY_BUDGET`, 4 GiB): a model with 32
+  groups of 14336 channels (52 GB of accumulators) takes 16 passes over the data; the data must
+  then be iterable more than once (a Tensor, a list, a DataLoader). A single group whose
+  accumulators exceed the budget is refused with a ValueError naming it, its width and the bytes it
+  needs.
 
 :func:`collect_stats` returns one :class:`GroupStats` per group (by root name). The data merge and the
 ``activation`` metric use nothing else.
@@ -33,8 +45,10 @@ model's device. Nothing else is kept: activations are never stored.
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,61 +104,115 @@ class _Reader:
     identity: bool = False  # the consumer reads exactly the group's channels, in order
 
 
-class _Acc:
-    """float64 running sums of one group (shifted by the first batch's mean)."""
+class _Scratch:
+    """Work buffers reused by every accumulator of one pass: the centred chunk of samples and its
+    Gram (allocated once at the largest size, not per batch and group)."""
 
-    def __init__(self, c: int, device: torch.device) -> None:
+    def __init__(self) -> None:
+        self._bufs: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
+
+    def get(self, name: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        b = self._bufs.get((name, dtype, device))
+        if b is None or b.numel() < numel:
+            b = torch.empty(numel, dtype=dtype, device=device)
+            self._bufs[(name, dtype, device)] = b
+        return b[:numel]
+
+
+def _gram_edges(width: int) -> list[int]:
+    """Column blocks of the Gram: blocks of ~128 columns or more (up to 16 of them), of which only
+    those on and above the diagonal are multiplied -- (nb + 1) / (2 nb) of the multiply-adds: 3/4 at
+    C = 256, 17/32 at C = 2048 (narrower blocks multiply less efficiently than they save)."""
+    nb = 1 if width < 256 else min(16, width // 128)
+    return [width * i // nb for i in range(nb + 1)]
+
+
+def _row_chunks(z: torch.Tensor, step: int) -> Iterator[torch.Tensor]:
+    """Views of z (..., C) that cover its samples in order, each of at most ``step`` samples
+    (split along the leading dimensions, no copy)."""
+    if z.dim() == 1:
+        z = z.unsqueeze(0)
+    inner = math.prod(z.shape[1:-1])
+    if inner <= step:
+        per = max(1, step // max(inner, 1))
+        for a in range(0, z.shape[0], per):
+            yield z[a : a + per]
+    else:
+        for i in range(z.shape[0]):
+            yield from _row_chunks(z[i], step)
+
+
+class _Acc:
+    """float64 running sums of one group, around a fixed shift (the first batch's mean).
+
+    Each chunk of at most ``CHUNK_ROWS`` samples is centred on the shift while being copied once
+    into a (rows, C + 1) work buffer whose last column is 1, multiplied by itself in the product
+    dtype (float32 unless the samples or the caller ask for float64) -- the Gram of the centred
+    samples and, in its last column, their sum -- and added into the float64 sums. Only the Gram's
+    blocks on and above the diagonal are computed and summed; :meth:`result` mirrors them.
+    """
+
+    def __init__(
+        self,
+        c: int,
+        device: torch.device,
+        product_dtype: torch.dtype | None = None,
+        scratch: _Scratch | None = None,
+    ) -> None:
+        self.c = c
         self.n = 0
-        self.dtype = torch.float64
+        self.product_dtype = product_dtype  # None: float64 for float64 samples, else float32
+        self.dtype = torch.float64  # the dtype the products were computed in
         self.shift: torch.Tensor | None = None
         self.s = torch.zeros(c, dtype=torch.float64, device=device)
         self.ss = torch.zeros(c, c, dtype=torch.float64, device=device)
+        self.edges = _gram_edges(c + 1)
+        self.scratch = scratch if scratch is not None else _Scratch()
 
     def add(self, z: torch.Tensor) -> None:
-        """z: (rows, C) samples."""
-        if z.shape[0] == 0:
+        """z: (..., C) samples, any strides (a view of a consumer's input); left unchanged."""
+        c = self.c
+        if z.numel() == 0:
             return
-        cdt = torch.float64 if z.dtype == torch.float64 else torch.float32
+        if z.dim() == 1:
+            z = z.unsqueeze(0)
+        cdt = self.product_dtype
+        if cdt is None:
+            cdt = torch.float64 if z.dtype == torch.float64 else torch.float32
         if cdt != torch.float64:
             self.dtype = cdt
         if self.shift is None:
-            self.shift = z.to(torch.float64).mean(0)
-        c = z.shape[1]
-        step = max(1, min(CHUNK_ROWS, CHUNK_BYTES // (8 * c)))
+            # Any fixed value near the mean will do: the first batch's mean in the product dtype
+            # (a float64 mean would first copy the whole batch to float64).
+            self.shift = z.mean(dim=tuple(range(z.dim() - 1)), dtype=cdt).to(torch.float64)
         shift = self.shift.to(cdt)
-        for a in range(0, z.shape[0], step):
-            zc = z[a : a + step]
-            zc = zc.sub_(shift) if zc.dtype == cdt else zc.to(cdt) - shift
-            self.ss += _gram(zc).to(torch.float64)
-            self.s += zc.sum(0, dtype=torch.float64)
-        self.n += int(z.shape[0])
+        esize = torch.empty((), dtype=cdt).element_size()
+        step = max(1, min(CHUNK_ROWS, CHUNK_BYTES // (esize * (c + 1))))
+        e = self.edges
+        for zc in _row_chunks(z, step):
+            rows = zc.numel() // c
+            buf = self.scratch.get("z", rows * (c + 1), cdt, z.device).view(rows, c + 1)
+            torch.sub(zc, shift, out=buf[:, :c].view(zc.shape))  # the one copy: centred
+            buf[:, c].fill_(1.0)
+            g = self.scratch.get("gram", (c + 1) ** 2, cdt, z.device).view(c + 1, c + 1)
+            for i in range(len(e) - 1):
+                # Row block i of the upper part: columns e[i]: (its diagonal block and those right).
+                torch.mm(buf[:, e[i] : e[i + 1]].T, buf[:, e[i] :], out=g[e[i] : e[i + 1], e[i] :])
+                r1 = min(e[i + 1], c)
+                if r1 > e[i]:
+                    self.ss[e[i] : r1, e[i] :] += g[e[i] : r1, e[i] : c]
+            self.s += g[:c, c]
+            self.n += rows
 
     def result(self, root: str, consumers: list[str]) -> GroupStats:
+        """The statistics (float64; turns the accumulator's own sums into the covariance)."""
         assert self.shift is not None
         m = self.s / self.n
-        cov = self.ss / self.n - torch.outer(m, m)
-        cov = (cov + cov.T) / 2
+        # In place (one C^2 temporary): the upper triangle (the blocks below the diagonal were
+        # never summed) becomes the covariance, then is mirrored: exactly symmetric.
+        cov = self.ss.div_(self.n).addr_(m, m, alpha=-1.0).triu_()
+        cov += cov.triu(1).mT
         return GroupStats(root, self.n, self.shift + m, cov, consumers, self.dtype)
-
-
-def _gram(z: torch.Tensor) -> torch.Tensor:
-    """z^T z (C, C) computing only the blocks on and above the diagonal (and mirroring them): 10 of
-    16 column blocks for C >= 1024, 3 of 4 for C >= 256 -- the accumulation is the statistics
-    pass's cost (rows x C^2 multiply-adds)."""
-    c = z.shape[1]
-    nb = 1 if c < 256 else 2 if c < 1024 else 4
-    if nb == 1:
-        return z.T @ z
-    out = torch.empty(c, c, dtype=z.dtype, device=z.device)
-    e = [c * i // nb for i in range(nb + 1)]
-    for i in range(nb):
-        zi = z[:, e[i] : e[i + 1]]
-        for j in range(i, nb):
-            blk = zi.T @ z[:, e[j] : e[j + 1]]
-            out[e[i] : e[i + 1], e[j] : e[j + 1]] = blk
-            if j > i:
-                out[e[j] : e[j + 1], e[i] : e[i + 1]] = blk.T
-    return out
 
 
 def _channel_dim(mod: nn.Module) -> int:
@@ -182,20 +250,18 @@ def readers_of(group: ChannelGroup, gi: int) -> list[tuple[Member, _Reader]]:
 
 
 def _samples(x: torch.Tensor, r: _Reader) -> torch.Tensor:
-    """(rows, C) samples of the group's channels in a consumer input ``x``: always a new tensor
-    (the accumulator centres it in place)."""
+    """(..., C) samples of the group's channels in a consumer input ``x``, channels last: a view of
+    ``x`` when the consumer reads exactly the group's channels (no copy: the accumulator centres
+    them while copying once), else a gathered copy."""
     xm = x.movedim(r.dim, -1)
     c, k = r.pos.shape
     if r.identity:
-        z = xm.reshape(-1, c)
-        if z.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
-            z = z.clone()
-        return z
+        return xm
     pos = r.pos.to(x.device)
     if k == 1:
-        return xm.index_select(-1, pos[:, 0]).reshape(-1, c)
+        return xm.index_select(-1, pos[:, 0])
     z = xm.index_select(-1, pos.reshape(-1)).reshape(*xm.shape[:-1], c, k)
-    return z.transpose(-1, -2).reshape(-1, c)
+    return z.transpose(-1, -2)
 
 
 def accumulator_bytes(n_channels: int) -> int:
@@ -259,6 +325,37 @@ def check_batch(x: torch.Tensor, k: int, example: Any, dtype: torch.dtype | None
         )
 
 
+def _prepared_batches(
+    data: Any,
+    batch_size: int,
+    max_batches: int | None,
+    example_inputs: Any,
+    device: torch.device | None,
+    dtype: torch.dtype | None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(k, batch) for the first ``max_batches`` batches of ``data`` (:func:`_batches`), each checked
+    against the example inputs (:func:`check_batch`), on the model's device and, when floating
+    point, in the model's dtype."""
+    for k, x in enumerate(_batches(data, batch_size)):
+        if max_batches is not None and k >= max_batches:
+            return
+        check_batch(x, k, example_inputs, dtype)
+        if device is not None:
+            x = x.to(device)
+        if dtype is not None and x.is_floating_point() and x.dtype != dtype:
+            x = x.to(dtype)
+        yield k, x
+
+
+def _storage_ref(x: torch.Tensor) -> Callable[[], object]:
+    """A weak reference to ``x``'s storage (alive exactly while the storage is), or, where a
+    tensor has no storage to refer to, one that is always dead (the read is then never skipped)."""
+    try:
+        return weakref.ref(x.untyped_storage())
+    except (TypeError, RuntimeError, NotImplementedError):
+        return lambda: None
+
+
 @torch.no_grad()
 def collect_stats(
     model: nn.Module,
@@ -269,6 +366,7 @@ def collect_stats(
     batch_size: int = 256,
     max_batches: int | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    product_dtype: torch.dtype | None = None,
 ) -> dict[str, GroupStats]:
     """Mean and covariance of every group's channels at its consumers' inputs (module docstring).
 
@@ -283,6 +381,10 @@ def collect_stats(
         kind (floating point or integer) against.
     batch_size, max_batches : as in :func:`simprune.recalibrate_bn`.
     memory_budget : bytes of float64 accumulators per pass over the data.
+    product_dtype : the dtype each chunk's products are computed in before the float64 sums: None
+        (default) for float32, or float64 when the activations are float64; ``torch.float64`` asks
+        for float64 products with a float32 model (about 2x slower on CPUs; the float32 products
+        are within ~2e-5 sd_i sd_j of them on ResNet-50, see the module docstring).
 
     Returns
     -------
@@ -298,6 +400,10 @@ def collect_stats(
         Data of an unsupported type, or integer data for a floating-point model input.
     """
     check_data_type(data)
+    if product_dtype not in (None, torch.float32, torch.float64):
+        raise ValueError(
+            f"product_dtype must be None, torch.float32 or torch.float64, got {product_dtype!r}"
+        )
     if not (isinstance(memory_budget, int) and memory_budget > 0):
         raise ValueError(f"memory_budget must be a positive int (bytes), got {memory_budget!r}")
     device, dtype = _model_device_dtype(model)
@@ -333,6 +439,7 @@ def collect_stats(
                     dtype,
                     batch_size,
                     max_batches,
+                    product_dtype,
                 )  # fmt: skip
             )
     finally:
@@ -352,9 +459,12 @@ def _one_pass(
     dtype: torch.dtype | None,
     batch_size: int,
     max_batches: int | None,
+    product_dtype: torch.dtype | None,
 ) -> dict[str, GroupStats]:
-    accs = {gi: _Acc(groups[gi].n_channels, device or torch.device("cpu")) for gi in part}
-    seen: dict[int, set[tuple[Any, ...]]] = {gi: set() for gi in part}
+    scratch = _Scratch()
+    dev = device or torch.device("cpu")
+    accs = {gi: _Acc(groups[gi].n_channels, dev, product_dtype, scratch) for gi in part}
+    seen: dict[int, dict[tuple[Any, ...], Any]] = {gi: {} for gi in part}
     used: dict[int, list[str]] = {gi: [] for gi in part}
     by_module: dict[int, tuple[nn.Module, list[_Reader]]] = {}
     for gi in part:
@@ -366,10 +476,15 @@ def _one_pass(
             return
         x = args[0]
         for r in by_module[id(mod)][1]:
-            key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), r.dim, r.key)
-            if key in seen[r.group]:
-                continue  # the same tensor, read the same way by another consumer
-            seen[r.group].add(key)
+            # The same tensor read the same way by another consumer (a block's conv1 and its
+            # downsample) is counted once. An address names the same data only while its storage
+            # lives: memory freed during the forward is reused by the next tensor of that size (a
+            # residual stream's next block output), so the key's storage must still be alive.
+            key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x._version, r.dim, r.key)
+            ref = seen[r.group].get(key)
+            if ref is not None and ref() is not None:
+                continue
+            seen[r.group][key] = _storage_ref(x)
             if r.consumer not in used[r.group]:
                 used[r.group].append(r.consumer)
             accs[r.group].add(_samples(x.detach(), r))
@@ -377,14 +492,7 @@ def _one_pass(
     handles = [mod.register_forward_pre_hook(hook) for mod, _ in by_module.values()]
     n_batches = 0
     try:
-        for k, x in enumerate(_batches(data, batch_size)):
-            if max_batches is not None and k >= max_batches:
-                break
-            check_batch(x, k, example_inputs, dtype)
-            if device is not None:
-                x = x.to(device)
-            if dtype is not None and x.is_floating_point() and x.dtype != dtype:
-                x = x.to(dtype)
+        for k, x in _prepared_batches(data, batch_size, max_batches, example_inputs, device, dtype):
             for s in seen.values():
                 s.clear()
             try:
@@ -486,7 +594,7 @@ def collect_paired_stats(
         return None
     device, dtype = _model_device_dtype(original)
     c = group.n_channels
-    acc = _Acc(2 * c, device or torch.device("cpu"))
+    acc = _Acc(2 * c, device or torch.device("cpu"))  # products in the activations' dtype
     names = [m.name for m, _ in rs]
     held: list[torch.Tensor] = []
     paired: list[torch.Tensor] = []
@@ -498,7 +606,9 @@ def collect_paired_stats(
 
             def hook(_m: nn.Module, args: tuple[Any, ...], r: _Reader = r) -> None:
                 if args and isinstance(args[0], torch.Tensor):
-                    out.append(_samples(args[0].detach(), r))
+                    # A copy: held while the other model runs (it may reuse or modify the input).
+                    z = _samples(args[0].detach(), r)
+                    out.append(z.clone(memory_format=torch.contiguous_format).view(-1, c))
 
             hs.append(mod.register_forward_pre_hook(hook))
         return hs
@@ -509,14 +619,9 @@ def collect_paired_stats(
     working.eval()
     n_batches = 0
     try:
-        for k, x in enumerate(_batches(data, batch_size)):
-            if max_batches is not None and k >= max_batches:
-                break
-            check_batch(x, k, example_inputs, dtype)
-            if device is not None:
-                x = x.to(device)
-            if dtype is not None and x.is_floating_point() and x.dtype != dtype:
-                x = x.to(dtype)
+        for _k, x in _prepared_batches(
+            data, batch_size, max_batches, example_inputs, device, dtype
+        ):
             held.clear()
             paired.clear()
             _run_forward(original, x)
