@@ -95,6 +95,14 @@ def metric_info(metric: str) -> MetricInfo:
         ) from None
 
 
+def default_metric(metric: str | None, with_data: bool) -> str:
+    """The metric ``None`` stands for: "activation" when calibration data are at hand, else
+    "gaussian" (a named metric is returned as it is)."""
+    if metric is None:
+        return "activation" if with_data else "gaussian"
+    return metric
+
+
 def check_metric_and_method(metric: str, method: str) -> None:
     """ValueError for an unknown descriptor metric or linkage method, or a method that needs
     Euclidean distances (ward, centroid, median) with the cosine metric."""

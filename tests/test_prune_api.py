@@ -361,9 +361,14 @@ def test_calibration_data_recalibrates_the_pruned_batchnorms():
 
     m, x = small_cnn()
     data = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(5))
-    # merge="ls" on both sides (with data the default merge is "data": the weights would differ).
+    # merge="ls" and the gaussian metric on both sides (with data the defaults are the data merge
+    # and the activation metric: the weights and the kept channels would differ).
     plain, _, _ = prune(m, x, pruning_ratio=0.3, merge="ls", progress=False)
-    cal, _, _ = prune(m, x, pruning_ratio=0.3, merge="ls", calibration_data=data, progress=False)
+    cal, plan, _ = prune(
+        m, x, pruning_ratio=0.3, merge="ls", metric="gaussian", calibration_data=data,
+        progress=False,
+    )  # fmt: skip
+    assert plan.settings["metric"] == "gaussian"
     assert not torch.equal(cal.b1.running_mean, plain.b1.running_mean)
     assert state_dicts_equal(cal, recalibrate_bn(plain, data))
     assert not cal.training

@@ -116,14 +116,22 @@ def test_prune_with_calibration_data_recovers_accuracy():
     ex = x_tr[:1]
     plain, _, _ = simprune.prune(base, ex, macs_reduction=0.3, progress=False)
     recal, plan, report = simprune.prune(
-        base, ex, macs_reduction=0.3, calibration_data=x_tr[:1000], merge="ls", progress=False
-    )
+        base, ex, macs_reduction=0.3, calibration_data=x_tr[:1000], merge="ls", metric="gaussian",
+        progress=False,
+    )  # fmt: skip
+    data_g, plan_g, _ = simprune.prune(
+        base, ex, macs_reduction=0.3, calibration_data=x_tr[:1000], metric="gaussian",
+        progress=False,
+    )  # fmt: skip
+    assert plan_g.settings["merge"] == "data" and [g.kept for g in plan_g.groups] == [
+        g.kept for g in plan.groups
+    ]
+    # The defaults with data: the activation metric and the data merge.
     data, plan_d, _ = simprune.prune(
         base, ex, macs_reduction=0.3, calibration_data=x_tr[:1000], progress=False
     )
-    assert plan_d.settings["merge"] == "data" and [g.kept for g in plan_d.groups] == [
-        g.kept for g in plan.groups
-    ]
+    assert (plan_d.settings["metric"], plan_d.settings["merge"]) == ("activation", "data")
+    assert evaluate(data_g, x_te, y_te) > evaluate(recal, x_te, y_te)
     assert evaluate(data, x_te, y_te) > evaluate(recal, x_te, y_te) + 0.01
     manual = simprune.recalibrate_bn(copy.deepcopy(plain), x_tr[:1000])
     for k, v in recal.state_dict().items():

@@ -61,7 +61,11 @@ def test_dense_form_equals_the_triples_and_replays_bitwise(kind, monkeypatch):
     ratio = sum(len(v) for v in expected.values()) / n_prunable(model, x)
     data = torch.randn(64, *x.shape[1:], dtype=x.dtype)
     model = _quiet(simprune.recalibrate_bn, copy.deepcopy(model), data)
-    kw = dict(pruning_ratio=ratio, min_keep_ratio=0.0, calibration_data=data, progress=False)
+    # The subject is the storage of the merge: the gaussian selection pins which duplicate goes.
+    kw = dict(
+        pruning_ratio=ratio, min_keep_ratio=0.0, calibration_data=data, metric="gaussian",
+        progress=False,
+    )  # fmt: skip
     p_trip, plan_trip, rep_trip = _quiet(simprune.prune, model, x, **kw)
     monkeypatch.setattr(merge_mod, "DENSE_MERGE_ENTRIES", 0)
     p_dense, plan_dense, rep_dense = _quiet(simprune.prune, model, x, **kw)

@@ -44,7 +44,13 @@ import torch_pruning as tp
 from torch import nn
 
 from ..dendrogram import redundancy_scores
-from ..engine import channel_energy, check_metric_and_method, dendrograms, scale_from_energy
+from ..engine import (
+    channel_energy,
+    check_metric_and_method,
+    default_metric,
+    dendrograms,
+    scale_from_energy,
+)
 from ..pruning.calibrate import check_data_type
 from ..pruning.descriptors import group_descriptors
 from ..pruning.groups import (
@@ -174,9 +180,10 @@ class SimilarityImportance(tp.importance.Importance):
 
     Parameters
     ----------
-    metric : str
-        "gaussian" (default), "wasserstein", "linear", "cosine", "euclidean", "sqeuclidean" or
-        "activation" (needs ``data``). Descriptor metric, as in :func:`simprune.prune`
+    metric : str, optional
+        "gaussian", "wasserstein", "linear", "cosine", "euclidean", "sqeuclidean" or
+        "activation" (needs ``data``); None (default): "activation" when ``data`` is given, else
+        "gaussian" (as :func:`simprune.prune` chooses). Descriptor metric, as in :func:`simprune.prune`
         (``gaussian``, the probabilistic channel-similarity metric derived from the paper's stated
         model, for Conv/Linear + BN; producers without a following BN use ``linear``). Coupled
         groups concatenate the descriptors of every producer.
@@ -215,7 +222,7 @@ class SimilarityImportance(tp.importance.Importance):
 
     def __init__(
         self,
-        metric: str = "gaussian",
+        metric: str | None = None,
         method: str = "average",
         normalizer: str | Callable[[torch.Tensor], torch.Tensor] | None = "energy",
         merge: str = "ls",
@@ -223,6 +230,7 @@ class SimilarityImportance(tp.importance.Importance):
         root_module_types: Sequence[type] = (nn.modules.conv._ConvNd, nn.Linear),
         data: Any = None,
     ) -> None:
+        metric = default_metric(metric, data is not None)
         check_metric_and_method(metric, method)
         if metric == "activation" and data is None:
             raise ValueError("metric='activation' needs data= (calibration inputs)")

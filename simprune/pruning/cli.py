@@ -299,8 +299,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--metric",
-        default="gaussian",
-        choices=["gaussian", "wasserstein", "linear", "cosine", "euclidean", "sqeuclidean"],
+        default=None,
+        choices=[
+            "gaussian",
+            "wasserstein",
+            "linear",
+            "cosine",
+            "euclidean",
+            "sqeuclidean",
+            "activation",
+        ],
+        help="default: activation with --calibration-data, else gaussian",
     )
     p.add_argument(
         "--method", default="average", choices=["single", "complete", "average", "weighted", "ward"]
