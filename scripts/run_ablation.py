@@ -19,7 +19,8 @@ interrupted run still gives complete tables for the first seeds:
 8. merge sum/off at -70 % (one epoch), and step 1 at -70 % with the short fine-tune.
 9. with calibration data (1000 training images), seeds 0, 1, 2, short fine-tune, at -30/-50/-70 %:
    simprune + data merge (one-shot and layer by layer), the activation metric + data merge, and the
-   controls L1 + data merge, FPGM + data merge (simprune.demo.DATA_CRITERIA).
+   controls L1 + data merge, FPGM + data merge (simprune.demo.DATA_CRITERIA);
+10. step 5 with the short fine-tune.
 
 A fine-tune (one epoch = 4000 images; SGD, cosine learning rate, the baseline's augmentation) starts
 from the BN-recalibrated pruned model; seeds vary the data order, the shifts and the random criterion.
@@ -113,9 +114,9 @@ def factorial_configs() -> list[tuple[RunConfig, int | None]]:
     return out
 
 
-def tp_configs() -> list[tuple[RunConfig, int | None]]:
+def tp_configs(ft: int | None = None) -> list[tuple[RunConfig, int | None]]:
     return [
-        (RunConfig(c, level, seed=s), None)
+        (RunConfig(c, level, seed=s), ft)
         for s in SEEDS
         for level in LEVELS
         for c in TP_GLOBAL_CRITERIA
@@ -142,6 +143,8 @@ def plan_all() -> list[tuple[RunConfig, int | None]]:
         + [c for s in SEEDS for c in headline_configs(s, SHORT, (0.7,))]
         # 9. calibration data: the data merge, the activation metric, the controls.
         + [c for s in SEEDS for c in data_configs(s)]
+        # 10. Torch-Pruning's global pruning with the short fine-tune (the short tables' TP rows).
+        + tp_configs(SHORT)
     )
 
 
