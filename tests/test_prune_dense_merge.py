@@ -110,6 +110,7 @@ def test_small_plans_keep_the_triple_json():
     assert any(g["merges"] for g in d["groups"])
     assert list(d["groups"][0]) == ["root", "n_channels", "ch_groups", "members", "kept", "merges",
                                     "shifts"]  # fmt: skip
+    assert d["format"] == 1  # readable by a simprune without dense blocks
     # An old plan (triples only, no "dense" key) loads and replays.
     old = PruningPlan.from_dict(d)
     assert all(g.dense == [] for g in old.groups)
@@ -215,6 +216,12 @@ def test_a_real_wide_group_is_dense_by_default():
     assert len(text) < 1.4 * 8 * 640 * 384 + 50_000  # base64 of float64 + the ids
     again = simprune.apply_plan(model, PruningPlan.from_json(text), x)
     _same_state(pruned, again)
+    # Format 2 (an older simprune refuses it by number, not by an unexpected key); format 1 with
+    # dense blocks is malformed.
+    d = json.loads(text)
+    assert d["format"] == 2
+    with pytest.raises(ValueError, match="format 1 cannot hold dense"):
+        PruningPlan.from_dict({**d, "format": 1})
 
 
 @pytest.mark.slow

@@ -37,7 +37,11 @@ from .transformers import (
     verify_all,
 )
 
-PLAN_FORMAT = 1
+# 1: triples only; 2: a group may hold dense merge blocks ("dense"). A plan is written as format 1
+# when it has none (readable by every version), as 2 otherwise (an older simprune refuses it by
+# its format number); both are read.
+PLAN_FORMAT = 2
+PLAN_FORMATS = (1, 2)
 
 
 @dataclass
@@ -196,6 +200,7 @@ class PruningPlan:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(replace(self, groups=[]))
         d["groups"] = [gp.to_dict() for gp in self.groups]
+        d["format"] = 2 if any(gp.dense for gp in self.groups) else 1
         return d
 
     def to_json(self, indent: int | None = 1) -> str:
@@ -203,8 +208,13 @@ class PruningPlan:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PruningPlan:
-        if d.get("format") != PLAN_FORMAT:
-            raise ValueError(f"unsupported plan format {d.get('format')!r}; expected {PLAN_FORMAT}")
+        if d.get("format") not in PLAN_FORMATS:
+            raise ValueError(
+                f"unsupported plan format {d.get('format')!r}; this simprune reads {PLAN_FORMATS} "
+                "(a newer simprune wrote it?)"
+            )
+        if d.get("format") == 1 and any(g.get("dense") for g in d["groups"]):
+            raise ValueError("malformed plan: format 1 cannot hold dense merge blocks")
         groups = []
         for k, g in enumerate(d["groups"]):
             try:
