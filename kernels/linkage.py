@@ -196,6 +196,8 @@ def _lw_phase1_kernel(
     v = _lw(a, b, hm, ni[:, None], nj[:, None], nk[None, :], METHOD)
     v = v.to(s_ptr.dtype.element_ty)
     tl.store(s_ptr + i[:, None] * m + cols[None, :], v, mask=mask)
+    # Strided mirror store (the pairs' rows i are scattered: no layout of the tile coalesces it);
+    # see the same write in csrc/cuda/linkage_rounds.cu phase C.
     tl.store(s_ptr + cols[None, :] * m + i[:, None], v, mask=mask)
 
 

@@ -216,6 +216,11 @@ __device__ void run_rounds(const StateT<T>& st, bool grouped) {
       const T v = static_cast<T>(
           lance_williams<M>(S[i * m + c], S[j * m + c], st.ph[p], size[i], size[j], size[c]));
       S[i * m + c] = v;
+      // The mirror write is strided (one sector per element): with the full symmetric matrix it
+      // cannot be coalesced -- the np rows i of a round are scattered, so column i's entries of
+      // neighbouring c lie m apart whatever the thread mapping. Keeping only one triangle would move
+      // the same scatter into phase A's row reads. Its cost (2 np m scattered stores a round against
+      // phase A's m^2 coalesced reads) is to be measured on the first GPU run.
       S[c * m + i] = v;
     });
     for_each_2d(start, stride, np, np, [&](int64_t p, int64_t q) {
