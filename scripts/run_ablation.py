@@ -380,9 +380,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     n_ft = len(rows) - len(noft)
     lines += [
         f"Rows: {n_ft} fine-tuned runs, {len(noft)} without fine-tune; {platform.machine()}, "
-        f"{os.cpu_count()} cores shared with other jobs (load 4-18); one torch thread (the first 14 "
-        "rows ran with two: results do not depend on it, the demo gives identical accuracies with "
-        f"either); torch {torch.__version__}.",
+        f"{os.cpu_count()} cores shared with other jobs (all rows rerun on 2026-11-29 after the "
+        "calibration sample was made class-balanced: two processes, `--shard 0/2` and `1/2`, one "
+        f"torch thread each, load 2-4); torch {torch.__version__}.",
         "",
         END,
     ]

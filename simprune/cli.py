@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="prune the shipped MNIST ResNet by similarity and by peer criteria at equal MACs",
         description="The main demo: the shipped MNIST ResNet (98.7 % test accuracy) pruned at "
         "-30 % and -50 % MACs by simprune's channel similarity (+merge) and, at the same per-layer "
-        "widths, by L1-norm, BN-gamma, FPGM and random selection; test accuracy as pruned, after "
+        "widths, by L1-norm, BN-gamma, FPGM and random selection, then with 1000 calibration "
+        "images (simprune's activation metric + data merge; L1/FPGM + the same data merge); test "
+        "accuracy as pruned, after "
         "BatchNorm recalibration and after a short fine-tune; a table, a PNG plot, the pruned "
         "models and plans. --engine runs the engine demo instead (every conv layer of a "
         "torchvision CNN through descriptors -> distances -> linkage, timed and checked against "
@@ -88,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         choices=list(CRITERIA),
         metavar="NAME",
-        help=f"criteria among {', '.join(CRITERIA)} (default: sim_gaussian l1 bn_gamma fpgm "
-        "random)",
+        help=f"criteria among {', '.join(CRITERIA)} (NAME:data: with the data merge on 1000 "
+        "training images; default: sim_gaussian l1 bn_gamma fpgm random sim_activation:data "
+        "l1:data fpgm:data)",
     )
     d.add_argument(
         "--finetune-images",

@@ -494,7 +494,19 @@ def run_config(
 # The demo
 
 
-DEMO_CRITERIA = ("sim_gaussian", "sim_gaussian:data", "l1", "bn_gamma", "fpgm", "random")
+# Without data: simprune's default (gaussian + least-squares merge) and the peers at its widths;
+# with the 1000 calibration images: simprune's default with data (the activation metric + the data
+# merge) and the two best peers followed by the same data merge (the controls of docs/results.md).
+DEMO_CRITERIA = (
+    "sim_gaussian",
+    "l1",
+    "bn_gamma",
+    "fpgm",
+    "random",
+    "sim_activation:data",
+    "l1:data",
+    "fpgm:data",
+)
 
 
 def _fmt_table(rows: Sequence[dict[str, Any]], baseline: dict[str, Any]) -> str:
@@ -572,8 +584,9 @@ def run_demo(
     plot: bool = True,
 ) -> list[dict[str, Any]]:
     """The main demo: the shipped MNIST ResNet pruned at each MACs level by simprune's similarity
-    (+merge) and by peer criteria at the same widths; accuracy as pruned, after BN recalibration
-    and after a short fine-tune; table on stdout, PNG plot, pruned models and plans in ``out_dir``.
+    (+merge) and by peer criteria at the same widths, and with calibration data (``NAME:data``
+    criteria: simprune's default with data, the peers + data merge); accuracy as pruned, after BN
+    recalibration and after a short fine-tune; table on stdout, PNG plot, pruned models and plans in ``out_dir``.
 
     ``threads``: torch CPU threads (default 1: this small network hardly scales across threads,
     and on a shared machine OpenMP threads spin; measured 2.4 CPU-s for a 1000-image fine-tune on

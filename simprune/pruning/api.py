@@ -196,9 +196,10 @@ def prune(
         Var(z_i - z_j)) use; (2) after the rewrite, to re-estimate every BatchNorm's running
         statistics
         (:func:`recalibrate_bn`: a Tensor of inputs, or batches such as a ``DataLoader`` of
-        ``(x, y)``; a few hundred to a few thousand samples). Pruning and merging make the stored
+        ``(x, y)``; a few hundred to a few thousand samples, drawn like the data the model will
+        see -- a slice of a class-sorted set is not). Pruning and merging make the stored
         statistics stale; on the MNIST evidence this recovers most of the accuracy lost (-30 % MACs:
-        36.4 % -> 93.2 % test accuracy) without training. None (default): statistics are left as they are.
+        36.4 % -> 97.2 % test accuracy) without training. None (default): statistics are left as they are.
     backend : engine backend for distances and linkage ("auto", "torch", "cpu", "triton", "cuda").
         "cpu" runs the engine pass on the CPU (the C++ kernels) also for a model on a GPU: only the
         descriptors travel (a few MB for a ResNet-50).

@@ -3,7 +3,7 @@
 Pruning and merging change what every BatchNorm sees (a kept channel's consumer now also carries the
 removed channels' contributions), so the stored running mean and variance are stale. On the MNIST
 evidence (docs/results.md) this is the largest single effect: at -30 % MACs the pruned network goes
-from 36.4 % to 93.2 % test accuracy with statistics from 1000 training images, no training at all.
+from 36.4 % to 97.2 % test accuracy with statistics from 1000 training images, no training at all.
 """
 
 from __future__ import annotations
