@@ -319,3 +319,58 @@ TORCHVISION_SWEEP = [
     "convnext_tiny",
     "vit_b_16",
 ]
+
+
+# ---------------------------------------------------------------------------------------------------
+# A data-merge rewrite built by hand (the verification's tests: tests/test_prune_verify.py and
+# tests/test_prune_dense_merge.py).
+MERGE_REMOVED = [1, 4]
+MERGE_KEPT = [0, 2, 3, 5]
+
+
+class MergeNet(nn.Module):
+    """conv0 (6 channels) -> ReLU -> {conv1 (3x3, padded) ; channels-last flatten -> fc}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv1 = nn.Conv2d(6, 4, 3, padding=1)
+        self.fc = nn.Linear(6 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.relu(self.conv0(x))
+        return self.conv1(h), self.fc(h.permute(0, 2, 3, 1).reshape(h.shape[0], -1))
+
+
+def merge_net(seed: int = 0):
+    """(a float64 :class:`MergeNet`, an input, the traced group of conv0)."""
+    from simprune.pruning.api import _trace
+
+    torch.manual_seed(seed)
+    model = MergeNet().double().eval()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    _, groups, _, _ = _trace(model, model, x, [])
+    (g,) = [g for g in groups if g.root_name == "conv0"]
+    return model, x, g
+
+
+def merge_rewrite(model: MergeNet, coef: torch.Tensor, shift: torch.Tensor) -> MergeNet:
+    """The data-merge rewrite of conv0 by hand (kept MERGE_KEPT, removed MERGE_REMOVED):
+    W_K += W_R coef (coef: removed x kept), bias += (W_R summed over the kernel) shift."""
+    import copy
+
+    p = copy.deepcopy(model)
+    k, r = torch.tensor(MERGE_KEPT), torch.tensor(MERGE_REMOVED)
+    with torch.no_grad():
+        p.conv0 = nn.Conv2d(3, 4, 3, padding=1).double()
+        p.conv0.weight.copy_(model.conv0.weight[k])
+        p.conv0.bias.copy_(model.conv0.bias[k])
+        w = model.conv1.weight  # (4, 6, 3, 3)
+        p.conv1 = nn.Conv2d(4, 4, 3, padding=1).double()
+        p.conv1.weight.copy_(w[:, k] + torch.einsum("orhw,rk->okhw", w[:, r], coef))
+        p.conv1.bias.copy_(model.conv1.bias + w[:, r].sum((2, 3)) @ shift)
+        wf = model.fc.weight.reshape(5, 16, 6)  # fc reads position (y * 4 + x) * 6 + c
+        p.fc = nn.Linear(16 * 4, 5).double()
+        p.fc.weight.copy_((wf[:, :, k] + torch.einsum("osr,rk->osk", wf[:, :, r], coef)).flatten(1))
+        p.fc.bias.copy_(model.fc.bias + wf[:, :, r].sum(1) @ shift)
+    return p

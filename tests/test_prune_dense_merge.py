@@ -25,7 +25,16 @@ from simprune.pruning.merge import DenseMerge, data_merge_plans
 from simprune.pruning.plan import GroupPlan, plan_groups
 from simprune.pruning.stats import attach_stats, collect_stats
 from simprune.pruning.verify import probe_positions, verify_rewrite
-from tests._helpers import DUPLICATE_MODELS, duplicate_model, n_prunable, removed_by_layer
+from tests._helpers import (
+    DUPLICATE_MODELS,
+    MERGE_KEPT,
+    MERGE_REMOVED,
+    duplicate_model,
+    merge_net,
+    merge_rewrite,
+    n_prunable,
+    removed_by_layer,
+)
 
 _LAYER_KINDS = ["concat_ab", "conv_transpose_depthwise", "conv1d", "grouped_consumer"]
 
@@ -287,49 +296,12 @@ def test_dense_json_is_little_endian_base64_and_malformed_blocks_are_named():
 
 
 # ---- the verification ----------------------------------------------------------------------------
-REMOVED = [1, 4]
-KEPT = [0, 2, 3, 5]
-
-
-class _Net(nn.Module):
-    """conv0 (6 channels) -> ReLU -> {conv1 (3x3, padded) ; channels-last flatten -> fc}."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv0 = nn.Conv2d(3, 6, 3, padding=1)
-        self.conv1 = nn.Conv2d(6, 4, 3, padding=1)
-        self.fc = nn.Linear(6 * 4 * 4, 5)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = torch.relu(self.conv0(x))
-        return self.conv1(h), self.fc(h.permute(0, 2, 3, 1).reshape(h.shape[0], -1))
-
-
-def _rewrite(model: _Net, coef: torch.Tensor, shift: torch.Tensor) -> _Net:
-    """The data-merge rewrite by hand: W_K += W_R coef, bias += (W_R summed over the kernel) shift."""
-    p = copy.deepcopy(model)
-    k, r = torch.tensor(KEPT), torch.tensor(REMOVED)
-    with torch.no_grad():
-        p.conv0 = nn.Conv2d(3, 4, 3, padding=1).double()
-        p.conv0.weight.copy_(model.conv0.weight[k])
-        p.conv0.bias.copy_(model.conv0.bias[k])
-        w = model.conv1.weight
-        p.conv1 = nn.Conv2d(4, 4, 3, padding=1).double()
-        p.conv1.weight.copy_(w[:, k] + torch.einsum("orhw,rk->okhw", w[:, r], coef))
-        p.conv1.bias.copy_(model.conv1.bias + w[:, r].sum((2, 3)) @ shift)
-        wf = model.fc.weight.reshape(5, 16, 6)  # position (y * 4 + x) * 6 + c
-        p.fc = nn.Linear(16 * 4, 5).double()
-        p.fc.weight.copy_((wf[:, :, k] + torch.einsum("osr,rk->osk", wf[:, :, r], coef)).flatten(1))
-        p.fc.bias.copy_(model.fc.bias + wf[:, :, r].sum(1) @ shift)
-    return p
+REMOVED, KEPT = MERGE_REMOVED, MERGE_KEPT
+_rewrite = merge_rewrite
 
 
 def _verify_setup():
-    torch.manual_seed(0)
-    model = _Net().double().eval()
-    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
-    _, groups, _, _ = _trace(model, model, x, [])
-    (g,) = [g for g in groups if g.root_name == "conv0"]
+    model, x, g = merge_net()
     coef = torch.randn(len(REMOVED), len(KEPT), dtype=torch.float64)
     shift = torch.randn(len(REMOVED), dtype=torch.float64)
     return model, x, g, coef, shift
