@@ -111,6 +111,18 @@ def module_names(model: nn.Module) -> dict[Any, str]:
     return names
 
 
+def output_tensors(out: Any) -> list[torch.Tensor]:
+    """Every tensor in a model output, in order: nested tuples/lists/dicts (Hugging Face's
+    ModelOutput is one), and the tensor attributes of other objects (a dataclass of outputs)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in output_tensors(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in output_tensors(v)]
+    return [v for v in getattr(out, "__dict__", {}).values() if isinstance(v, torch.Tensor)]
+
+
 def _run_forward(model: nn.Module, example_inputs: Any) -> Any:
     if isinstance(example_inputs, dict):
         return model(**example_inputs)

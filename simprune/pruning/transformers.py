@@ -56,7 +56,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.utils import op_counter as _oc
 
-from .groups import ChannelGroup
+from .groups import ChannelGroup, output_tensors
 
 # At most this many graph nodes in one MLP region (a gated MLP has about 10; GPT-2's tanh GELU 12).
 REGION_LIMIT = 256
@@ -71,17 +71,6 @@ _ELEMENTWISE_BAD = ("mm", "mean", "sum", "norm", "softmax", "var", "std", "cumsu
 
 
 # ---- outputs ---------------------------------------------------------------------------------
-
-
-def output_tensors(out: Any) -> list[torch.Tensor]:
-    """Every tensor in a model output (nested tuples/lists/dicts/ModelOutputs); others ignored."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in output_tensors(v)]
-    if isinstance(out, (tuple, list)):
-        return [t for v in out for t in output_tensors(v)]
-    return []
 
 
 def output_transform_of(spec: Any) -> Callable[[Any], Any]:

@@ -44,7 +44,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .groups import ChannelGroup, _run_forward
+from .groups import ChannelGroup, _run_forward, output_tensors
 
 NONE = -1  # the position reads no channel of a pruned group
 MIXED = -2  # the position reads several channels (or one through a channel-mixing op)
@@ -922,16 +922,6 @@ def _shift_bias(mod: nn.Module, edit: _Edit) -> torch.Tensor | None:
     return None
 
 
-def _flat_outputs(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in _flat_outputs(v)]
-    if isinstance(out, (tuple, list)):
-        return [t for v in out for t in _flat_outputs(v)]
-    return [v for v in getattr(out, "__dict__", {}).values() if isinstance(v, torch.Tensor)]
-
-
 def _forward_check(
     original: nn.Module,
     pruned: nn.Module,
@@ -1023,7 +1013,7 @@ def _forward_check(
             for gi in gis:
                 res.failed.setdefault(gi, why)
             return
-    a, b = _flat_outputs(ref), _flat_outputs(got)
+    a, b = output_tensors(ref), output_tensors(got)
     shapes_a = [tuple(t.shape) for t in a]
     shapes_b = [tuple(t.shape) for t in b]
     if shapes_a != shapes_b:
