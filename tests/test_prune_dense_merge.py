@@ -412,3 +412,26 @@ def test_insufficient_memory_is_refused_with_needed_and_available_bytes(monkeypa
         torch.OutOfMemoryError, match=r"n = 64 needs 8192 bytes .*1,024 coeff.*only 1000 bytes"
     ):
         _planned(model, x, kept.tolist(), data, little_memory)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dense", [False, True])
+def test_cuda_model_gets_the_cpu_data_merge(dense, monkeypatch):
+    """A model on the GPU: the statistics pass, the activation metric and the ridge solves run on
+    the device (the memory check reads cuda.mem_get_info); the same kept channels as on the CPU and
+    the same pruned function, with the triples and with the dense form."""
+    if dense:
+        monkeypatch.setattr(merge_mod, "DENSE_MERGE_ENTRIES", 0)
+    model, x, expected = duplicate_model("resblock")
+    data = torch.randn(128, *x.shape[1:], dtype=x.dtype)
+    model = _quiet(simprune.recalibrate_bn, copy.deepcopy(model), data)
+    ratio = sum(len(v) for v in expected.values()) / n_prunable(model, x)
+    kw = dict(pruning_ratio=ratio, min_keep_ratio=0.0, progress=False)
+    p_cpu, plan_cpu, _ = _quiet(simprune.prune, model, x, calibration_data=data, **kw)
+    gpu = copy.deepcopy(model).cuda()
+    p_gpu, plan_gpu, rep = _quiet(simprune.prune, gpu, x.cuda(), calibration_data=data.cuda(), **kw)
+    assert plan_gpu.settings["metric"] == "activation" and not rep.excluded
+    assert [g.kept for g in plan_gpu.groups] == [g.kept for g in plan_cpu.groups]
+    assert any(g.dense for g in plan_gpu.groups) == dense
+    with torch.no_grad():
+        torch.testing.assert_close(p_gpu(data.cuda()).cpu(), p_cpu(data), rtol=0, atol=1e-6)
