@@ -9,8 +9,9 @@ forward over the same images, and the cost of very wide groups.
 1. **ResNet-50** (random weights; cost does not depend on them), ``--images`` images at 224x224 in
    batches of ``--batch``, for each ``--threads`` count: a plain ``model(x)`` over all of them (eval
    mode, no gradient) against :func:`simprune.pruning.stats.collect_stats` (one pass with the
-   consumer hooks: every group's mean and covariance) + :func:`simprune.pruning.merge.data_merges`
-   (every group's ridge Cholesky solves for the kept sets of a -30 % MACs plan), interleaved
+   consumer hooks: every group's mean and covariance) + :func:`simprune.pruning.merge.
+   data_merge_blocks` (what ``prune`` solves: every group's ridge Cholesky solves for the kept sets
+   of a -30 % MACs plan, as dense blocks), interleaved
    (forward, statistics, solves, forward, ...: the same load on all), medians of ``--repeat``, the
    1-minute load average beside every median. The ratio (issue 15's target: <= 2) is the price of
    the data over a forward pass. Also the statistics' Gram multiply-adds per image (what the pass
@@ -18,13 +19,13 @@ forward over the same images, and the cost of very wide groups.
    MACs (Torch-Pruning's count).
 2. **Wide groups** (``--wide C ...``): Linear(256 -> C) -> ReLU -> Linear(C -> 256) with
    ``--tokens`` tokens: the statistics pass (C^2 per sample, C^2 float64 accumulators: 1.64 GB at
-   C = 14336, plus a float32 (C + 1)^2 work Gram) and the solve for half the channels kept (one
-   Cholesky of C/2, O(C^3)), each as seconds and against the forward of the same tokens (C^2 per
-   token against the two layers' 2 x 256 x C: a ratio of about C / 512 for this small block, about
-   1.2 for a LLaMA MLP, C / (3 x 4096)); the plan entries (|R| x |K|) and, up to
-   ``MAX_MERGE_ENTRIES``, the time of :func:`data_merges` with them (beyond it a group keeps the
-   descriptor merge); and what a smaller ``--wide-budget`` (default 1 GiB) does: one pass, or the
-   refusal of a group whose accumulators do not fit (raised before any forward).
+   C = 14336, plus a float32 (C + 1)^2 work Gram) and the data merge for half the channels kept
+   (:func:`data_merge_blocks`: one Cholesky of C/2 with C/2 right-hand sides, O(C^3), and the
+   |R| x |K| coefficients as one dense block), each as seconds and against the forward of the same
+   tokens (C^2 per token against the two layers' 2 x 256 x C: a ratio of about C / 512 for this
+   small block, about 1.2 for a LLaMA MLP, C / (3 x 4096)); and what a smaller ``--wide-budget``
+   (default 1 GiB) does: one pass, or the refusal of a group whose accumulators do not fit (raised
+   before any forward).
 """
 
 from __future__ import annotations
@@ -45,11 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import machine_info, print_table, write_results  # noqa: E402
 from simprune.pruning import prune  # noqa: E402
 from simprune.pruning.groups import build_dependency_graph, collect_groups  # noqa: E402
-from simprune.pruning.merge import (  # noqa: E402
-    MAX_MERGE_ENTRIES,
-    data_merges,
-    ridge_solve_batched,
-)
+from simprune.pruning.merge import data_merge_blocks  # noqa: E402
 from simprune.pruning.stats import (  # noqa: E402
     DEFAULT_MEMORY_BUDGET,
     _gram_edges,
@@ -86,7 +83,7 @@ def _stats_and_solves(
     items = [(g, st[g.root_name], kept[g.root_name]) for g in groups if g.root_name in kept]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        data_merges(items)
+        data_merge_blocks(items)
     return t1 - t0, time.perf_counter() - t1, st
 
 
@@ -184,19 +181,12 @@ def wide(args: argparse.Namespace, raw: dict[str, Any]) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
         st = collect_stats(model, [g], x, x[:1], batch_size=args.tokens)["0"]
         ts = time.perf_counter() - t0
-        # The solve alone (B for half the channels kept: one Cholesky of C/2, C/2 right-hand sides).
-        k = torch.arange(0, c, 2)
-        r = torch.arange(1, c, 2)
-        s_kk, s_kr = st.cov[k][:, k], st.cov[k][:, r]
+        # The data merge for half the channels kept: one Cholesky of C/2, C/2 right-hand sides.
         t0 = time.perf_counter()
-        ridge_solve_batched([(s_kk, s_kr, 1e-6 * float(s_kk.diagonal().mean()))], s_kk.device)
+        data_merge_blocks([(g, st, list(range(0, c, 2)))])
         tv = time.perf_counter() - t0
         entries = (c // 2) * (c - c // 2)
-        merges = f"skipped: {entries / 1e6:.1f}M plan entries > {MAX_MERGE_ENTRIES / 1e6:.0f}M"
-        if entries <= MAX_MERGE_ENTRIES:
-            t0 = time.perf_counter()
-            data_merges([(g, st, k.tolist())])
-            merges = f"data_merges {time.perf_counter() - t0:.2f} s ({entries / 1e6:.1f}M entries)"
+        merges = f"{entries / 1e6:.1f}M coefficients (one dense |R| x |K| block)"
         mem = accumulator_bytes(c) + 4 * (c + 1) ** 2
         section = f"wide Linear(256 -> {c}) -> ReLU -> Linear, {args.tokens} tokens"
         common = {"section": section, "threads": torch.get_num_threads(), "load 1 min": load}
@@ -213,14 +203,14 @@ def wide(args: argparse.Namespace, raw: dict[str, Any]) -> list[dict[str, Any]]:
             },
             {
                 **common,
-                "step": "solve (C/2 kept)",
+                "step": "data merge (C/2 kept)",
                 "seconds": round(tv, 3),
                 "x forward": round(tv / tf, 1),
                 "note": merges,
             },
         ]
         raw[f"wide_{c}"] = {"forward_s": tf, "statistics_s": ts, "solve_s": tv, "load": load}
-        del st, s_kk, s_kr
+        del st
     return rows
 
 
