@@ -507,3 +507,51 @@ def test_layer_by_layer_data_merge_is_exact_on_duplicates(kind):
     pruned = simprune.apply_plan(model, plan, x)
     with torch.no_grad():
         torch.testing.assert_close(pruned(data), model(data), rtol=0, atol=1e-6)
+
+
+def test_default_metric_with_data_falls_back_where_a_group_cannot_be_measured():
+    """conv0 is read only in halves (chunk): no consumer input holds all of its channels, so the
+    data cannot measure it. The default metric with data (activation) then falls back to gaussian
+    for the whole cut with a warning naming the group; an explicit metric='activation' refuses."""
+    from tests.test_prune_patterns import TwoBranches
+
+    m = TwoBranches("chunk").eval()
+    x, data = torch.randn(1, 3, 8, 8), torch.randn(64, 3, 8, 8)
+    with pytest.warns(UserWarning, match=r"group\(s\) \['conv0'\].*'gaussian' metric is used"):
+        _, plan, _ = simprune.prune(m, x, pruning_ratio=0.3, calibration_data=data, progress=False)
+    assert plan.settings["metric"] == "gaussian"
+    with pytest.raises(ValueError, match="metric='activation' needs statistics of group 'conv0'"):
+        simprune.prune(
+            m, x, pruning_ratio=0.3, calibration_data=data, metric="activation", progress=False
+        )
+    # A model the data measures fully keeps the default: the activation metric.
+    model, xm = small_cnn()
+    _, plan, _ = simprune.prune(
+        model, xm, pruning_ratio=0.3, calibration_data=torch.randn(64, *xm.shape[1:]),
+        progress=False,
+    )  # fmt: skip
+    assert plan.settings["metric"] == "activation"
+
+
+def test_similarity_importance_default_with_data_scores_unmeasured_groups_by_gaussian():
+    """SimilarityImportance(data=...) defaults to the activation metric; a group the data cannot
+    measure (conv0, read in halves) is scored by the gaussian metric with a warning instead of
+    failing the step; metric='activation' given explicitly refuses."""
+    import torch_pruning as tp
+
+    from simprune.integrations.torch_pruning import SimilarityImportance
+    from tests.test_prune_patterns import TwoBranches
+
+    x, data = torch.randn(1, 3, 8, 8), torch.randn(64, 3, 8, 8)
+    m = TwoBranches("chunk").eval()
+    imp = SimilarityImportance(data=data)
+    assert imp.metric == "activation"
+    pr = tp.pruner.MetaPruner(m, x, imp, pruning_ratio=0.3, ignored_layers=[m.fc])
+    with pytest.warns(UserWarning, match=r"group\(s\) \['conv0'\].*'gaussian' metric"):
+        pr.step()
+    assert m.conv0.out_channels < 32
+    m = TwoBranches("chunk").eval()
+    imp = SimilarityImportance(metric="activation", data=data)
+    pr = tp.pruner.MetaPruner(m, x, imp, pruning_ratio=0.3, ignored_layers=[m.fc])
+    with pytest.raises(ValueError, match="group 'conv0'.*needs statistics"):
+        pr.step()

@@ -183,7 +183,8 @@ class SimilarityImportance(tp.importance.Importance):
     metric : str, optional
         "gaussian", "wasserstein", "linear", "cosine", "euclidean", "sqeuclidean" or
         "activation" (needs ``data``); None (default): "activation" when ``data`` is given, else
-        "gaussian" (as :func:`simprune.prune` chooses). Descriptor metric, as in :func:`simprune.prune`
+        "gaussian" (as :func:`simprune.prune` chooses; groups the data cannot measure are then
+        scored with "gaussian", with a warning). Descriptor metric, as in :func:`simprune.prune`
         (``gaussian``, the probabilistic channel-similarity metric derived from the paper's stated
         model, for Conv/Linear + BN; producers without a following BN use ``linear``). Coupled
         groups concatenate the descriptors of every producer.
@@ -230,6 +231,7 @@ class SimilarityImportance(tp.importance.Importance):
         root_module_types: Sequence[type] = (nn.modules.conv._ConvNd, nn.Linear),
         data: Any = None,
     ) -> None:
+        self._metric_by_default = metric is None
         metric = default_metric(metric, data is not None)
         check_metric_and_method(metric, method)
         if metric == "activation" and data is None:
@@ -285,12 +287,24 @@ class SimilarityImportance(tp.importance.Importance):
     def _compute(self, groups: list[ChannelGroup], model: nn.Module) -> list[_Entry]:
         if self.metric == "activation":
             attach_stats(groups, collect_stats(model, groups, self.data))
-        vs = []
+        vs, unmeasured = [], []
         for grp in groups:
+            metric = self.metric
+            if metric == "activation" and grp.stats is None and self._metric_by_default:
+                metric = "gaussian"  # same engine settings (metric_info), scale-free heights
+                unmeasured.append(grp.root_name)
             try:
-                vs.append(group_descriptors(grp, self.metric))
+                vs.append(group_descriptors(grp, metric))
             except ValueError as e:
                 raise ValueError(f"group {grp.root_name!r}: {e}") from e
+        if unmeasured:
+            warnings.warn(
+                f"SimilarityImportance: no consumer input of group(s) {unmeasured[:5]}"
+                f"{' ...' if len(unmeasured) > 5 else ''} holds all of their channels, so the data "
+                "cannot measure them; they are scored with the 'gaussian' metric (pass "
+                "metric='activation' to refuse instead)",
+                stacklevel=3,
+            )
         zs = dendrograms(vs, self.metric, self.method, self.backend)
         self.passes += 1
         out = []

@@ -159,7 +159,9 @@ def prune(
         "gaussian", "wasserstein", "linear", "cosine", "euclidean", "sqeuclidean" or
         "activation". None (default): "activation" when ``calibration_data`` is given (and
         ``prune_heads`` is off), else "gaussian" -- the choice docs/results.md measures (with data,
-        the activation metric's selection was ahead of the gaussian one at -50 % and -70 % MACs).
+        the activation metric's selection was ahead of the gaussian one at -50 % and -70 % MACs);
+        "gaussian", with a warning, when the data cannot measure some group (no consumer input
+        holds all of its channels).
         Descriptor metric (simprune.similarity); BN metrics fall back to ``linear`` without a BN.
         "activation" needs ``calibration_data``: D_ij = Var(z_i - z_j) of the channels as the
         consumers read them, measured (simprune.pruning.descriptors.activation_descriptors).
@@ -259,6 +261,7 @@ def prune(
         The model cannot be traced (naming the layer or op).
     """
     target_name, target_value = _target(macs_reduction, params_reduction, pruning_ratio)
+    metric_by_default = metric is None
     metric = default_metric(metric, calibration_data is not None and not prune_heads)
     check_metric_and_method(metric, method)
     if cut not in CUTS:
@@ -329,6 +332,19 @@ def prune(
             )
             attach_stats(groups, stats)
             timings["statistics"] = time.perf_counter() - t0
+            unmeasured = [g.root_name for g in groups if g.stats is None]
+            if metric_by_default and metric == "activation" and unmeasured:
+                # The default must not fail where the data cannot measure a group: the whole cut
+                # then uses the weight descriptors (one metric for all groups' heights).
+                warnings.warn(
+                    f"simprune.prune: no consumer input of group(s) {unmeasured[:5]}"
+                    f"{' ...' if len(unmeasured) > 5 else ''} holds all of their channels, so the "
+                    "default metric with calibration data ('activation') cannot measure them; the "
+                    "'gaussian' metric is used for all groups (pass metric='activation' to refuse "
+                    "instead)",
+                    stacklevel=2,
+                )
+                metric = "gaussian"
 
         dendrograms: dict[str, np.ndarray] = {}
         settings: dict[str, Any] = dict(
