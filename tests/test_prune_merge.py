@@ -73,3 +73,26 @@ def test_nearest_not_first_kept_unit():
     assert kept.tolist() == [0, 2]
     merges = {j: r for j, r, _ in assign(v, labels, kept, "ls")}
     assert merges == {1: 0, 3: 2}
+
+
+def test_ls_coefficients_do_not_depend_on_the_thread_count():
+    """torch's dot product splits long vectors across threads (at d = 16384 the float32 dots of 1
+    and 2 threads differ in the last bits), which made a plan depend on torch.get_num_threads();
+    the coefficients are float64 numpy dot products: bitwise the same, and the documented
+    <v_j, v_r> / <v_r, v_r>."""
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(64, 16384, generator=g)
+    labels, kept = torch.arange(64) // 2, torch.arange(0, 64, 2)
+    threads = torch.get_num_threads()
+    try:
+        out = {}
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            out[t] = assign(v, labels, kept, "ls")
+    finally:
+        torch.set_num_threads(threads)
+    assert out[1] == out[2]
+    vd = v.double().numpy()
+    for j, r, a in out[1]:
+        assert r == j - 1
+        assert a == pytest.approx(vd[j] @ vd[r] / (vd[r] @ vd[r]), rel=1e-12)

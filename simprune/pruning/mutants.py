@@ -51,8 +51,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "first-kept-representative",
         "merge.py",
-        "            r = cands[int(torch.argmin(d))]",
-        "            r = cands[0]",
+        "            reps.append(cands[int(torch.argmin(d))])",
+        "            reps.append(cands[0])",
         ("tests/test_prune_merge.py",),
         "a removed unit merges into the nearest kept unit of its cluster",
     ),
@@ -180,8 +180,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "ls-coefficient-energy-ratio",
         "merge.py",
-        "            a = float(v[int(j)] @ v[r]) / den if den > 0 else 0.0",
-        "            a = float(v[int(j)] @ v[int(j)]) / den if den > 0 else 0.0",
+        '        num, den = np.einsum("ij,ij->i", vj, vr), np.einsum("ij,ij->i", vr, vr)',
+        '        num, den = np.einsum("ij,ij->i", vj, vj), np.einsum("ij,ij->i", vr, vr)',
         ("tests/test_prune_api.py::test_representative_energy_and_medoid_differ_as_documented",),
         "the ls coefficient is <v_j, v_r> / <v_r, v_r>",
     ),
