@@ -10,6 +10,7 @@ GroupMagnitudeImportance gives.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -424,6 +425,38 @@ def test_interactive_merge_keeps_outputs(build, merge):
         p.numel() for p in build()[0].parameters()
     )
     torch.testing.assert_close(model(x), y0, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("metric", ["gaussian", None])
+@pytest.mark.parametrize("build", [_dup_chain, _dup_mlp], ids=["conv-residual-flatten", "mlp"])
+def test_interactive_data_merge_keeps_outputs_and_verifies(build, metric):
+    """SimilarityImportance(data=...) merges by the data (merge=None -> "data"): W_K += W_R B^T and
+    the mean shift in the consumers' biases, through imp.prune (verified against the real forward);
+    the pruned model computes the original's function on the data. metric=None: the activation
+    metric picks the channels."""
+    model, x = build()
+    model.eval()
+    data = torch.randn(256, *x.shape[1:], dtype=x.dtype)
+    y0 = model(data)
+    head = model.fc if hasattr(model, "fc") else model.fc3
+    imp = SimilarityImportance(metric=metric, data=data)
+    assert imp.merge_mode == "data" and imp.metric == (metric or "activation")
+    pr = tp.pruner.MetaPruner(model, x, imp, pruning_ratio=0.5, ignored_layers=[head])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no group restored, no consumer corrected
+        assert all(imp.prune(group, x) for group in pr.step(interactive=True))
+    assert sum(p.numel() for p in model.parameters()) < sum(
+        p.numel() for p in build()[0].parameters()
+    )
+    torch.testing.assert_close(model(data), y0, rtol=0, atol=1e-6)
+
+
+def test_merge_data_needs_data():
+    with pytest.raises(ValueError, match="merge='data' needs data="):
+        SimilarityImportance(merge="data")
+    with pytest.raises(ValueError, match="merge must be one of"):
+        SimilarityImportance(merge="mean")
+    assert SimilarityImportance().merge_mode == "ls"
 
 
 @pytest.mark.parametrize("build", [_dup_chain, _dup_mlp], ids=["conv-residual-flatten", "mlp"])

@@ -60,7 +60,16 @@ from ..pruning.groups import (
     module_names,
     reaches_output,
 )
-from ..pruning.merge import MERGE_MODES, apply_merges, assign, expand_units
+from ..pruning.merge import (
+    MERGE_MODES,
+    DenseMerge,
+    apply_dense,
+    apply_merges,
+    apply_shifts,
+    assign,
+    data_merge_blocks,
+    expand_units,
+)
 from ..pruning.stats import attach_stats, collect_stats
 from ..pruning.verify import probe_positions, verify_rewrite
 
@@ -196,12 +205,18 @@ class SimilarityImportance(tp.importance.Importance):
         ``"max"``, ``"sum"``, ``"standarization"``, ``"gaussian"``, ``"lamp"``, ``"sentinel_<q>"``,
         or a callable; they are applied to the finite scores of the group's pruning units (the
         survivor keeps ``+inf``).
-    merge : {"ls", "sum"} coefficient of :meth:`merge` (see :mod:`simprune.pruning.merge`).
+    merge : {"ls", "sum", "data"}, optional
+        How :meth:`merge` folds removed channels (see :mod:`simprune.pruning.merge`): into their
+        representative with the descriptor coefficient ("ls", "sum"), or, "data", each removed
+        channel reconstructed from all kept channels of its group by ridge least squares on the
+        statistics of ``data``, with the mean shift into the consumers' biases (as
+        :func:`simprune.prune`'s ``merge="data"``; a group the data cannot measure uses "ls", with a
+        warning). None (default): "data" when ``data`` is given, else "ls".
     data : Tensor or iterable of batches, optional
-        Calibration inputs for ``metric="activation"`` (required there): every time the scores are
-        computed, one forward pass over ``data`` measures each group's channels at its consumers'
-        inputs (:func:`simprune.pruning.stats.collect_stats`; the model as it is at that step) and
-        the distances are D_ij = Var(z_i - z_j).
+        Calibration inputs for ``metric="activation"`` and ``merge="data"`` (required there): every
+        time the scores are computed, one forward pass over ``data`` measures each group's channels
+        at its consumers' inputs (:func:`simprune.pruning.stats.collect_stats`; the model as it is
+        at that step): the distances are D_ij = Var(z_i - z_j), the merge is fitted on them.
     backend : engine backend ("auto", "torch", "cpu", "triton", "cuda").
     root_module_types : layer types whose output channels root the groups scored in one batch
         (Torch-Pruning's default roots, minus LSTM, which has no descriptor).
@@ -226,7 +241,7 @@ class SimilarityImportance(tp.importance.Importance):
         metric: str | None = None,
         method: str = "average",
         normalizer: str | Callable[[torch.Tensor], torch.Tensor] | None = "energy",
-        merge: str = "ls",
+        merge: str | None = None,
         backend: str = "auto",
         root_module_types: Sequence[type] = (nn.modules.conv._ConvNd, nn.Linear),
         data: Any = None,
@@ -250,8 +265,12 @@ class SimilarityImportance(tp.importance.Importance):
                 f"unknown normalizer {normalizer!r}; expected 'energy', None, a callable or one of "
                 f"Torch-Pruning's {TP_NORMALIZERS + ('sentinel_<q>',)}"
             )
-        if merge not in MERGE_MODES:
-            raise ValueError(f"merge must be one of {MERGE_MODES}, got {merge!r}")
+        if merge is None:
+            merge = "data" if data is not None else "ls"
+        if merge not in (*MERGE_MODES, "data"):
+            raise ValueError(f"merge must be one of {(*MERGE_MODES, 'data')}, got {merge!r}")
+        if merge == "data" and data is None:
+            raise ValueError("merge='data' needs data= (calibration inputs)")
         self.metric = metric
         self.method = method
         self.normalizer = normalizer
@@ -285,7 +304,7 @@ class SimilarityImportance(tp.importance.Importance):
         return grp
 
     def _compute(self, groups: list[ChannelGroup], model: nn.Module) -> list[_Entry]:
-        if self.metric == "activation":
+        if self.metric == "activation" or self.merge_mode == "data":
             attach_stats(groups, collect_stats(model, groups, self.data))
         vs, unmeasured = [], []
         for grp in groups:
@@ -405,20 +424,21 @@ class SimilarityImportance(tp.importance.Importance):
     # ----------------------------------------------------------------------------- merging
     @torch.no_grad()
     def merge(self, group: Any) -> int:
-        """Fold each channel the group removes into its representative, before ``group.prune()``.
+        """Fold each channel the group removes into the kept ones, before ``group.prune()``.
 
         ``group`` is a group yielded by ``pruner.step(interactive=True)`` (its root indices are the
         channels to remove). For every consumer of the group (the layers that read these channels),
         ``W[:, r] += a_j * W[:, j]`` with r the kept representative of j's cluster in this step's
-        dendrogram and a_j the ``merge`` coefficient. Returns the number of folded input
-        slices (0 when nothing is folded). Torch-Pruning's index bookkeeping is trusted here:
+        dendrogram and a_j the ``merge`` coefficient; with ``merge="data"``, ``W_K += W_R B^T`` and
+        ``bias += W_R c`` from the group's statistics on ``data``. Returns the number of folded
+        input slices and shifted channels (0 when nothing is folded). Torch-Pruning's index bookkeeping is trusted here:
         :meth:`prune` merges, prunes and checks the rewrite against the real forward.
 
         Raises ValueError when the group's channels changed since scoring (stale scores) or when a
         grouped-conv group does not remove the same positions in every conv group.
         """
         got = self._channel_merges(group)
-        return apply_merges(got[0], got[1]) if got is not None else 0
+        return _apply(got) if got is not None else 0
 
     def prune(self, group: Any, example_inputs: Any) -> bool:
         """Merge (:meth:`merge`), prune, and verify the rewrite of one interactive group.
@@ -447,9 +467,13 @@ class SimilarityImportance(tp.importance.Importance):
         original = copy.deepcopy(model)
         probe = probe_positions(model, example_inputs, [grp])
         if got is not None:
-            apply_merges(grp, got[1])
+            _apply(got)
         group.prune()
-        plan = _GroupChange(removed, [[j, r, a] for j, r, a in (got[1] if got else [])])
+        plan = _GroupChange(removed, [], [], [])
+        if got is not None:
+            plan = _GroupChange(
+                removed, [[j, r, a] for j, r, a in got.merges], got.shifts, got.dense
+            )
         res = verify_rewrite(original, model, [grp], [plan], probe, example_inputs)
         if res.ok:
             for name, why in res.corrected:
@@ -474,11 +498,10 @@ class SimilarityImportance(tp.importance.Importance):
         entry = self._entries.get(_group_key(dg, group)) if dg is self._dg else None
         return entry if entry is not None else self._entry(group)
 
-    def _channel_merges(
-        self, group: Any
-    ) -> tuple[ChannelGroup, list[tuple[int, int, float]]] | None:
-        """The group's ChannelGroup and its channel merges (removed, kept, coefficient), or None
-        when there is nothing to fold."""
+    def _channel_merges(self, group: Any) -> _Fold | None:
+        """The group's ChannelGroup and what folds the removed channels into the kept ones (descriptor
+        merges (removed, kept, coefficient), or the data merge's dense blocks and bias shifts), or
+        None when there is nothing to fold."""
         entry = self._lookup(group)
         if entry is None:
             return None
@@ -507,6 +530,16 @@ class SimilarityImportance(tp.importance.Importance):
             )
         if len(units) >= gs or entry.z.shape[0] == 0:
             return None  # the whole group goes: nothing to fold into
+        if self.merge_mode == "data":
+            if grp.stats is not None:
+                kept_ch = sorted(set(range(grp.n_channels)) - set(removed))
+                ((blocks, shifts),) = data_merge_blocks([(grp, grp.stats, kept_ch)])
+                return _Fold(grp, [], [(int(j), float(c)) for j, c in shifts], blocks)
+            warnings.warn(
+                f"SimilarityImportance: no consumer input of group {grp.root_name!r} holds all of "
+                "its channels; its removed channels use the descriptor merge ('ls')",
+                stacklevel=3,
+            )
         rep = representatives_of_removed(entry.z, units, entry.energy)
         labels = torch.arange(gs, dtype=torch.int64)
         for j, r in rep.items():
@@ -514,8 +547,9 @@ class SimilarityImportance(tp.importance.Importance):
         is_kept = torch.ones(gs, dtype=torch.bool)
         is_kept[torch.as_tensor(units)] = False
         kept = torch.nonzero(is_kept).flatten()
-        unit_merges = assign(entry.v.cpu().to(torch.float64), labels, kept, self.merge_mode)
-        return grp, expand_units(grp, unit_merges)
+        mode = "ls" if self.merge_mode == "data" else self.merge_mode
+        unit_merges = assign(entry.v.cpu().to(torch.float64), labels, kept, mode)
+        return _Fold(grp, expand_units(grp, unit_merges), [], [])
 
 
 @torch.no_grad()
@@ -547,6 +581,25 @@ class _GroupChange:
 
     removed: list[int]
     merges: list[list[Any]]
+    shifts: list[tuple[int, float]]
+    dense: list[DenseMerge]
+
+
+@dataclass
+class _Fold:
+    """How one interactive group's removed channels are folded into its kept ones."""
+
+    group: ChannelGroup
+    merges: list[tuple[int, int, float]]  # descriptor merges (removed, kept, coefficient)
+    shifts: list[tuple[int, float]]  # data merge: bias shifts
+    dense: list[DenseMerge]  # data merge: W_K += W_R coef per block
+
+
+def _apply(f: _Fold) -> int:
+    """Fold (shifts first: they read the removed channels' weights, which no merge changes)."""
+    n = apply_shifts(f.group, f.shifts) if f.shifts else 0
+    n += apply_merges(f.group, f.merges) if f.merges else 0
+    return n + (apply_dense(f.group, f.dense) if f.dense else 0)
 
 
 def _is_sentinel(name: str) -> bool:
