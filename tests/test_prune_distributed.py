@@ -192,7 +192,13 @@ def _rank(rank: int, world: int, port: int, out_dir: str) -> None:
         res["sums"] = t.tolist()
     finally:
         torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.destroy_process_group()
+        try:
+            # Nobody tears gloo down while a peer still talks to it: one CI run (2026-11-30) lost a
+            # rank to SIGABRT ("terminate called without an active exception"), not reproduced
+            # in 7 runs since, 4 of them under load.
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def _free_port() -> int:
