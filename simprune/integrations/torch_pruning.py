@@ -469,11 +469,7 @@ class SimilarityImportance(tp.importance.Importance):
         if got is not None:
             _apply(got)
         group.prune()
-        plan = _GroupChange(removed, [], [], [])
-        if got is not None:
-            plan = _GroupChange(
-                removed, [[j, r, a] for j, r, a in got.merges], got.shifts, got.dense
-            )
+        plan = got if got is not None else _Fold(grp, removed, [], [], [])
         res = verify_rewrite(original, model, [grp], [plan], probe, example_inputs)
         if res.ok:
             for name, why in res.corrected:
@@ -534,7 +530,7 @@ class SimilarityImportance(tp.importance.Importance):
             if grp.stats is not None:
                 kept_ch = sorted(set(range(grp.n_channels)) - set(removed))
                 ((blocks, shifts),) = data_merge_blocks([(grp, grp.stats, kept_ch)])
-                return _Fold(grp, [], [(int(j), float(c)) for j, c in shifts], blocks)
+                return _Fold(grp, removed, [], [(int(j), float(c)) for j, c in shifts], blocks)
             warnings.warn(
                 f"SimilarityImportance: no consumer input of group {grp.root_name!r} holds all of "
                 "its channels; its removed channels use the descriptor merge ('ls')",
@@ -549,7 +545,7 @@ class SimilarityImportance(tp.importance.Importance):
         kept = torch.nonzero(is_kept).flatten()
         mode = "ls" if self.merge_mode == "data" else self.merge_mode
         unit_merges = assign(entry.v.cpu().to(torch.float64), labels, kept, mode)
-        return _Fold(grp, expand_units(grp, unit_merges), [], [])
+        return _Fold(grp, removed, expand_units(grp, unit_merges), [], [])
 
 
 @torch.no_grad()
@@ -576,20 +572,12 @@ def _restore(model: nn.Module, original: nn.Module) -> None:
 
 
 @dataclass
-class _GroupChange:
-    """What :meth:`SimilarityImportance.prune` does to one group, as verify_rewrite reads a plan."""
-
-    removed: list[int]
-    merges: list[list[Any]]
-    shifts: list[tuple[int, float]]
-    dense: list[DenseMerge]
-
-
-@dataclass
 class _Fold:
-    """How one interactive group's removed channels are folded into its kept ones."""
+    """How one interactive group's removed channels are folded into its kept ones; also what
+    verify_rewrite reads as the group's plan (removed, merges, shifts, dense)."""
 
     group: ChannelGroup
+    removed: list[int]
     merges: list[tuple[int, int, float]]  # descriptor merges (removed, kept, coefficient)
     shifts: list[tuple[int, float]]  # data merge: bias shifts
     dense: list[DenseMerge]  # data merge: W_K += W_R coef per block

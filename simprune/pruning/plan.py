@@ -39,8 +39,7 @@ from .transformers import (
 
 # 1: triples only; 2: a group may hold dense merge blocks ("dense"). A plan is written as format 1
 # when it has none (readable by every version), as 2 otherwise (an older simprune refuses it by
-# its format number); both are read.
-PLAN_FORMAT = 2
+# its format number; PruningPlan.format); both are read.
 PLAN_FORMATS = (1, 2)
 
 
@@ -195,12 +194,16 @@ class PruningPlan:
     example_inputs: list[dict[str, Any]]  # shape and dtype of each example input tensor
     settings: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
-    format: int = PLAN_FORMAT
+
+    @property
+    def format(self) -> int:
+        """The format the plan is written in: 2 when a group holds dense merge blocks, else 1."""
+        return 2 if any(gp.dense for gp in self.groups) else 1
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(replace(self, groups=[]))
         d["groups"] = [gp.to_dict() for gp in self.groups]
-        d["format"] = 2 if any(gp.dense for gp in self.groups) else 1
+        d["format"] = self.format
         return d
 
     def to_json(self, indent: int | None = 1) -> str:
