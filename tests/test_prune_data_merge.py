@@ -178,6 +178,34 @@ def _recalibrated(model, data):
     return simprune.recalibrate_bn(copy.deepcopy(model), data)
 
 
+def _prune_duplicates(model, x, ratio: float, data, metric, *, recalibrate_first: bool = True):
+    """(model, pruned, plan, report, reference) of ``prune(..., calibration_data=data)``; the
+    reference is the model with its BatchNorm re-estimated on ``data`` as prune() does.
+    ``recalibrate_first``: BatchNorm statistics of the data first, as in a trained model: with the
+    random running statistics of the test models a channel can be dead (ReLU) on the data --
+    measured redundant, dropped by the fit -- and alive after prune()'s re-estimation."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # models without BatchNorm: nothing to recalibrate
+        if recalibrate_first:
+            model = _recalibrated(model, data)
+        pruned, plan, report = simprune.prune(
+            model, x, pruning_ratio=ratio, min_keep_ratio=0.0, calibration_data=data,
+            metric=metric, progress=False,
+        )  # fmt: skip
+        return model, pruned, plan, report, _recalibrated(model, data)
+
+
+def _check_removed(plan, expected: dict[str, list[int]], *, exact: bool) -> None:
+    """The duplicates' layers lose exactly the expected channels (``exact``), or as many channels
+    are removed in all: measured on data, a channel that is dead (always zero after its ReLU) is
+    as redundant as a duplicate and the activation metric may take it instead; the callers check
+    that the function is kept either way."""
+    if exact:
+        assert removed_by_layer(plan, expected) == expected
+    else:
+        assert plan.n_removed == sum(len(v) for v in expected.values())
+
+
 @pytest.mark.parametrize("metric", ["gaussian", None])
 @pytest.mark.parametrize("kind", DUPLICATE_MODELS)
 def test_data_merge_is_exact_on_duplicates(kind, metric):
@@ -189,18 +217,12 @@ def test_data_merge_is_exact_on_duplicates(kind, metric):
     model, x, expected = duplicate_model(kind)
     ratio = sum(len(v) for v in expected.values()) / n_prunable(model, x)
     data = torch.randn(256, *x.shape[1:], dtype=x.dtype)
+    # The random BatchNorm statistics are kept for the gaussian metric (it does not read data).
+    model, pruned, plan, report, ref = _prune_duplicates(
+        model, x, ratio, data, metric, recalibrate_first=metric is None
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the MLP has no BatchNorm to recalibrate
-        if metric is None:
-            # As in a trained model, the BatchNorm statistics are those of the data: with the
-            # random ones a channel can be dead on the data (measured redundant) and alive after
-            # prune()'s re-estimation.
-            model = _recalibrated(model, data)
-        pruned, plan, report = simprune.prune(
-            model, x, pruning_ratio=ratio, min_keep_ratio=0.0, calibration_data=data,
-            metric=metric, progress=False,
-        )  # fmt: skip
-        ref = _recalibrated(model, data)
         replay = simprune.apply_plan(
             model, PruningPlan.from_json(plan.to_json()), calibration_data=data
         )
@@ -426,17 +448,6 @@ _LAYER_KINDS = [
 ]
 
 
-def _check_removed(plan, expected: dict[str, list[int]], *, exact: bool) -> None:
-    """The duplicates' layers lose exactly the expected channels (``exact``), or as many channels
-    are removed in all: measured on data, a channel that is dead (always zero after its ReLU) is
-    as redundant as a duplicate and the activation metric may take it instead; the callers check
-    that the function is kept either way."""
-    if exact:
-        assert removed_by_layer(plan, expected) == expected
-    else:
-        assert plan.n_removed == sum(len(v) for v in expected.values())
-
-
 @pytest.mark.parametrize("metric", ["gaussian", None])
 @pytest.mark.parametrize("kind", _LAYER_KINDS)
 def test_data_merge_is_exact_on_duplicates_for_more_layer_types(kind, metric):
@@ -448,17 +459,7 @@ def test_data_merge_is_exact_on_duplicates_for_more_layer_types(kind, metric):
     model, x, expected = layer_model(kind)
     ratio = sum(len(v) for v in expected.values()) / n_prunable(model, x)
     data = torch.randn(64, *x.shape[1:], dtype=x.dtype)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # BatchNorm statistics of the data first, as in a trained model: with the random running
-        # statistics of the test models a channel can be dead (ReLU) on the data, so the fit drops
-        # it, and alive after the re-estimation.
-        model = _recalibrated(model, data)
-        pruned, plan, report = simprune.prune(
-            model, x, pruning_ratio=ratio, min_keep_ratio=0.0, calibration_data=data,
-            metric=metric, progress=False,
-        )  # fmt: skip
-        ref = _recalibrated(model, data)
+    model, pruned, plan, report, ref = _prune_duplicates(model, x, ratio, data, metric)
     assert plan.settings["merge"] == "data" and not report.excluded
     _check_removed(plan, expected, exact=metric is not None)
     with torch.no_grad():
