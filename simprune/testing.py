@@ -436,11 +436,20 @@ def assert_valid_hac(z: np.ndarray, d: np.ndarray, method: str, rtol: float = 1e
 
 
 def assert_accepted_by_scipy(z: np.ndarray, n: int) -> None:
-    """scipy's ``is_valid_linkage`` (throwing), ``is_monotonic``, ``fcluster`` and (n <= 200: it
-    recurses once per level) ``dendrogram`` accept ``z``. Raises on failure."""
+    """scipy's ``is_valid_linkage`` (throwing), ``fcluster`` and (n <= 200: it recurses once per
+    level) ``dendrogram`` accept ``z``, and the heights are monotone. Raises on failure.
+
+    Monotone as linkage.md section 1.3 defines it for the rounds algorithms: the rows are sorted by
+    the *guarded* height (a merge's height raised to its children's), column 2 keeps the true height,
+    so a parent computed 1 ulp below its child stays 1 ulp below it (found by hypothesis: ward,
+    n = 19, duplicates; scipy's ``is_monotonic`` rejects that Z). Allowed: an inversion of at most 4
+    ulps of the running maximum; anything larger fails."""
     sch.is_valid_linkage(z, throw=True)
-    if not sch.is_monotonic(z):
-        raise AssertionError("heights not monotonic")
+    h = np.asarray(z[:, 2], dtype=np.float64)
+    top = np.maximum.accumulate(h) if len(h) else h
+    if np.any(top - h > 4 * np.spacing(top)):
+        i = int(np.argmax(top - h))
+        raise AssertionError(f"heights not monotonic: row {i} at {h[i]!r} after {top[i]!r}")
     labels = sch.fcluster(z, min(3, n), "maxclust")
     if labels.shape != (n,):
         raise AssertionError(f"fcluster gave shape {labels.shape}, expected ({n},)")
